@@ -16,7 +16,7 @@ import argparse
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ class SiteSpec:
     noise: float = 10.0      # noise sigma in stored units
     bias: float = 0.0        # MR bias field strength (fraction)
     role: str = "site"       # "site" or "coordinator"
-    extra: dict = field(default_factory=dict)
+    fov_mm: tuple | None = None  # override FOV_MM (benchmarks use a clinical-size grid)
 
 
 SITES = (
@@ -71,7 +71,8 @@ def site_grid(spec: SiteSpec, zoom: float) -> tuple[np.ndarray, tuple[int, int, 
     t = np.deg2rad(spec.tilt_deg)
     rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
     a3 = rot @ a3
-    extent = np.abs(a3 / sp).T @ FOV_MM  # world extent along each array axis
+    fov = np.asarray(spec.fov_mm if spec.fov_mm is not None else FOV_MM, dtype=float)
+    extent = np.abs(a3 / sp).T @ fov  # world extent along each array axis
     shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent, sp))
     aff = np.eye(4)
     aff[:3, :3] = a3

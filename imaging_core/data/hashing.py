@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import ImagingError
 from ..io.atomic import write_bytes_atomic
 
 _CHUNK = 1 << 20
@@ -52,7 +53,11 @@ class HashMemo:
 
     def digest(self, path: str | os.PathLike) -> str:
         path = Path(path)
+        if not path.exists():
+            raise ImagingError(path, "file not found")
         files = _files_of(path)
+        if not files:
+            raise ImagingError(path, "empty directory")
         if len(files) == 1 and files[0] == path:
             return self._one(path)
         h = hashlib.sha256()
