@@ -2,7 +2,7 @@
 
 4 synthetic 256x256x128 int16 CT volumes (.nii.gz, 0.8x0.8x2.5 mm, LPS) with
 labels. Chain: load -> channel first -> orientation RAS -> spacing
-(1.5,1.5,2.0) -> intensity window -> crop foreground -> 4 random 96^3 patches
+(1.5,1.5,2.0) -> intensity window -> crop foreground -> (MONAI: pad to 96^3) -> 4 random 96^3 patches
 (pos/neg 1:1). MONAI's chain vs ours cold (from the files, same steps) and
 warm (from our on-disk cache: memory-mapped arrays + patch sampling).
 
@@ -62,6 +62,8 @@ def monai_chain():
         mt.Spacingd(keys, pixdim=PIXDIM, mode=("bilinear", "nearest")),
         mt.ScaleIntensityRanged("image", a_min=A_MIN, a_max=A_MAX, b_min=0.0, b_max=1.0, clip=True),
         mt.CropForegroundd(keys, source_key="image"),
+        # the foreground box can be thinner than a patch; ours pads there, MONAI's sampler raises
+        mt.SpatialPadd(keys, spatial_size=PATCH),
         mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=PATCH, pos=1, neg=1,
                                   num_samples=N_SAMPLES, image_key="image", image_threshold=0),
     ])
