@@ -13,7 +13,13 @@ from pathlib import Path
 from imaging_core.errors import ImagingError
 
 DEFAULTS = {
-    "federation": {"name": "federation", "seed": 0},
+    "federation": {"name": "federation", "seed": 0, "rounds": 3, "strategy": "fedavg", "min_sites": 2,
+                   "local_epochs": 1, "prox_mu": 0.01, "local_baseline": True,
+                   "best_metric": "dice_fg_mean", "train_timeout": 900.0, "eval_timeout": 600.0},
+    "model": {"name": "unet3d", "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1,
+              "dropout": 0.0},
+    "train": {"loss": "dicece", "lr": 1e-3, "epochs": 10, "amp": "auto", "optimizer": "adamw",
+              "overlap": 0.5, "sw_batch_size": 4, "val_every": 1},
     "labels": {"0": "background", "1": "foreground"},
     "preprocess": {"orientation": "RAS", "pixdim": [1.5, 1.5, 2.0], "crop_foreground": True,
                    "foreground_threshold": 0.05, "margin": 2,
@@ -61,8 +67,12 @@ def load_site(path: str | os.PathLike, data_base: str | os.PathLike | None = Non
     return site
 
 
-def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None = None) -> dict:
-    """The federation TOML with defaults, plus its sites' configs under 'sites'/'coordinator'."""
+def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None = None,
+                    require_sites: bool = True) -> dict:
+    """The federation TOML with defaults, plus its sites' configs under 'sites'/'coordinator'.
+
+    A site only needs the shared data contract and model (require_sites=False):
+    its startup kit's copy need not list the other sites."""
     path = Path(path)
     fed = _merge(DEFAULTS, read_toml(path))
     try:
@@ -70,7 +80,7 @@ def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None
     except ValueError:
         raise ImagingError(path, "[labels] keys must be integers") from None
     fed["sites"] = [load_site(path.parent / s["config"], data_base) for s in fed.get("sites", [])]
-    if not fed["sites"]:
+    if not fed["sites"] and require_sites:
         raise ImagingError(path, "no [[sites]] listed")
     if "coordinator" in fed:
         fed["coordinator"] = load_site(path.parent / fed["coordinator"]["config"], data_base)

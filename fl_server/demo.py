@@ -1,63 +1,134 @@
 """`fedvox demo`: the example federation end to end on this machine.
 
-What exists so far: generate sites_example, build every site's cache, and
-draw training patches at each site through its patch loader (the data each
-site's trainer will consume), with a table of what every site produced.
+Generates sites_example, provisions a federation (CA, server certificate, one
+startup kit per site), starts a SuperLink with TLS and node authentication, a
+site worker + SuperNode per hospital, runs the federation with secure
+aggregation, shows a live per-round table, and ends with the per-site vs
+global comparison, the report and the exported bundle. Every process it
+starts is stopped on exit, Ctrl-C or failure.
 """
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from rich.live import Live
 from rich.table import Table
 
-from .prepare import console, prepare_example
+from . import deploy
+from . import launch as L
+from .config import example_federation_path, load_federation
+from .prepare import console
 
 
-def sample_epoch(sd, epochs: int = 1) -> dict:
-    """Draw ``epochs`` epochs of patches; returns throughput and class balance."""
-    loader, sampler = sd.train_loader()
-    n_patches, t0 = 0, time.perf_counter()
-    centre_classes = np.zeros(sd.num_classes, dtype=np.int64)
-    voxel_classes = np.zeros(sd.num_classes, dtype=np.int64)
-    shape = None
-    for ep in range(epochs):
-        sampler.set_epoch(ep)
-        for batch in loader:
-            lab = batch["label"].numpy()
-            shape = tuple(batch["image"].shape[2:])
-            n_patches += lab.shape[0]
-            c = tuple(s // 2 for s in lab.shape[2:])
-            centre_classes += np.bincount(lab[:, 0, c[0], c[1], c[2]], minlength=sd.num_classes)
-            voxel_classes += np.bincount(lab.reshape(-1), minlength=sd.num_classes)
-    dt = time.perf_counter() - t0
-    return {"patches": n_patches, "patch_shape": shape, "seconds": round(dt, 3),
-            "patches_per_s": round(n_patches / max(dt, 1e-9), 1),
-            "centre_class_fraction": (centre_classes / max(n_patches, 1)).round(3).tolist(),
-            "voxel_class_fraction": (voxel_classes / max(voxel_classes.sum(), 1)).round(4).tolist()}
+def round_table(run_dir: Path, labels: dict) -> Table:
+    t = Table(title="federated rounds (central = coordinator's held-out cases)")
+    for c in ("round", "status", "sites", "failures", "central Dice fg", *[f"Dice {labels[k]}" for k in labels if k],
+              "seconds"):
+        t.add_column(c, justify="right")
+    p = run_dir / "rounds.json"
+    rows = json.loads(p.read_text()) if p.exists() else []
+    for r in rows:
+        t.add_row(str(r["round"]), r.get("status", "init"), str(r.get("sites_aggregated", "")),
+                  str(r.get("n_failures", "")), _f(r.get("central/dice_fg_mean")),
+                  *[_f(r.get(f"central/dice_{k}")) for k in labels if k], _f(r.get("seconds"), 1))
+    return t
 
 
-def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0, epochs: int = 2) -> int:
-    work = Path(work)
-    site_data = prepare_example(work, zoom=zoom, cases=cases, seed=seed)
-    table = Table(title=f"Training patches per site ({epochs} epochs)")
-    for col in ("site", "train cases", "patches", "patch", "patches/s", "centre bg/organ/lesion",
-                "voxels bg/organ/lesion"):
-        table.add_column(col)
-    summary = {}
-    for name, sd in site_data.items():
-        if not sd.cases("training"):
-            continue  # the coordinator only evaluates
-        s = sample_epoch(sd, epochs)
-        summary[name] = s
-        table.add_row(name, str(len(sd.cases("training"))), str(s["patches"]),
-                      "x".join(map(str, s["patch_shape"])), str(s["patches_per_s"]),
-                      " / ".join(map(str, s["centre_class_fraction"])),
-                      " / ".join(map(str, s["voxel_class_fraction"])))
-    console.print(table)
-    out = work / "demo_summary.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"summary written to {out}")
+def _f(v, nd: int = 3) -> str:
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def comparison_table(run_dir: Path, labels: dict) -> Table:
+    """Each site's validation cases: the final global model vs its local-only model."""
+    t = Table(title="per-site validation: global (federated) vs local-only")
+    t.add_column("site")
+    for k in labels:
+        if k:
+            t.add_column(f"Dice {labels[k]} global", justify="right")
+            t.add_column(f"Dice {labels[k]} local", justify="right")
+    t.add_column("gain fg", justify="right")
+    p = run_dir / "final_sites.json"
+    for row in (json.loads(p.read_text())["sites"] if p.exists() else []):
+        g, lo = row.get("global/dice_fg_mean"), row.get("local/dice_fg_mean")
+        cells = []
+        for k in labels:
+            if k:
+                cells += [_f(row.get(f"global/dice_{k}")), _f(row.get(f"local/dice_{k}"))]
+        t.add_row(row["site"], *cells, _f(g - lo) if g is not None and lo is not None else "")
+    return t
+
+
+def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0, rounds: int | None = None,
+             secure: bool = True, federation: str | Path | None = None, data_base: str | Path | None = None,
+             timeout: float = 3600.0) -> int:
+    from .provision import provision
+    from sites_example.generate import generate
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if federation is None:
+        with console.status("generating sites_example"):
+            generate(work / "sites", zoom=zoom, cases=cases, seed=seed)
+        federation, data_base = example_federation_path(), work / "sites"
+    fed = load_federation(federation, data_base=data_base)
+    names = [s["name"] for s in fed["sites"]]
+    prov = provision(work / "provision", names, federation=fed["federation"]["name"].replace("_", "-"),
+                     force=True)
+    run_dir = work / "run"
+    if run_dir.exists():  # a demo always starts a fresh run
+        import shutil
+        shutil.rmtree(run_dir)
+    labels = {int(k): v for k, v in fed["labels"].items()}
+    t0 = time.monotonic()
+    with L.ProcessGroup("fedvox-demo") as group:
+        with console.status("starting SuperLink (TLS + node authentication)"):
+            sl, cli = deploy.start_superlink(group, prov, work / "server", None, insecure=False)
+        console.print(f"SuperLink on {sl.address}: TLS, SuperNode auth, {len(names)} site keys registered")
+        from .provision import read_kit
+        for s in fed["sites"]:
+            with console.status(f"starting {s['name']}: worker (cache) + SuperNode"):
+                kit = read_kit(prov.site_kits[s["name"]])
+                deploy.start_site(group, kit, Path(federation), Path(s["config_path"]), work / "sites-work" / s["name"],
+                                  sl.address, data_base=Path(data_base) if data_base else None)
+            console.print(f"  {s['name']}: worker ready, SuperNode connected")
+        spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,
+                                 prov.roster_path, rounds=rounds, min_sites=min(len(names), 2))
+        result: dict = {}
+
+        def _run():
+            result["r"] = deploy.run_federation(cli, prov.federation, spec, timeout, work / "server" / "run.log")
+
+        th = threading.Thread(target=_run, daemon=True)
+        th.start()
+        with Live(round_table(run_dir, labels), console=console, refresh_per_second=1) as live:
+            while th.is_alive():
+                th.join(2.0)
+                live.update(round_table(run_dir, labels))
+        res = result.get("r")
+        if res is None or not res.ok:
+            console.print(f"[red]federated run did not complete: {getattr(res, 'status', 'no result')}\n"
+                          f"{getattr(res, 'details', '')}")
+            console.print(f"logs: {work / 'server'} and {work / 'sites-work'}")
+            return 1
+    console.print(comparison_table(run_dir, labels))
+    console.print(f"federated run finished in {time.monotonic() - t0:.0f} s; run directory: {run_dir}")
+    _after_run(run_dir, work, prov)
     return 0
+
+
+def _after_run(run_dir: Path, work: Path, prov) -> None:
+    """Report and bundle, when those parts are installed (issue 7)."""
+    try:
+        from .report import make_report
+    except ImportError:
+        return
+    rep = make_report(run_dir)
+    console.print(f"report: {rep}")
+    try:
+        from .export import export_run
+    except ImportError:
+        return
+    out = export_run(run_dir, work / "bundle", key=prov.ca_key)
+    console.print(f"exported MONAI bundle: {out}")

@@ -1,0 +1,144 @@
+"""The Flower ClientApp: a thin shim in front of the site worker.
+
+Flower starts a new ClientApp process for every message, so this module
+imports no torch and holds no state in memory: it reads the site's settings
+from the SuperNode's node-config, forwards the round's work to the worker
+over its Unix socket, masks the delta when secure aggregation is on (state on
+disk under `state-dir`), and replies with the (masked) delta and scalar
+metrics only. No image, label or header ever passes through here.
+
+node-config keys: worker-socket, site-name, and for secure aggregation
+auth-key (the enrollment key), roster (roster.json) and state-dir. With
+`audit-dir` set, every reply's records are described (names, types, dtypes,
+sizes) in a JSON line there, so a test or an auditor can check what leaves.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .tensors import flatten
+from .worker_client import WorkerClient
+
+app = ClientApp()
+
+
+def describe_reply(content: RecordDict) -> dict:
+    """What a reply carries, record by record (no values except metric names)."""
+    out = {}
+    for name, rec in content.array_records.items():
+        out[name] = {"kind": "array", "arrays": {k: {"dtype": str(a.dtype), "shape": list(a.shape)}
+                                                 for k, a in rec.items()}}
+    for name, rec in content.metric_records.items():
+        out[name] = {"kind": "metric", "values": {k: type(v).__name__ for k, v in rec.items()}}
+    for name, rec in content.config_records.items():
+        out[name] = {"kind": "config", "values": {k: type(v).__name__ for k, v in rec.items()}}
+    return out
+
+
+def _reply(msg: Message, content: RecordDict, context: Context) -> Message:
+    audit = context.node_config.get("audit-dir")
+    if audit:
+        import os
+        import time
+        os.makedirs(str(audit), exist_ok=True)
+        line = {"message_type": msg.metadata.message_type, "time": time.time(),
+                "records": describe_reply(content)}
+        with open(os.path.join(str(audit), "outgoing.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+    return Message(content, reply_to=msg)
+
+
+def _node(context: Context, key: str) -> str:
+    v = context.node_config.get(key)
+    if not v:
+        raise RuntimeError(f"node-config has no {key!r}: start the site with `fedvox site`, which sets it")
+    return str(v)
+
+
+def _worker(context: Context) -> WorkerClient:
+    return WorkerClient(_node(context, "worker-socket"))
+
+
+def _secagg(context: Context, session: str):
+    from .secagg import SiteSecAgg
+    roster = json.loads(Path(_node(context, "roster")).read_text())
+    state = Path(_node(context, "state-dir")) / "secagg" / session.replace("/", "_")
+    return SiteSecAgg(_node(context, "site-name"), session, _node(context, "auth-key"), roster, state)
+
+
+def _arrays(msg: Message) -> dict[str, np.ndarray]:
+    rec = msg.content.array_records["arrays"]
+    return {k: v.numpy() for k, v in rec.items()}
+
+
+def _config(msg: Message) -> dict:
+    cfg = msg.content.config_records.get("config")
+    return dict(cfg) if cfg is not None else {}
+
+
+def metric_record(d: dict) -> MetricRecord:
+    """Scalars only: anything else is dropped here, at the site boundary."""
+    return MetricRecord({k: float(v) for k, v in d.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def _info(context: Context) -> ConfigRecord:
+    return ConfigRecord({"site": _node(context, "site-name")})
+
+
+@app.query("advertise")
+def advertise(msg: Message, context: Context) -> Message:
+    """Secure aggregation S1: signed public keys for this session."""
+    session = str(msg.content.config_records["secagg"]["session"])
+    payload = _secagg(context, session).advertise()
+    return _reply(msg, RecordDict({"secagg": ConfigRecord({"site": _node(context, "site-name"),
+                                                           "payload": payload})}), context)
+
+
+@app.query("share")
+def share(msg: Message, context: Context) -> Message:
+    """Secure aggregation S2: encrypted Shamir shares of this site's mask key."""
+    rec = msg.content.config_records["secagg"]
+    payload = _secagg(context, str(rec["session"])).receive_roster_and_share(bytes(rec["payload"]))
+    return _reply(msg, RecordDict({"secagg": ConfigRecord({"site": _node(context, "site-name"),
+                                                           "payload": payload})}), context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = _config(msg)
+    rnd = int(cfg.get("server-round", 0))
+    with _worker(context) as w:
+        delta, weight, metrics = w.train(str(cfg.get("run-id", "")), rnd, _arrays(msg), cfg)
+    flat = flatten(delta)
+    sec = msg.content.config_records.get("secagg")
+    if sec is None:
+        content = RecordDict({"delta": ArrayRecord({"flat": Array(flat)}),
+                              "metrics": metric_record({**metrics, "num-examples": weight})})
+    else:
+        # the weight and the delta leave the site only inside the masked vector
+        up = _secagg(context, str(sec["session"])).mask(rnd, flat, weight, bytes(sec["payload"]))
+        content = RecordDict({"masked": ArrayRecord({"vector": Array(up.vector)}),
+                              "secagg": ConfigRecord({"payload": up.payload}),
+                              "metrics": metric_record({**metrics, "clipped": up.clipped})})
+    content["info"] = _info(context)
+    return _reply(msg, content, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = _config(msg)
+    rnd = int(cfg.get("server-round", 0))
+    with _worker(context) as w:
+        metrics, n = w.evaluate(str(cfg.get("run-id", "")), rnd, _arrays(msg), cfg)
+    content = RecordDict({"metrics": metric_record({**metrics, "num-examples": n}), "info": _info(context)})
+    sec = msg.content.config_records.get("secagg")
+    if sec is not None:
+        content["secagg"] = ConfigRecord(
+            {"payload": _secagg(context, str(sec["session"])).reveal(rnd, bytes(sec["payload"]))})
+    return _reply(msg, content, context)

@@ -1,0 +1,315 @@
+"""All cryptography of fedvox's secure aggregation, in one reviewable module.
+
+Only well-kept libraries do the cryptographic work:
+- `cryptography`: X25519 key agreement, HKDF-SHA256, AES-256-GCM, the ChaCha20
+  keystream used as the mask PRG, ECDSA (enrollment keys, OpenSSH format);
+- pycryptodome: Shamir secret sharing over GF(2^128).
+
+Keys are handled as raw 32-byte strings so that state files and wire payloads
+hold plain bytes. No torch import here (the ClientApp shim must stay light).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import BadSignature, SecAggError, TamperedShare
+
+SECRET_BYTES = 32
+NONCE_BYTES = 12
+_DOMAIN = b"fedvox-secagg-v1"
+
+
+# --------------------------------------------------------------- canonical bytes
+def pack(*fields: str | bytes | int) -> bytes:
+    """Unambiguous encoding of a tuple, used for everything that is signed,
+    authenticated or fed to HKDF: type tag + length prefix per field, so no two
+    different tuples encode to the same bytes (protobuf serialisation is not
+    guaranteed canonical, so it is never signed directly)."""
+    out = [_DOMAIN]
+    for f in fields:
+        if isinstance(f, bool):
+            raise TypeError("pack() takes str, bytes or int, not bool")
+        if isinstance(f, int):
+            if f < 0:
+                raise ValueError("pack() takes non-negative ints")
+            out.append(b"i" + struct.pack(">Q", f))
+        elif isinstance(f, str):
+            b = f.encode("utf-8")
+            out.append(b"s" + struct.pack(">I", len(b)) + b)
+        elif isinstance(f, (bytes, bytearray, memoryview)):
+            b = bytes(f)
+            out.append(b"b" + struct.pack(">I", len(b)) + b)
+        else:
+            raise TypeError(f"pack() cannot encode {type(f).__name__}")
+    return b"".join(out)
+
+
+def sha256(*chunks: bytes) -> bytes:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.digest()
+
+
+def random_secret() -> bytes:
+    return os.urandom(SECRET_BYTES)
+
+
+# ------------------------------------------------------------------------ X25519
+def x25519_keypair() -> tuple[bytes, bytes]:
+    """(private, public) raw 32-byte X25519 keys."""
+    sk = X25519PrivateKey.generate()
+    return (sk.private_bytes_raw(), sk.public_key().public_bytes_raw())
+
+
+def x25519_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def _x25519(private: bytes, peer_public: bytes, peer: str) -> bytes:
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as e:  # malformed key or an all-zero (low-order) result
+        raise SecAggError(f"key agreement with {peer!r} failed: {e}") from e
+
+
+def hkdf(ikm: bytes, info: bytes, length: int = 32) -> bytes:
+    # No salt: every input key is fresh and the info binds run/round/parties.
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(ikm)
+
+
+def channel_key(my_channel_sk: bytes, peer_channel_pk: bytes, run_id: str,
+                me: str, peer: str) -> bytes:
+    """AES-256-GCM key shared by two sites for the whole run. Both ends get the
+    same key because the site pair is put in sorted order."""
+    lo, hi = sorted((me, peer))
+    return hkdf(_x25519(my_channel_sk, peer_channel_pk, peer),
+                pack("channel", run_id, lo, hi))
+
+
+def pairwise_mask_key(my_mask_sk: bytes, peer_mask_pk: bytes, run_id: str, round_: int,
+                      me: str, my_epoch: int, peer: str, peer_epoch: int) -> bytes:
+    """ChaCha20 key of the pairwise mask s_ij^r. The round and both key epochs
+    are bound in, so a mask never repeats even if a key pair did."""
+    (lo, lo_e), (hi, hi_e) = sorted(((me, my_epoch), (peer, peer_epoch)))
+    return hkdf(_x25519(my_mask_sk, peer_mask_pk, peer),
+                pack("pair-mask", run_id, round_, lo, lo_e, hi, hi_e))
+
+
+def self_mask_key(seed: bytes, run_id: str, round_: int, site: str) -> bytes:
+    return hkdf(seed, pack("self-mask", run_id, round_, site))
+
+
+def self_mask_commitment(seed: bytes, run_id: str, round_: int, site: str) -> bytes:
+    """Public commitment to b_i^r so the server can check a reconstruction
+    (a 256-bit random seed is not recoverable from its hash)."""
+    return sha256(pack("self-mask-commitment", run_id, round_, site, seed))
+
+
+# ------------------------------------------------------------------------ AES-GCM
+def share_ad(run_id: str, kind: int, tag: int, sender: str, receiver: str) -> bytes:
+    """Associated data of an encrypted share: binds run, share kind, round (or
+    key epoch), sender and receiver, so the server cannot relabel or reroute."""
+    return pack("share", run_id, kind, tag, sender, receiver)
+
+
+def encrypt(key: bytes, plaintext: bytes, ad: bytes) -> tuple[bytes, bytes]:
+    """AES-256-GCM with a random 96-bit nonce -> (nonce, ciphertext||tag)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce, AESGCM(key).encrypt(nonce, plaintext, ad)
+
+
+def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes, what: str) -> bytes:
+    """Inverse of encrypt(); `what` names the share/peer for the error."""
+    if len(nonce) != NONCE_BYTES:
+        raise TamperedShare(f"{what}: nonce has {len(nonce)} bytes, expected {NONCE_BYTES}")
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, ad)
+    except InvalidTag:
+        raise TamperedShare(f"{what}: AES-GCM authentication failed (modified, "
+                            "relabelled or not encrypted for this site)") from None
+
+
+# ---------------------------------------------------------------------- the PRG
+class Keystream:
+    """ChaCha20 keystream as a uint32 vector of length n, the mask PRG.
+
+    One zero input and one output buffer are reused across calls (allocating
+    20 MB per peer for a 5M-parameter model would cost more than the cipher).
+    The returned array is a view of the shared buffer: use it before the next
+    call. A fixed nonce is safe because every key is used once (HKDF output
+    bound to run, round and parties)."""
+
+    _NONCE = bytes(16)  # cryptography's ChaCha20 takes counter||nonce (16 bytes)
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self._zero = np.zeros(self.n, dtype=np.uint32)
+        self._out = np.empty(self.n, dtype=np.uint32)
+
+    def __call__(self, key: bytes) -> np.ndarray:
+        enc = Cipher(algorithms.ChaCha20(key, self._NONCE), mode=None).encryptor()
+        enc.update_into(memoryview(self._zero).cast("B"), memoryview(self._out).cast("B"))
+        if sys.byteorder != "little":  # the wire format is little-endian uint32
+            self._out.byteswap(inplace=True)
+        return self._out
+
+    def add_into(self, acc: np.ndarray, key: bytes) -> None:
+        np.add(acc, self(key), out=acc)  # uint32 wraps mod 2^32
+
+    def sub_into(self, acc: np.ndarray, key: bytes) -> None:
+        np.subtract(acc, self(key), out=acc)
+
+
+def prg_uint32(key: bytes, n: int) -> np.ndarray:
+    """Fresh copy of the keystream as uint32[n] (convenience for tests)."""
+    return Keystream(n)(key).copy()
+
+
+# ------------------------------------------------------------------------ Shamir
+def shamir_split(secret: bytes, threshold: int, n: int) -> list[tuple[int, bytes]]:
+    """t-of-n shares of a 32-byte secret, indices 1..n. pycryptodome shares
+    16-byte blocks, so each half is shared with its own random polynomial and
+    a share is the two 16-byte points at the same index."""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"Shamir secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+    if not 1 <= threshold <= n:
+        raise ValueError(f"threshold {threshold} must be within 1..{n}")
+    if threshold == 1:
+        # pycryptodome needs k >= 2; with t = 1 every share IS the secret
+        return [(i, bytes(secret)) for i in range(1, n + 1)]
+    lo = Shamir.split(threshold, n, secret[:16], ssss=False)
+    hi = Shamir.split(threshold, n, secret[16:], ssss=False)
+    return [(i, a + b) for (i, a), (j, b) in zip(lo, hi) if i == j]
+
+
+def shamir_combine(shares: Iterable[tuple[int, bytes]], threshold: int) -> bytes:
+    """Secret from at least `threshold` shares (the first `threshold` distinct
+    indices are used; more do not help and cost time)."""
+    seen: dict[int, bytes] = {}
+    for idx, val in shares:
+        if len(val) != SECRET_BYTES:
+            raise ValueError(f"share {idx} has {len(val)} bytes, expected {SECRET_BYTES}")
+        seen.setdefault(int(idx), bytes(val))
+    if len(seen) < threshold:
+        raise ValueError(f"{len(seen)} distinct shares, threshold is {threshold}")
+    pts = sorted(seen.items())[:threshold]
+    if threshold == 1:
+        return pts[0][1]
+    lo = Shamir.combine([(i, v[:16]) for i, v in pts], ssss=False)
+    hi = Shamir.combine([(i, v[16:]) for i, v in pts], ssss=False)
+    return lo + hi
+
+
+# ---------------------------------------------------------- enrollment keys (EC)
+_SIG_HASH = hashes.SHA384()
+
+
+def generate_enrollment_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    """A new site enrollment key (P-384 unless told otherwise), as provisioning makes."""
+    return ec.generate_private_key(curve or ec.SECP384R1())
+
+
+def enrollment_private_openssh(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+
+
+def enrollment_public_openssh(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> bytes:
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
+
+def _read_source(src: str | bytes | os.PathLike) -> tuple[bytes, str]:
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src), "<bytes>"
+    text = str(src)
+    if text.lstrip().startswith(("-----BEGIN", "ecdsa-sha2-")):
+        return text.encode(), "<text>"
+    p = Path(text).expanduser()
+    try:
+        return p.read_bytes(), str(p)
+    except OSError as e:
+        raise SecAggError(f"cannot read key file {p}: {e.strerror or e}") from e
+
+
+def load_enrollment_private_key(src: str | bytes | os.PathLike,
+                                password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """An OpenSSH-format EC private key from a path, PEM text or bytes (PKCS#8
+    PEM is accepted too)."""
+    data, where = _read_source(src)
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            key = serialization.load_ssh_private_key(data, password=password)
+        else:
+            key = serialization.load_pem_private_key(data, password=password)
+    except (ValueError, TypeError) as e:
+        raise SecAggError(f"{where}: not a readable enrollment private key ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SecAggError(f"{where}: enrollment key must be an EC key, got {type(key).__name__}")
+    return key
+
+
+def load_enrollment_public_key(src: str | bytes | os.PathLike
+                               | ec.EllipticCurvePublicKey) -> ec.EllipticCurvePublicKey:
+    """An OpenSSH public key line ('ecdsa-sha2-nistp384 AAAA... comment') from
+    a path, text or bytes; an already loaded key passes through."""
+    if isinstance(src, ec.EllipticCurvePublicKey):
+        return src
+    data, where = _read_source(src)
+    try:
+        key = serialization.load_ssh_public_key(data.strip())
+    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as e:
+        raise SecAggError(f"{where}: not a readable OpenSSH public key ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SecAggError(f"{where}: enrollment key must be an EC key, got {type(key).__name__}")
+    return key
+
+
+def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA-SHA384 (DER) over `data` (always a pack() tuple)."""
+    return key.sign(data, ec.ECDSA(_SIG_HASH))
+
+
+def verify(pub: ec.EllipticCurvePublicKey, signature: bytes, data: bytes, what: str) -> None:
+    """Raises BadSignature naming `what` (the site and the signed object)."""
+    try:
+        pub.verify(signature, data, ec.ECDSA(_SIG_HASH))
+    except InvalidSignature:
+        raise BadSignature(f"{what}: signature does not verify against the "
+                           "site's enrolled public key") from None
+
+
+def advert_signed_bytes(run_id: str, site: str, epoch: int, channel_pk: bytes,
+                        mask_pk: bytes) -> bytes:
+    return pack("key-advert", run_id, site, epoch, channel_pk, mask_pk)
+
+
+def view_signed_bytes(run_id: str, round_: int, digest: bytes) -> bytes:
+    return pack("round-view", run_id, round_, digest)
+
+
+def view_digest(run_id: str, round_: int, threshold: int,
+                participants: Sequence[tuple[str, int, bytes]]) -> bytes:
+    """Digest of a round's participant view: (site, key epoch, mask key),
+    sorted by site."""
+    parts: list[str | bytes | int] = ["view", run_id, round_, threshold, len(participants)]
+    for site, epoch, pk in sorted(participants):
+        parts += [site, epoch, pk]
+    return sha256(pack(*parts))

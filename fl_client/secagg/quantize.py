@@ -1,0 +1,128 @@
+"""Fixed-point encoding of weighted, clipped updates in uint32 (mod 2^32).
+
+A site with update x (float) and weight w sends the vector
+    [ q(w*clip(x)) ..., q_w(w), clip_events ]        (n + 2 uint32 coordinates)
+so that the server, after summing the masked vectors of up to N sites and
+stripping the masks, gets sum(w_i x_i), sum(w_i) and the total clip count, and
+nothing per site. uint32 keeps the bytes on the wire equal to float32.
+
+No-wrap bound (why the scales are what they are). With c = clip_range,
+W = max_weight and N = number of sites summed:
+- weights:  wq_i = rint(min(w_i, W) * s_w),   s_w = (2^32 - 1 - N) / (N W)
+  sum_i wq_i <= N (W s_w + 1/2) = 2^32 - 1 - N/2 < 2^32   (unsigned, no wrap)
+- values use the quantised weight w^_i = wq_i / s_w <= W' = W + 1/(2 s_w), so the
+  mean divides by exactly the weight that multiplied the values:
+  q_i = rint(w^_i x_i s_v),   s_v = (2^31 - 1 - N) / (N W' c)
+  |sum_i q_i| <= N (W' c s_v + 1/2) = 2^31 - 1 - N/2 < 2^31
+  so the uint32 sum read as int32 (centred around 0) is the exact integer sum.
+- clip events: each site's count is capped at floor((2^32 - 1) / N).
+Error of the mean vs the plaintext weighted mean of the clipped values
+(see mean_tolerance): N (1/(2 s_v) + c / s_w) / sum(w^) + float32 rounding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import QuantizationError
+
+NUM_EXTRA = 2  # [summed weight, clip events] ride as masked coordinates
+_U32 = 2 ** 32
+_I31 = 2 ** 31
+
+
+@dataclass(frozen=True)
+class QuantizedUpdate:
+    vector: np.ndarray      # uint32[n + NUM_EXTRA]
+    clipped: int            # coordinates of x outside [-c, c] (before the cap)
+    weight: float           # the weight actually encoded (w^)
+    weight_clipped: bool    # True when w > max_weight was clipped to it
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    clip_range: float
+    max_weight: float
+    num_sites: int
+
+    def __post_init__(self):
+        c, w, n = self.clip_range, self.max_weight, self.num_sites
+        if not (math.isfinite(c) and c > 0):
+            raise QuantizationError(f"clip_range must be a positive number, got {c}")
+        if not (math.isfinite(w) and w > 0):
+            raise QuantizationError(f"max_weight must be a positive number, got {w}")
+        if int(n) != n or n < 1:
+            raise QuantizationError(f"num_sites must be a positive integer, got {n}")
+        if self.value_scale < 1.0:
+            raise QuantizationError(
+                f"clip_range*max_weight*num_sites = {c * w * n:g} leaves less than one "
+                "uint32 level per unit: lower clip_range or max_weight")
+
+    # scales (see module docstring for the bound)
+    @property
+    def weight_scale(self) -> float:
+        return (_U32 - 1 - self.num_sites) / (self.num_sites * self.max_weight)
+
+    @property
+    def value_scale(self) -> float:
+        w_hi = self.max_weight + 0.5 / self.weight_scale
+        return (_I31 - 1 - self.num_sites) / (self.num_sites * w_hi * self.clip_range)
+
+    @property
+    def step(self) -> float:
+        """Quantisation step of one weighted value."""
+        return 1.0 / self.value_scale
+
+    @property
+    def clip_cap(self) -> int:
+        return (_U32 - 1) // self.num_sites
+
+    def mean_tolerance(self, total_weight: float) -> float:
+        """Bound on |unmasked mean - plaintext weighted mean| per coordinate,
+        for clipped inputs and true weights (within [0, max_weight])."""
+        n, c = self.num_sites, self.clip_range
+        return (n * (0.5 / self.value_scale + c / self.weight_scale) / total_weight
+                + c * 2.0 ** -23)
+
+    def quantize(self, x: np.ndarray, weight: float) -> QuantizedUpdate:
+        x = np.asarray(x).reshape(-1)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise QuantizationError(f"update must be floating point, got {x.dtype}")
+        w = float(weight)
+        if not math.isfinite(w) or w < 0:
+            raise QuantizationError(f"weight must be a finite number >= 0, got {weight}")
+        weight_clipped = w > self.max_weight
+        wq = int(np.rint(min(w, self.max_weight) * self.weight_scale))
+        w_hat = wq / self.weight_scale
+        x64 = x.astype(np.float64)
+        if not np.isfinite(x64).all():
+            bad = int(np.count_nonzero(~np.isfinite(x64)))
+            raise QuantizationError(f"update has {bad} non-finite values (NaN/inf): "
+                                    "the local training diverged; not sending it")
+        c = self.clip_range
+        clipped = int(np.count_nonzero(np.abs(x64) > c))
+        np.clip(x64, -c, c, out=x64)
+        x64 *= w_hat * self.value_scale
+        out = np.empty(x.size + NUM_EXTRA, dtype=np.uint32)
+        # |q| < 2^31, so int32 is exact and its bytes are the two's complement
+        # residue mod 2^32 that the masked sum needs
+        out[:x.size] = np.rint(x64).astype(np.int32).view(np.uint32)
+        out[x.size] = wq
+        out[x.size + 1] = min(clipped, self.clip_cap)
+        return QuantizedUpdate(out, clipped, w_hat, weight_clipped)
+
+    def dequantize(self, total: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """(weighted mean float32[n], summed weight, total clip events) from the
+        unmasked uint32 sum."""
+        total = np.asarray(total, dtype=np.uint32).reshape(-1)
+        if total.size < NUM_EXTRA:
+            raise QuantizationError(f"sum has {total.size} coordinates, needs at least {NUM_EXTRA}")
+        n = total.size - NUM_EXTRA
+        weight = float(total[n]) / self.weight_scale
+        if weight <= 0:
+            raise QuantizationError("summed weight is zero: nothing to average")
+        mean = total[:n].view(np.int32).astype(np.float64)
+        mean /= self.value_scale * weight
+        return mean.astype(np.float32), weight, int(total[n + 1])

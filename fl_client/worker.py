@@ -1,0 +1,151 @@
+"""The site worker: a long-lived process that holds a site's preprocessed cache,
+its model and its device across rounds, and does each round's work.
+
+The Flower ClientApp process (started anew for every message) only forwards
+requests here over a Unix-domain socket (see worker_server.py); nothing that
+leaves the site is produced anywhere else: weight deltas and scalar metrics.
+
+Per-round determinism: the patches and the torch seed of round r depend only
+on (federation seed, site, r), and the local-only baseline of round r is
+trained from the round r-1 state saved on disk, so a replayed round (server
+restart) gives the same result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imaging_core.data.site_data import SiteData
+from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
+from imaging_core.train.task import build_loss, build_net, float_state, train_config
+from imaging_core.train.trainer import Trainer, flat_scores, seed_everything
+from imaging_core.metrics import summarize
+
+log = logging.getLogger("fedvox.worker")
+
+
+def round_seed(seed: int, site: str, server_round: int) -> int:
+    h = hashlib.sha256(f"{seed}/{site}/{server_round}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def _scalars(prefix: str, d: dict) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in d.items() if isinstance(v, (int, float, np.floating, np.integer))}
+
+
+class SiteWorker:
+    def __init__(self, fed: dict, site: dict, work_dir: str | Path, device: str | None = None):
+        self.fed, self.site = fed, site
+        self.name = site["name"]
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device or site.get("device", "cpu"))
+        self.seed = int(fed["federation"].get("seed", 0))
+        self.data = SiteData(site["datalist_path"], self.work_dir / "cache", fed["preprocess"],
+                             fed["sampling"], fed["augment"], site["modality"], self.seed)
+        t0 = time.perf_counter()
+        self.report = self.data.prepare()
+        log.info("%s: cache ready in %.1f s (%d cases, %d skipped)", self.name,
+                 time.perf_counter() - t0, len(self.report.cases), len(self.report.failed))
+        self.num_classes = self.data.num_classes
+        self.roi = tuple(fed["sampling"]["patch_size"])
+        self.net = build_net(fed["model"], self.num_classes, seed=self.seed).to(self.device)
+        self.loss_fn = build_loss(fed["train"])
+
+    # ----- introspection ----------------------------------------------------
+    def status(self) -> dict:
+        return {"site": self.name, "num_train": len(self.data.cases("training")),
+                "num_val": len(self.data.cases("validation")),
+                "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
+                "model": self.fed["model"]}
+
+    def _load(self, net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+        ref = net.state_dict()
+        missing = [k for k in ref if ref[k].is_floating_point() and k not in weights]
+        if missing or any(k not in ref for k in weights):
+            raise ValueError(f"weights do not match the site's model (missing {missing[:3]}, "
+                             f"unexpected {[k for k in weights if k not in ref][:3]})")
+        sd = {k: torch.from_numpy(np.array(v)).to(ref[k].dtype) for k, v in weights.items()}
+        net.load_state_dict(sd, strict=False)
+
+    def _trainer(self, net, server_round: int, cfg: dict, anchor: dict | None) -> Trainer:
+        seed = round_seed(self.seed, self.name, server_round)
+        seed_everything(seed)
+        self.data.seed = seed  # fresh, reproducible patches every round
+        loader, sampler = self.data.train_loader(int(cfg.get("cases_per_batch", 1)),
+                                                 int(self.site.get("num_workers", 0)))
+        tc = train_config(self.fed["train"], epochs=int(cfg.get("local_epochs", 1)),
+                          schedule="constant", warmup_epochs=0, seed=seed,
+                          prox_mu=float(cfg.get("prox_mu", 0.0)),
+                          lr=float(cfg.get("lr", self.fed["train"].get("lr", 1e-3))))
+        return Trainer(net, self.loss_fn, loader, sampler, [], self.roi, self.num_classes, tc,
+                       device=self.device, global_weights=anchor)
+
+    # ----- one round --------------------------------------------------------
+    def train(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float, dict]:
+        """Local epochs from the global weights -> (delta, weight, scalar metrics)."""
+        if not self.data.cases("training"):
+            raise RuntimeError(f"{self.name}: no usable training cases")
+        self._load(self.net, weights)
+        start = float_state(self.net)
+        anchor = {k: v.to(self.device) for k, v in start.items()} if float(cfg.get("prox_mu", 0)) > 0 else None
+        t0 = time.perf_counter()
+        hist = self._trainer(self.net, server_round, cfg, anchor).fit(show_progress=False)
+        end = float_state(self.net)
+        delta = {k: (end[k] - start[k]).numpy() for k in start}
+        metrics = {"train_loss": hist.epochs[-1]["loss"], "train_seconds": time.perf_counter() - t0,
+                   "patches": sum(e["patches"] for e in hist.epochs)}
+        if cfg.get("local_baseline", True):
+            metrics.update(self._train_local_only(server_round, weights, cfg))
+        return delta, float(len(self.data.cases("training"))), metrics
+
+    def _local_path(self, server_round: int) -> Path:
+        return self.work_dir / "local_only" / f"round-{server_round:04d}.pt"
+
+    def _latest_local(self, server_round: int) -> Path | None:
+        """The local-only model after the last round <= server_round (the final
+        evaluation asks for round R+1, which trains nothing)."""
+        for r in range(server_round, 0, -1):
+            if self._local_path(r).exists():
+                return self._local_path(r)
+        return None
+
+    def _train_local_only(self, server_round: int, init_weights: dict, cfg: dict) -> dict:
+        """The site's local-only baseline gets the same epochs per round as the global
+        model, from its own previous state; only its metrics ever leave the site."""
+        net = build_net(self.fed["model"], self.num_classes).to(self.device)
+        prev = self._local_path(server_round - 1)
+        if server_round > 1 and prev.exists():
+            net.load_state_dict(load_checkpoint(prev)["net"])
+        else:  # round 1 starts from the same initial model as the federation
+            self._load(net, init_weights)
+        hist = self._trainer(net, server_round, {**cfg, "prox_mu": 0.0}, None).fit(show_progress=False)
+        save_checkpoint({"net": net.state_dict(), "round": server_round}, self._local_path(server_round))
+        return {"local_train_loss": hist.epochs[-1]["loss"]}
+
+    def evaluate(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float]:
+        """Validation metrics of the global model (and of the local-only baseline)."""
+        from imaging_core.inference.evaluate import evaluate_cases
+        val = self.data.cases("validation")
+        if not val:
+            return {"num_val": 0.0}, 0.0
+        tc = train_config(self.fed["train"])
+        self._load(self.net, weights)
+        out: dict[str, float] = {"num_val": float(len(val))}
+        models = [("global/", self.net)]
+        local = self._latest_local(server_round)
+        if cfg.get("local_baseline", True) and local is not None:
+            net = build_net(self.fed["model"], self.num_classes).to(self.device)
+            net.load_state_dict(load_checkpoint(local)["net"])
+            models.append(("local/", net))
+        for prefix, net in models:
+            per_case = evaluate_cases(net, val, self.roi, self.num_classes, self.device,
+                                      tc.amp if tc.amp != "auto" else None, tc.overlap, tc.sw_batch_size)
+            out.update(_scalars(prefix, flat_scores(summarize(per_case, self.num_classes), self.num_classes)))
+        return out, float(len(val))

@@ -1,0 +1,95 @@
+"""`fedvox train`: the non-federated baselines, on the same pipeline and model.
+
+- local-only: one site trains on its own training cases;
+- pooled: all sites' training cases together (the centralised upper bound
+  that federation is measured against; only possible when data can be pooled).
+The run directory gets per-epoch metrics (JSON/CSV), best/last checkpoints and
+final.json / final.csv: the best model on every site's validation cases and on
+the coordinator's held-out cases.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_federation
+from .records import write_csv, write_json
+
+console = Console(stderr=True)
+
+
+def _site_data(fed: dict, site: dict, cache_base: Path):
+    from imaging_core.data.site_data import SiteData
+    sd = SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"], fed["sampling"],
+                  fed["augment"], site["modality"], int(fed["federation"].get("seed", 0)))
+    rep = sd.prepare()
+    for cid, err in rep.failed.items():
+        console.print(f"[yellow]{site['name']}: skipped {cid}: {err}")
+    return sd
+
+
+def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_base: str | Path | None = None,
+                 cache_base: str | Path | None = None, epochs: int | None = None, device: str = "cpu",
+                 show_progress: bool = True) -> dict:
+    """``which`` is a site name or "pooled". Returns the final metrics rows."""
+    import torch
+    from imaging_core.data.patch_dataset import PatchDataset, patch_loader
+    from imaging_core.train.task import build_loss, build_net, train_config
+    from imaging_core.train.trainer import Trainer, flat_scores
+    from imaging_core.inference.evaluate import evaluate_cases
+    from imaging_core.metrics import summarize
+
+    fed = load_federation(federation, data_base=data_base)
+    out_dir = Path(out_dir)
+    cache_base = Path(cache_base) if cache_base else out_dir / "cache"
+    names = [s["name"] for s in fed["sites"]]
+    if which != "pooled" and which not in names:
+        raise ValueError(f"unknown site {which!r}: one of {', '.join(names)} or 'pooled'")
+    data = {s["name"]: _site_data(fed, s, cache_base) for s in fed["sites"]}
+    chosen = names if which == "pooled" else [which]
+    train_cases = [c for n in chosen for c in data[n].cases("training")]
+    val_cases = [c for n in chosen for c in data[n].cases("validation")]
+    if not train_cases:
+        raise ValueError(f"{which}: no usable training cases")
+    seed = int(fed["federation"].get("seed", 0))
+    num_classes = len(fed["labels"])
+    first = data[chosen[0]]
+    loader, sampler = patch_loader(PatchDataset(train_cases, first.train_transforms, seed),
+                                   num_workers=int(fed["sites"][0].get("num_workers", 0)), seed=seed)
+    cfg = train_config(fed["train"], **({"epochs": epochs} if epochs else {}), seed=seed)
+    net = build_net(fed["model"], num_classes, seed=seed)
+    trainer = Trainer(net, build_loss(fed["train"]), loader, sampler, val_cases,
+                      tuple(fed["sampling"]["patch_size"]), num_classes, cfg, run_dir=out_dir, device=device)
+    if trainer.resume():
+        console.print(f"resuming {which} from epoch {trainer.start_epoch}")
+    trainer.fit(show_progress=show_progress)
+
+    # final table: the best checkpoint (last if no validation improved) on every evaluation set
+    from imaging_core.train.checkpoint import load_checkpoint
+    best = out_dir / ("best.pt" if (out_dir / "best.pt").exists() else "last.pt")
+    net.load_state_dict(load_checkpoint(best)["net"])
+    sets = {n: data[n].cases("validation") for n in names}
+    if "coordinator" in fed:
+        coord = _site_data(fed, fed["coordinator"], cache_base)
+        sets["held-out"] = [c for c in coord.report.cases]
+    rows = []
+    for name, cases in sets.items():
+        if not cases:
+            continue
+        per_case = evaluate_cases(net, cases, tuple(fed["sampling"]["patch_size"]), num_classes,
+                                  torch.device(device), None, cfg.overlap, cfg.sw_batch_size)
+        rows.append({"model": which, "eval_set": name, "cases": len(cases),
+                     **flat_scores(summarize(per_case, num_classes), num_classes)})
+    write_json(out_dir / "final.json", {"model": which, "checkpoint": best.name, "rows": rows})
+    write_csv(out_dir / "final.csv", rows)
+    table = Table(title=f"{which} model ({best.name}) on each evaluation set")
+    cols = ["eval_set", "cases", "dice_fg_mean"] + [k for k in rows[0] if k.startswith(("dice_", "hd95_"))
+                                                     and k != "dice_fg_mean"] if rows else []
+    for c in cols:
+        table.add_column(c, justify="left" if c == "eval_set" else "right")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(table)
+    return {"rows": rows, "run_dir": str(out_dir)}

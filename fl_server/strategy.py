@@ -1,0 +1,62 @@
+"""Server optimisers on flat weight vectors (numpy, float64 state).
+
+A round gives the weighted mean of the sites' deltas (plain or unmasked from
+secure aggregation); the strategy turns it into the next global model. FedAvg
+and FedProx apply it as is (FedProx differs at the sites: a proximal term);
+FedAdam and FedYogi treat it as a pseudo-gradient (Reddi et al., "Adaptive
+Federated Optimization", 2021).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+@dataclass
+class ServerOptimizer:
+    name: str = "fedavg"
+    server_lr: float = 1.0          # FedAvg/FedProx: scale of the mean delta
+    eta: float = 1e-2               # FedAdam/FedYogi step
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3               # adaptivity floor
+    m: np.ndarray | None = field(default=None, repr=False)
+    v: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.name!r} (one of {', '.join(STRATEGIES)})")
+
+    def step(self, weights: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
+        d = mean_delta.astype(np.float64)
+        if self.name in ("fedavg", "fedprox"):
+            return (weights + self.server_lr * d).astype(np.float32)
+        if self.m is None:
+            self.m = np.zeros_like(d)
+            self.v = np.full_like(d, self.tau ** 2)
+        self.m = self.beta1 * self.m + (1 - self.beta1) * d
+        d2 = d * d
+        if self.name == "fedadam":
+            self.v = self.beta2 * self.v + (1 - self.beta2) * d2
+        else:  # Yogi: additive, sign-controlled update of v
+            self.v = self.v - (1 - self.beta2) * d2 * np.sign(self.v - d2)
+        return (weights + self.eta * self.m / (np.sqrt(self.v) + self.tau)).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"m": self.m, "v": self.v}
+
+    def load_state(self, st: dict) -> None:
+        self.m, self.v = st.get("m"), st.get("v")
+
+
+def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    if not deltas or w.sum() <= 0:
+        raise ValueError("no results to aggregate")
+    acc = np.zeros(deltas[0].shape, np.float64)
+    for d, wi in zip(deltas, w):
+        acc += wi * d
+    return (acc / w.sum()).astype(np.float32)

@@ -1,0 +1,181 @@
+"""configs/metadata.json and configs/inference.json of an exported bundle.
+
+inference.json is written for MONAI's own runner (``python -m monai.bundle
+run``) and deliberately avoids ``monai.engines`` / ``monai.handlers``: those
+need pytorch-ignite, which a hospital's MONAI install often lacks. The
+"workflow" is a plain list of expressions: load the weights, then
+``evaluator.run()`` -- a namespace, not an ignite engine -- which for each input
+file runs preprocess -> sliding window -> argmax -> invert the preprocessing
+(nearest neighbour) -> save. The network is ``monai.networks.nets.UNet``: our
+UNet3D has the same layout, and models/model.pt holds its weights under
+MONAI's key names, so the bundle runs with MONAI alone.
+"""
+from __future__ import annotations
+
+import importlib.metadata as im
+
+import numpy as np
+
+SCHEMA_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
+              "0.8.1/meta_schema_20240725.json")
+# the MONAI version the bundle format and inference.json were validated against
+TESTED_MONAI = "1.6.1"
+
+
+def _version(pkg: str, fallback: str) -> str:
+    try:
+        return im.version(pkg)
+    except im.PackageNotFoundError:
+        return fallback
+
+
+def crop_threshold(contract: dict, modality: str) -> float | None:
+    """The foreground threshold fedvox's preprocessing uses for this modality (None: no crop)."""
+    from ..transforms.crop_pad import CropForeground
+    from ..transforms.presets import build_preprocess
+    last = build_preprocess(contract, modality).transforms[-1]
+    return float(last.threshold) if isinstance(last, CropForeground) else None
+
+
+def _monai_intensity(rule: dict) -> dict:
+    kind = rule.get("kind", "window")
+    if kind == "window":
+        return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(rule["a_min"]),
+                "a_max": float(rule["a_max"]), "b_min": float(rule.get("b_min", 0.0)),
+                "b_max": float(rule.get("b_max", 1.0)), "clip": bool(rule.get("clip", True))}
+    if kind == "zscore":
+        # fedvox's z-score is channel-wise by default; with one input channel it is the same thing
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(rule.get("nonzero", True)),
+                "channel_wise": True}
+    return {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(rule.get("lower", 0.5)),
+            "upper": float(rule.get("upper", 99.5)), "b_min": float(rule.get("b_min", 0.0)),
+            "b_max": float(rule.get("b_max", 1.0)), "clip": bool(rule.get("clip", True)),
+            "relative": bool(rule.get("relative", False))}
+
+
+def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
+    mods = sorted(contract["intensity"])
+    pre = [{"_target_": "LoadImaged", "keys": "image", "image_only": True},
+           {"_target_": "EnsureChannelFirstd", "keys": "image"},
+           {"_target_": "Orientationd", "keys": "image", "axcodes": contract["orientation"]},
+           {"_target_": "Spacingd", "keys": "image", "pixdim": contract["pixdim"], "mode": "bilinear",
+            "dtype": "$numpy.float32"},
+           "@intensity"]
+    cfg: dict = {
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        # run from the bundle directory, or pass --bundle_root DIR
+        "bundle_root": ".",
+        "model_path": "$@bundle_root + '/models/model.pt'",
+        "dataset_dir": "$@bundle_root + '/input'",
+        "input_files": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
+        "output_dir": "$@bundle_root + '/eval'",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "monai.networks.nets.UNet", **monai_net_kwargs},
+        "network": "$@network_def.to(@device)",
+        "modality": contract["modality"],
+    }
+    # one intensity rule (and crop threshold) per modality the federation saw; pick with --modality MR
+    for m in mods:
+        cfg[f"intensity_{m}"] = _monai_intensity(contract["intensity"][m])
+    cfg["intensity"] = "${" + ", ".join(f"'{m}': @intensity_{m}" for m in mods) + "}[@modality]"
+    if contract.get("crop_foreground", True):
+        thr = {m: crop_threshold(contract, m) for m in mods}
+        cfg["crop_threshold"] = "${" + ", ".join(f"'{m}': {thr[m]!r}" for m in mods) + "}[@modality]"
+        pre.append({"_target_": "CropForegroundd", "keys": "image", "source_key": "image",
+                    "select_fn": "$lambda x: x > @crop_threshold", "margin": int(contract.get("margin", 0)),
+                    "allow_smaller": False})
+    pre.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
+    cfg.update({
+        "preprocessing": {"_target_": "Compose", "transforms": pre},
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': f} for f in @input_files]",
+                    "transform": "@preprocessing"},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": contract["roi_size"],
+                    "sw_batch_size": int(contract["sw_batch_size"]), "overlap": float(contract["overlap"]),
+                    "mode": "gaussian"},
+        # argmax first, then invert: labels go back to the input's grid by nearest neighbour
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": True, "to_tensor": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False}]},
+        # no_grad as a decorator: an expression cannot hold a `with` block
+        "predict": "$lambda d: @postprocessing({**d, 'pred': torch.no_grad()(@inferer)("
+                   "d['image'][None].to(@device), @network)[0].cpu()})",
+        # MONAI's InferProperties expect an "evaluator" with .run(); an ignite engine would
+        # need pytorch-ignite, so this is a namespace whose run() loops over the dataset
+        "evaluator": {"_target_": "types.SimpleNamespace",
+                      "run": "$lambda: [@predict(d) for d in @dataset]"},
+        "run": ["$@network.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
+                "$@network.eval()",
+                "$@evaluator.run()"],
+    })
+    return cfg
+
+
+def metadata(contract: dict, provenance: dict, net_config: dict, version: str, ts_method: str) -> dict:
+    import torch
+    labels = contract["labels"]
+    k = len(labels)
+    mod = contract["modality"]
+    rule = contract["intensity"][mod]
+    fg = ", ".join(v for kk, v in labels.items() if kk != "0")
+    fed = provenance.get("federation", "a fedvox federation")
+    eval_metrics = {}
+    for key, val in (provenance.get("metrics", {}).get("held_out") or {}).items():
+        if isinstance(val, (int, float)) and np.isfinite(val):
+            eval_metrics[f"held_out_{key}"] = float(val)
+    io_common = {"type": "image", "spatial_shape": list(contract["roi_size"]), "dtype": "float32",
+                 "is_patch_data": True}
+    return {
+        "schema": SCHEMA_URL,
+        "version": version,
+        "changelog": {version: f"federated model from run {provenance.get('run_id', '?')} "
+                               f"({provenance.get('which', 'best')} global model)"},
+        "monai_version": _version("monai", TESTED_MONAI),
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"nibabel": _version("nibabel", "5.1")},
+        "task": f"Federated 3D segmentation of {fg} ({mod})",
+        "description": (f"A 3D residual U-Net trained by federated learning across "
+                        f"{len(provenance.get('sites', []))} sites of {fed} "
+                        f"({provenance.get('strategy', '?')}, {provenance.get('rounds', '?')} rounds). "
+                        "Input: one 3D image; output: one label map in the input's original space."),
+        "authors": str(provenance.get("authors", f"The {fed} federation (fedvox)")),
+        "copyright": str(provenance.get("copyright", f"Copyright (c) the members of {fed}")),
+        "data_source": "Private data of the participating sites; it never left them.",
+        "data_type": "nibabel",
+        "image_classes": f"single channel {mod} image, {_rule_text(rule)}",
+        "label_classes": "; ".join(f"{kk}: {v}" for kk, v in labels.items()),
+        "pred_classes": "; ".join(f"{kk}: {v}" for kk, v in labels.items()),
+        "eval_metrics": eval_metrics,
+        "intended_use": "Research only. Not a medical device; not for clinical decisions.",
+        "network_data_format": {
+            "inputs": {"image": {**io_common, "format": "hounsfield" if mod == "CT" else "magnitude",
+                                 "modality": mod, "num_channels": int(contract["in_channels"]),
+                                 "value_range": [float(v) for v in _value_range(rule)],
+                                 "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {**io_common, "format": "segmentation", "num_channels": k,
+                                 "value_range": [], "channel_def": dict(labels)}},
+        },
+        "data_contract": contract,
+        "federated_provenance": provenance,
+        "fedvox": {"network": "imaging_core.nets.UNet3D", "network_config": net_config,
+                   "torchscript": ts_method,
+                   "weights": "models/model.pt: state dict under monai.networks.nets.UNet key names"},
+    }
+
+
+def _value_range(rule):
+    from .contract import input_value_range
+    return input_value_range(rule)
+
+
+def _rule_text(rule: dict) -> str:
+    kind = rule.get("kind", "window")
+    if kind == "window":
+        return (f"window [{rule['a_min']}, {rule['a_max']}] -> [{rule.get('b_min', 0.0)}, "
+                f"{rule.get('b_max', 1.0)}]")
+    if kind == "zscore":
+        return "z-score normalised" + (" over non-zero voxels" if rule.get("nonzero", True) else "")
+    return f"percentiles {rule.get('lower', 0.5)}-{rule.get('upper', 99.5)} -> [0, 1]"

@@ -1,0 +1,235 @@
+"""The local trainer: patches from the site cache, AMP, gradient accumulation,
+LR schedule, periodic validation, atomic resumable checkpoints, FedProx.
+
+It knows nothing of federation: a federated round is ``fit`` for a few epochs
+from the global weights, with ``prox_mu > 0`` for FedProx.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..inference.evaluate import evaluate_cases
+from ..io.atomic import write_bytes_atomic
+from ..metrics.summary import summarize
+from .amp import autocast, grad_scaler, resolve_amp
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adamw"          # adamw | sgd
+    schedule: str = "poly"            # poly | cosine | constant
+    warmup_epochs: int = 0
+    amp: str | None = "auto"          # auto | bf16 | fp16 | none
+    grad_accum: int = 1
+    cases_per_batch: int = 1          # each case yields samples_per_case patches
+    val_every: int = 1
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    seed: int = 0
+    prox_mu: float = 0.0              # FedProx proximal term weight
+    best_metric: str = "dice_fg_mean"
+    num_workers: int = 0
+    clip_grad: float | None = 12.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown [train] keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
+    if cfg.warmup_epochs and epoch_float < cfg.warmup_epochs:
+        return (epoch_float + 1e-3) / cfg.warmup_epochs
+    t = min(epoch_float / max(cfg.epochs, 1), 1.0)
+    if cfg.schedule == "poly":
+        return (1 - t) ** 0.9
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best: float = -math.inf
+    best_epoch: int = -1
+
+
+class Trainer:
+    def __init__(self, net: torch.nn.Module, loss_fn, loader, sampler, val_cases: Sequence,
+                 roi: Sequence[int], num_classes: int, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 device: str | torch.device = "cpu", global_weights: dict | None = None):
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.net = net.to(self.device)
+        self.loss_fn = loss_fn
+        self.loader, self.sampler = loader, sampler
+        self.val_cases = list(val_cases)
+        self.roi, self.num_classes = tuple(roi), num_classes
+        self.amp = resolve_amp(cfg.amp, self.device)
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.run_dir = Path(run_dir) if run_dir else None
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        elif cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.99, nesterov=True,
+                                       weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+        self.global_weights = None
+        if global_weights is not None:  # FedProx anchor, detached copy on the device
+            self.global_weights = {k: v.detach().to(self.device).clone() for k, v in global_weights.items()}
+        self.history = History()
+        self.start_epoch = 0
+
+    # ----- checkpoints -------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "history": asdict(self.history),
+                "cfg": asdict(self.cfg), "torch_rng": torch.get_rng_state()}
+
+    def resume(self) -> bool:
+        """Continue from run_dir/last.pt if present; returns True if resumed."""
+        if not self.run_dir or not (self.run_dir / "last.pt").exists():
+            return False
+        st = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
+        self.net.load_state_dict(st["net"])
+        self.opt.load_state_dict(st["opt"])
+        self.scaler.load_state_dict(st["scaler"])
+        h = st["history"]
+        self.history = History(h["epochs"], h["best"], h["best_epoch"])
+        torch.set_rng_state(st["torch_rng"])
+        self.start_epoch = st["epoch"] + 1
+        return True
+
+    def _write_metrics(self) -> None:
+        if not self.run_dir:
+            return
+        rows = self.history.epochs
+        write_bytes_atomic(self.run_dir / "metrics.json",
+                           json.dumps({"epochs": rows, "best": self.history.best,
+                                       "best_epoch": self.history.best_epoch}, indent=1).encode())
+        keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))})
+        import io
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in keys})
+        write_bytes_atomic(self.run_dir / "metrics.csv", buf.getvalue().encode())
+
+    # ----- training ----------------------------------------------------------
+    def _prox(self) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for name, p in self.net.named_parameters():
+            total = total + ((p - self.global_weights[name]) ** 2).sum()
+        return 0.5 * self.cfg.prox_mu * total
+
+    def train_epoch(self, epoch: int, progress: Progress | None = None) -> dict:
+        self.net.train()
+        self.sampler.set_epoch(epoch)
+        n_batches = len(self.loader)
+        task = progress.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan")) if progress else None
+        losses, n_patches, t0 = [], 0, time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.loader):
+            for g in self.opt.param_groups:
+                g["lr"] = self.cfg.lr * lr_factor(self.cfg, epoch + i / n_batches)
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp):
+                logits = self.net(x)
+            loss = self.loss_fn(logits.float(), y)
+            if self.global_weights is not None and self.cfg.prox_mu > 0:
+                loss = loss + self._prox()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}")
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+            if (i + 1) % self.cfg.grad_accum == 0 or i + 1 == n_batches:
+                if self.cfg.clip_grad:
+                    self.scaler.unscale_(self.opt)
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            n_patches += x.shape[0]
+            if progress:
+                progress.update(task, advance=1, loss=float(np.mean(losses)))
+        dt = time.perf_counter() - t0
+        if progress:
+            progress.remove_task(task)
+        return {"epoch": epoch, "loss": float(np.mean(losses)), "lr": self.opt.param_groups[0]["lr"],
+                "patches": n_patches, "seconds": round(dt, 3), "patches_per_s": round(n_patches / dt, 2)}
+
+    def validate(self) -> dict:
+        per_case = evaluate_cases(self.net, self.val_cases, self.roi, self.num_classes, self.device,
+                                  self.amp, self.cfg.overlap, self.cfg.sw_batch_size)
+        summ = summarize(per_case, self.num_classes)
+        return {"per_case": per_case, "summary": summ, **flat_scores(summ, self.num_classes)}
+
+    def fit(self, show_progress: bool = True) -> History:
+        cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn())
+        with Progress(*cols, transient=True, disable=not show_progress) as prog:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                row = self.train_epoch(epoch, prog)
+                is_val = self.val_cases and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs)
+                if is_val:
+                    row.update(self.validate())
+                    score = row.get(self.cfg.best_metric, float("nan"))
+                    if np.isfinite(score) and score > self.history.best:
+                        self.history.best, self.history.best_epoch = float(score), epoch
+                        if self.run_dir:
+                            save_checkpoint({"net": self.net.state_dict(), "epoch": epoch, "score": score},
+                                            self.run_dir / "best.pt")
+                self.history.epochs.append(row)
+                if self.run_dir:
+                    save_checkpoint(self.state(epoch), self.run_dir / "last.pt")
+                    self._write_metrics()
+        return self.history
+
+
+def flat_scores(summary: dict, num_classes: int) -> dict:
+    """Scalar headline figures from a metrics summary (for tables and best-model choice)."""
+    out = {}
+    fg = [c for c in range(1, num_classes)]
+    dices = [summary[str(c)]["dice"]["mean"] for c in fg if str(c) in summary]
+    out["dice_fg_mean"] = float(np.nanmean(dices)) if dices and not np.all(np.isnan(dices)) else float("nan")
+    for c in fg:
+        s = summary.get(str(c))
+        if s:
+            out[f"dice_{c}"] = s["dice"]["mean"]
+            out[f"hd95_{c}"] = s["hd95"]["mean"]
+            out[f"missed_{c}"] = s.get("n_missed", 0)
+    return out
+
+
+def clone_state(net: torch.nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})

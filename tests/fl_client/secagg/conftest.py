@@ -1,0 +1,66 @@
+"""An in-process federation of SiteSecAgg objects and one ServerSecAgg."""
+from __future__ import annotations
+
+import pytest
+
+from fl_client.secagg import ServerSecAgg, SiteSecAgg
+from fl_client.secagg import crypto
+
+_KEYS: list = []
+
+
+def enrollment_keys(n: int) -> list:
+    # P-384 keygen is cheap, but reuse keys across tests anyway
+    while len(_KEYS) < n:
+        _KEYS.append(crypto.generate_enrollment_key())
+    return _KEYS[:n]
+
+
+class Federation:
+    def __init__(self, root, n, threshold=None, clip_range=4.0, max_weight=1000.0,
+                 run_id="run-1"):
+        self.root, self.run_id = root, run_id
+        self.names = [f"site-{i:02d}" for i in range(n)]
+        self.keys = dict(zip(self.names, enrollment_keys(n)))
+        self.roster = {s: crypto.enrollment_public_openssh(k).decode()
+                       for s, k in self.keys.items()}
+        self.sites = {s: self.make_site(s) for s in self.names}
+        self.server = ServerSecAgg(run_id, self.roster, threshold, clip_range, max_weight)
+
+    def make_site(self, name):
+        """A (re)started site process: state comes from its directory."""
+        return SiteSecAgg(name, self.run_id, self.keys[name], self.roster, self.root / name)
+
+    def restart(self, name):
+        self.sites[name] = self.make_site(name)
+        return self.sites[name]
+
+    def setup(self, sites=None):
+        sites = self.names if sites is None else sites
+        roster_msg = self.server.collect_adverts({s: self.sites[s].advertise() for s in sites})
+        bundles = {s: self.sites[s].receive_roster_and_share(roster_msg) for s in sites}
+        return self.server.collect_share_bundles(bundles)
+
+    def train(self, r, deltas, weights, skip=()):
+        """Stage T; sites in `skip` drop before replying. Returns the updates."""
+        reqs = self.server.train_requests(r, [s for s in deltas] if deltas else None)
+        ups = {s: self.sites[s].mask(r, deltas[s], weights[s], reqs[s])
+               for s in reqs if s not in skip}
+        self.server.collect_masked(r, {s: (u.vector, u.payload) for s, u in ups.items()})
+        return ups
+
+    def evaluate(self, r, skip=()):
+        reqs = self.server.reveal_requests(r)
+        replies = {s: self.sites[s].reveal(r, reqs[s]) for s in reqs if s not in skip}
+        return self.server.unmask(r, replies)
+
+    def round(self, r, deltas, weights, drop_before_train=(), drop_after_train=()):
+        self.train(r, deltas, weights, skip=drop_before_train)
+        return self.evaluate(r, skip=drop_after_train)
+
+
+@pytest.fixture
+def federation(tmp_path):
+    def make(n, **kw):
+        return Federation(tmp_path, n, **kw)
+    return make

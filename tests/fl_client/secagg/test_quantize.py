@@ -1,0 +1,70 @@
+"""Fixed-point encoding: exact sums, the no-wrap bound, clip accounting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_client.secagg import NUM_EXTRA, QuantizationError, Quantizer
+
+
+def _sum(vectors):
+    acc = np.zeros_like(vectors[0])
+    for v in vectors:
+        acc += v  # uint32, wraps mod 2^32 like the masked sum
+    return acc
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sum_dequantises_to_weighted_mean_within_bound(seed):
+    rng = np.random.default_rng(seed)
+    n_sites, size = int(rng.integers(2, 11)), int(rng.integers(1, 3000))
+    q = Quantizer(clip_range=2.0, max_weight=500.0, num_sites=n_sites)
+    xs = [rng.uniform(-2, 2, size).astype(np.float32) for _ in range(n_sites)]
+    ws = rng.uniform(0.5, 500.0, n_sites)
+    encs = [q.quantize(x, w) for x, w in zip(xs, ws)]
+    assert all(e.vector.dtype == np.uint32 and e.vector.size == size + NUM_EXTRA for e in encs)
+    mean, weight, clipped = q.dequantize(_sum([e.vector for e in encs]))
+    ref = sum(w * x.astype(np.float64) for x, w in zip(xs, ws)) / ws.sum()
+    assert mean.dtype == np.float32 and clipped == 0
+    assert abs(weight - ws.sum()) <= n_sites / q.weight_scale
+    assert np.abs(mean - ref).max() <= q.mean_tolerance(weight)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_extreme_values_at_max_weight_do_not_wrap(sign):
+    n = 10
+    q = Quantizer(clip_range=8.0, max_weight=1000.0, num_sites=n)
+    encs = [q.quantize(np.full(7, sign * 8.0, np.float32), 1000.0) for _ in range(n)]
+    mean, weight, _ = q.dequantize(_sum([e.vector for e in encs]))
+    assert np.allclose(mean, sign * 8.0, atol=q.mean_tolerance(weight))
+    assert abs(weight - n * 1000.0) <= n / q.weight_scale
+
+
+def test_clip_events_counted_and_values_clipped():
+    q = Quantizer(clip_range=1.0, max_weight=10.0, num_sites=2)
+    a = q.quantize(np.array([0.5, 3.0, -7.0, 1.0], np.float32), 1.0)
+    b = q.quantize(np.array([2.0, 0.0, 0.0, -1.5], np.float32), 1.0)
+    assert (a.clipped, b.clipped) == (2, 2)
+    mean, _, clipped = q.dequantize(_sum([a.vector, b.vector]))
+    assert clipped == 4
+    assert np.allclose(mean, [0.75, 0.5, -0.5, 0.0], atol=q.mean_tolerance(2.0))
+
+
+def test_weight_above_max_is_clipped_and_flagged():
+    q = Quantizer(clip_range=1.0, max_weight=10.0, num_sites=2)
+    e = q.quantize(np.zeros(3, np.float32), 25.0)
+    assert e.weight_clipped and e.weight == pytest.approx(10.0)
+
+
+def test_bad_inputs_fail_clearly():
+    q = Quantizer(clip_range=1.0, max_weight=10.0, num_sites=2)
+    with pytest.raises(QuantizationError, match="non-finite"):
+        q.quantize(np.array([0.0, np.nan], np.float32), 1.0)
+    with pytest.raises(QuantizationError, match="weight"):
+        q.quantize(np.zeros(2, np.float32), -1.0)
+    with pytest.raises(QuantizationError, match="clip_range"):
+        Quantizer(clip_range=0.0, max_weight=1.0, num_sites=2)
+    with pytest.raises(QuantizationError, match="uint32 level"):
+        Quantizer(clip_range=1e6, max_weight=1e6, num_sites=50)
+    with pytest.raises(QuantizationError, match="zero"):
+        q.dequantize(np.zeros(5, np.uint32))
