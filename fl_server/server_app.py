@@ -124,8 +124,13 @@ class FederatedServer:
             if info is not None:
                 self.node_site[node] = str(info["site"])
             ok[node] = m
+        # the SuperLink answers for a node that went away with an error from its own id:
+        # attribute such errors to the nodes that gave no reply of their own
+        foreign = [f["error"] for f in failed if f["node"] not in nodes]
+        failed = [f for f in failed if f["node"] in nodes]
         answered = set(ok) | {f["node"] for f in failed}
-        failed += [{"node": n, "error": "no reply before the timeout"} for n in nodes if n not in answered]
+        why = "; ".join(sorted(set(foreign))) or "no reply before the timeout"
+        failed += [{"node": n, "error": why} for n in nodes if n not in answered]
         for f in failed:
             f["site"] = self.node_site.get(f["node"], str(f["node"]))
         return ok, failed

@@ -1,0 +1,236 @@
+"""Round cost of secure aggregation on Flower's deployment engine (issue 6).
+
+One invocation, real processes on loopback: SuperLink with TLS + SuperNode
+authentication, 3 SuperNodes (sites), numpy-only apps (bench/fvbench_rounds_app.py;
+no torch, no training: a site's update is a seeded random float32 vector of P
+values, so the figures isolate aggregation cost). For each P:
+
+  (a) unmasked fedvox-style round: train stage (plain float32 delta in an
+      ArrayRecord) + evaluate stage, weighted mean at the server;
+  (b) masked: fl_client.secagg riding on the same two stages (mask at T,
+      reveal at E, unmask at the server); setup (S1 advertise, S2 share) done
+      once before the rounds and reported separately;
+  (c) Flower's SecAgg+ on the legacy API: DefaultWorkflow with
+      SecAggPlusWorkflow, legacy ClientApp (NumPyClient) with secaggplus_mod.
+
+(a) and (b) run in one Flower run, alternating; (c) in a second run on the same
+SuperLink/SuperNodes. Round wall time = first request of the round sent to the
+new global model formed (after the evaluate stage). Bytes per site = request +
+reply payload (array data, config values, metric values) over the round's
+stages, mean over sites. The server replaces Grid.send_and_receive's fixed 3 s
+pull interval by --poll (same for all three modes), so stage times are not
+quantised to 3 s; the SuperNodes still poll the SuperLink on their own schedule.
+
+    python bench/bench_secagg_rounds.py [--sizes 1000000,5000000] [--with-20m]
+                                        [--rounds 2] [--poll 0.25] [--no-secaggplus]
+
+Last line: one JSON object (per-P seconds and bytes for a/b/c and the ratios).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fl_server import launch as L  # noqa: E402
+from fl_server.provision import provision  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+APP_MODULE = HERE / "fvbench_rounds_app.py"
+FED = "fvbench"
+SITES = ["site-1", "site-2", "site-3"]
+
+PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "{name}"
+version = "0.1.0"
+description = "fedvox secure-aggregation round benchmark app"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedvox"
+
+[tool.flwr.app.components]
+serverapp = "fvbench_rounds_app:{server}"
+clientapp = "fvbench_rounds_app:{client}"
+
+[tool.flwr.app.config]
+out-file = ""
+sizes = "1000"
+rounds = 1
+min-nodes = 3
+threshold = 2
+poll = 0.25
+stage-timeout = 300.0
+wait-nodes-timeout = 120.0
+roster = ""
+site-names = ""
+"""
+
+
+def make_app(dst: Path, name: str, server: str, client: str) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(APP_MODULE, dst / APP_MODULE.name)
+    (dst / "pyproject.toml").write_text(PYPROJECT.format(name=name, server=server, client=client))
+    return dst
+
+
+def med(xs):
+    return float(statistics.median(xs)) if xs else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000000,5000000")
+    ap.add_argument("--with-20m", action="store_true", help="add P = 20M")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds per mode and size")
+    ap.add_argument("--poll", type=float, default=0.25, help="server pull interval (Flower: 3 s)")
+    ap.add_argument("--no-secaggplus", action="store_true")
+    ap.add_argument("--run-timeout", type=float, default=900.0)
+    ap.add_argument("--work", default=None, help="work directory (default: a temp dir, removed)")
+    a = ap.parse_args(argv)
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    if a.with_20m and 20_000_000 not in sizes:
+        sizes.append(20_000_000)
+    work = Path(a.work).absolute() if a.work else Path(tempfile.mkdtemp(prefix="fvbench-rounds-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.monotonic()
+    result = {"bench": "secagg_rounds", "sites": len(SITES), "sizes": sizes, "rounds": a.rounds,
+              "poll_s": a.poll, "tls": True, "node_auth": True}
+    with L.ProcessGroup("fvbench-rounds") as group:
+        prov = provision(work / "prov", SITES, federation=FED, force=True)
+        sl = L.start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert,
+                                                        prov.server_key),
+                               auth=True, group=group, ready_timeout=90)
+        cli = work / "cli"
+        L.write_cli_config(cli, FED, sl.address, prov.ca_cert)
+        L.register_sites(cli, FED, prov.roster)
+        for s in SITES:
+            kit = prov.site_kits[s]
+            sw = work / "sites" / s
+            L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
+                              {"site-name": s, "auth-key": str(kit / "auth.key"),
+                               "roster": str(kit / "roster.json"), "state-dir": str(sw / "state")},
+                              workdir=sw, group=group, wait_connected=90)
+        L.wait_for_nodes(cli, FED, len(SITES), timeout=90)
+        print(f"federation up in {time.monotonic() - t_all:.1f} s ({work})", flush=True)
+
+        common = {"sizes": ",".join(map(str, sizes)), "rounds": a.rounds,
+                  "min-nodes": len(SITES), "poll": a.poll, "roster": str(prov.roster_path),
+                  "site-names": ",".join(SITES), "threshold": 2}
+        app_ab = make_app(work / "app-rounds", "fvbench-rounds", "server", "client")
+        out_ab = work / "rounds.json"
+        res = L.flwr_run(app_ab, cli, FED, {**common, "out-file": str(out_ab)},
+                         timeout=a.run_timeout, log_path=work / "run-rounds.log")
+        print(f"(a)/(b) run: {res.status} in {res.seconds:.1f} s", flush=True)
+        ab = json.loads(out_ab.read_text()) if out_ab.exists() else {"status": "no output"}
+        if not res.ok or ab.get("status") != "done":
+            print(f"(a)/(b) run failed: {res.details}\n{_tail(res.log_path)}", flush=True)
+        c = None
+        if not a.no_secaggplus:
+            app_c = make_app(work / "app-secaggplus", "fvbench-secaggplus", "legacy_server",
+                             "legacy_client")
+            out_c = work / "secaggplus.json"
+            res_c = L.flwr_run(app_c, cli, FED, {**common, "out-file": str(out_c)},
+                               timeout=a.run_timeout, log_path=work / "run-secaggplus.log")
+            print(f"(c) run: {res_c.status} in {res_c.seconds:.1f} s", flush=True)
+            c = json.loads(out_c.read_text()) if out_c.exists() else {"status": "no output"}
+            if not res_c.ok or c.get("status") != "done":
+                print(f"(c) run failed: {res_c.details}\n{_tail(res_c.log_path)}", flush=True)
+    result["wall_s"] = round(time.monotonic() - t_all, 1)
+
+    # ---- summary
+    setup = ab.get("setup") or {}
+    result["setup"] = {"seconds": round(setup.get("seconds", float("nan")), 2),
+                       "bytes_per_site": setup.get("bytes_per_site", {}).get("total"),
+                       "stages": setup.get("stages")}
+    per = {}
+    rows = []
+    for n in sizes:
+        d = {}
+        for mode, src in (("a", ab), ("b", ab), ("c", c or {})):
+            want = {"a": "plain", "b": "masked", "c": "secaggplus"}[mode]
+            rs = [r for r in src.get("rounds", []) if r["params"] == n and r["mode"] == want]
+            if not rs:
+                d[mode] = None
+                continue
+            d[mode] = {"seconds": round(med([r["seconds"] for r in rs]), 3),
+                       "seconds_all": [round(r["seconds"], 3) for r in rs],
+                       "bytes_per_site": int(med([r["bytes_per_site"]["total"] for r in rs])),
+                       "up_bytes_per_site": int(med([r["bytes_per_site"]["up"] for r in rs]))}
+            if mode in ("a", "b"):
+                d[mode]["train_stage_s"] = round(med([r["train_stage_s"] for r in rs]), 3)
+                d[mode]["eval_stage_s"] = round(med([r["eval_stage_s"] for r in rs]), 3)
+                d[mode]["server_s"] = round(med([r["server_between_s"] + r["server_aggregate_s"]
+                                                 for r in rs]), 3)
+                d[mode]["site_train_handler_s"] = round(med(
+                    [statistics.mean(r["site_train_handler_s"].values()) for r in rs]), 3)
+                d[mode]["max_abs_err"] = max(r["max_abs_err"] for r in rs)
+                if mode == "b":
+                    d[mode]["tolerance"] = max(r["tolerance"] for r in rs)
+            else:
+                sz = [x for x in src.get("sizes", []) if x["params"] == n]
+                if sz:
+                    d[mode]["max_abs_err"] = sz[0]["max_abs_err_last_round"]
+                d[mode]["stages_s"] = [round(e["seconds"], 2) for e in rs[0]["stages"]]
+        ratios = {}
+        if d.get("a") and d.get("b"):
+            ratios["masked_vs_unmasked_time"] = round(d["b"]["seconds"] / d["a"]["seconds"], 3)
+            ratios["masked_vs_unmasked_bytes"] = round(d["b"]["bytes_per_site"]
+                                                       / d["a"]["bytes_per_site"], 4)
+        if d.get("b") and d.get("c"):
+            ratios["secaggplus_vs_masked_time"] = round(d["c"]["seconds"] / d["b"]["seconds"], 3)
+        if d.get("a") and d.get("c"):
+            ratios["secaggplus_vs_unmasked_bytes"] = round(d["c"]["bytes_per_site"]
+                                                           / d["a"]["bytes_per_site"], 4)
+        d["ratios"] = ratios
+        d["goals_met"] = {
+            "time_masked<=1.05x": ratios.get("masked_vs_unmasked_time", 9) <= 1.05,
+            "bytes_masked<=1.1x": ratios.get("masked_vs_unmasked_bytes", 9) <= 1.1,
+            "secaggplus>=4x_slower": ratios.get("secaggplus_vs_masked_time", 0) >= 4}
+        per[str(n)] = d
+        for mode in "abc":
+            if d.get(mode):
+                rows.append((n, mode, d[mode]["seconds"], d[mode]["bytes_per_site"],
+                             d[mode].get("max_abs_err")))
+    result["per_params"] = per
+    result["status"] = {"ab": ab.get("status"), "c": (c or {}).get("status", "skipped")}
+
+    print(f"\nsetup (b, once): {result['setup']['seconds']} s, "
+          f"{result['setup']['bytes_per_site']} bytes/site")
+    print(f"{'params':>10} {'mode':<13} {'round s':>9} {'MB/site':>9} {'max|err|':>10}")
+    names = {"a": "a unmasked", "b": "b masked", "c": "c SecAgg+"}
+    for n, mode, s, b, e in rows:
+        es = f"{e:.2e}" if e is not None else "-"
+        print(f"{n:>10} {names[mode]:<13} {s:>9.2f} {b / 1e6:>9.2f} {es:>10}")
+    for n, d in per.items():
+        print(f"P={n}: {d['ratios']}  goals {d['goals_met']}")
+    print(json.dumps(result, separators=(",", ":")))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _tail(path, n: int = 40) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except (OSError, TypeError):
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

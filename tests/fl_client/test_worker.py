@@ -1,0 +1,80 @@
+"""The site worker in-process and over its Unix socket, and the shim's imports."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fl_server.config import example_federation_path, load_federation
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    from sites_example.generate import generate
+    from fl_client.worker import SiteWorker
+    base = tmp_path_factory.mktemp("worker")
+    generate(base / "data", zoom=0.7, cases=0.5, seed=0)
+    fed = load_federation(example_federation_path(), data_base=base / "data")
+    fed["model"].update(channels=[4, 8, 16], strides=[2, 2])
+    fed["sampling"].update(patch_size=[24, 24, 24], samples_per_case=2)
+    site = fed["sites"][0]
+    return SiteWorker(fed, site, base / "work")
+
+
+def _weights(w):
+    from imaging_core.train.task import float_state
+    return {k: v.numpy() for k, v in float_state(w.net).items()}
+
+
+def test_train_returns_a_nonzero_delta_and_replays_identically(worker):
+    w0 = _weights(worker)
+    cfg = {"local_epochs": 1, "local_baseline": True}
+    delta, weight, metrics = worker.train(1, w0, cfg)
+    assert list(delta) == list(w0) and weight == len(worker.data.cases("training"))
+    assert sum(float(np.abs(d).sum()) for d in delta.values()) > 0
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["local_train_loss"])
+    again, _, _ = worker.train(1, w0, cfg)  # a replayed round (server restart) gives the same update
+    for k in delta:
+        np.testing.assert_allclose(again[k], delta[k], atol=1e-6)
+    scores, n = worker.evaluate(1, w0, cfg)
+    assert n == len(worker.data.cases("validation"))
+    assert 0 <= scores["global/dice_fg_mean"] <= 1 and 0 <= scores["local/dice_fg_mean"] <= 1
+
+
+def test_wrong_weights_are_refused(worker):
+    w0 = _weights(worker)
+    w0.pop(next(iter(w0)))
+    with pytest.raises(ValueError, match="do not match"):
+        worker.train(2, w0, {"local_baseline": False})
+
+
+def test_served_on_a_0600_unix_socket(worker, tmp_path):
+    from fl_client.worker_client import WorkerClient, WorkerError
+    from fl_client.worker_server import serve
+    sock = tmp_path / "w.sock"
+    server = serve(worker, sock)
+    try:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600 and stat.S_ISSOCK(os.stat(sock).st_mode)
+        with WorkerClient(sock) as c:
+            st = c.status()
+            assert st["site"] == worker.name and st["num_train"] > 0
+            w0 = _weights(worker)
+            delta, weight, _ = c.train("run", 3, w0, {"local_baseline": False})
+            assert {k: v.shape for k, v in delta.items()} == {k: v.shape for k, v in w0.items()}
+            bad = dict(w0)
+            bad.pop(next(iter(bad)))
+            with pytest.raises(WorkerError, match="do not match"):  # the worker stays up
+                c.train("run", 4, bad, {})
+            assert c.status()["site"] == worker.name
+    finally:
+        server.stop(0)
+
+
+def test_the_clientapp_shim_imports_no_torch():
+    code = ("import sys, fl_client.client_app, fl_client.secagg; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
