@@ -17,18 +17,12 @@ from pathlib import Path
 
 from imaging_core.errors import ImagingError
 
+from .records import read_json
+
 PSEUDONYMS = "site_pseudonyms.json"
 
 
-def _read(path: Path, default=None):
-    if not path.is_file():
-        if default is not None:
-            return default
-        raise ImagingError(path, "missing from the run directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ImagingError(path, f"not valid JSON ({e})") from None
+_read = read_json  # one reader for run-directory files (records.py)
 
 
 def site_pseudonyms(run_dir: str | os.PathLike, names: list[str]) -> dict[str, str]:

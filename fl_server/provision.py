@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_server import pki
+from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
 # Loopback is always in the server certificate: the SuperLink's own SuperExec
@@ -181,15 +182,7 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write(tmp / "federation.json", json.dumps(meta, indent=2) + "\n")
 
-        # Swap in: rename is atomic; an old dir is moved aside first and only
-        # deleted once the new one is in place.
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)  # old dir moved aside, deleted once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

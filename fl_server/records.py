@@ -32,6 +32,18 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+def read_json(path: Path, default=None):
+    """A run-directory JSON file; ``default`` if absent (an error if no default)."""
+    if not path.is_file():
+        if default is not None:
+            return default
+        raise ImagingError(path, "missing from the run directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ImagingError(path, f"not valid JSON ({e})") from None
+
+
 def write_json(path: Path, obj) -> None:
     # NaN stays NaN (json allows it as an extension; Python and pandas read it back)
     write_bytes_atomic(path, json.dumps(obj, indent=1, default=_json_default).encode())

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from imaging_core.errors import ImagingError
 
-from .records import write_csv, write_json
+from .records import read_json, write_csv, write_json
 
 HELD_OUT = "held-out"
 GLOBAL_FINAL, GLOBAL_BEST, LOCAL = "global (final)", "global (best)", "local-only"
@@ -45,15 +45,7 @@ _BASELINE_COLORS = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path: Path, default=None):
-    if not path.is_file():
-        if default is not None:
-            return default
-        raise ImagingError(path, "missing from the run directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ImagingError(path, f"not valid JSON ({e})") from None
+_read_json = read_json  # one reader for run-directory files (records.py)
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 from . import configs, docs
 from .contract import normalize_contract, num_classes
+from ..io.atomic import replace_dir
 from .manifest import load_private_key, write_manifest
 
 DEFAULT_LICENSE = """\
@@ -128,13 +129,7 @@ def export_bundle(state_dict: dict, model_cfg: dict, data_contract: dict, proven
         (tmp / "docs" / "README.md").write_text(docs.readme(meta))
         (tmp / "LICENSE").write_text(license_text or DEFAULT_LICENSE)
         write_manifest(tmp, key)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)  # old dir moved aside, deleted once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,3 +34,20 @@ def write_bytes_atomic(final: str | os.PathLike, data: bytes, mode: int | None =
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a fully written directory ``tmp`` into place at ``final``.
+
+    An existing ``final`` is renamed aside first and deleted only once the new
+    one is in place, so a crash leaves either the old or the new directory."""
+    import secrets
+    import shutil
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
