@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fedvox {a.cmd}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # incl. ProvisionError, LaunchError
         if a.debug:
             raise
         print(f"fedvox {a.cmd}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ LOOPBACK = ("127.0.0.1", "localhost")
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class ProvisionError(Exception):
+class ProvisionError(ValueError):
     pass
 
 

@@ -51,3 +51,13 @@ def test_inspect_bad_inputs_one_line(cli, tmp_path, write_nifti, example_sites):
     assert r.returncode == 0 and info["errors"] == 1
     bad = [c for c in info["cases"] if c["status"] == "error"][0]
     assert dl["training"][0]["label"] in bad["error"]
+
+
+def test_server_and_site_with_a_wrong_kit_give_one_line(cli, tmp_path):
+    for args in (("site", "--kit", tmp_path / "nokit", "--data", tmp_path),
+                 ("server", "--provision", tmp_path / "noprov", "--federation", tmp_path / "f.toml",
+                  "--run-dir", tmp_path / "run")):
+        r = cli(*args)
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(tmp_path) in lines[0] and "Traceback" not in r.stderr
