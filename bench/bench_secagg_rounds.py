@@ -40,53 +40,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_server import launch as L  # noqa: E402
-from fl_server.provision import provision  # noqa: E402
+from fvbench_federation import FED, make_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP_MODULE = HERE / "fvbench_rounds_app.py"
-FED = "fvbench"
 SITES = ["site-1", "site-2", "site-3"]
-
-PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "{name}"
-version = "0.1.0"
-description = "fedvox secure-aggregation round benchmark app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedvox"
-
-[tool.flwr.app.components]
-serverapp = "fvbench_rounds_app:{server}"
-clientapp = "fvbench_rounds_app:{client}"
-
-[tool.flwr.app.config]
-out-file = ""
-sizes = "1000"
-rounds = 1
-min-nodes = 3
-threshold = 2
-poll = 0.25
-stage-timeout = 300.0
-wait-nodes-timeout = 120.0
-roster = ""
-site-names = ""
-"""
+APP_CONFIG = {"out-file": "", "sizes": "1000", "rounds": 1, "min-nodes": 3, "threshold": 2, "poll": 0.25,
+              "stage-timeout": 300.0, "wait-nodes-timeout": 120.0, "roster": "", "site-names": ""}
 
 
-def make_app(dst: Path, name: str, server: str, client: str) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy(APP_MODULE, dst / APP_MODULE.name)
-    (dst / "pyproject.toml").write_text(PYPROJECT.format(name=name, server=server, client=client))
-    return dst
+def _app(dst: Path, name: str, server: str, client: str) -> Path:
+    return make_app(dst, APP_MODULE, name, "fedvox secure-aggregation round benchmark app", server, client,
+                    APP_CONFIG)
 
 
 def med(xs):
@@ -112,27 +77,14 @@ def main(argv=None) -> int:
     result = {"bench": "secagg_rounds", "sites": len(SITES), "sizes": sizes, "rounds": a.rounds,
               "poll_s": a.poll, "tls": True, "node_auth": True}
     with L.ProcessGroup("fvbench-rounds") as group:
-        prov = provision(work / "prov", SITES, federation=FED, force=True)
-        sl = L.start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert,
-                                                        prov.server_key),
-                               auth=True, group=group, ready_timeout=90)
-        cli = work / "cli"
-        L.write_cli_config(cli, FED, sl.address, prov.ca_cert)
-        L.register_sites(cli, FED, prov.roster)
-        for s in SITES:
-            kit = prov.site_kits[s]
-            sw = work / "sites" / s
-            L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
-                              {"site-name": s, "auth-key": str(kit / "auth.key"),
-                               "roster": str(kit / "roster.json"), "state-dir": str(sw / "state")},
-                              workdir=sw, group=group, wait_connected=90)
-        L.wait_for_nodes(cli, FED, len(SITES), timeout=90)
-        print(f"federation up in {time.monotonic() - t_all:.1f} s ({work})", flush=True)
+        prov, cli = start_federation(work, SITES, group, lambda s, kit, sw: {
+            "site-name": s, "auth-key": str(kit / "auth.key"), "roster": str(kit / "roster.json"),
+            "state-dir": str(sw / "state")})
 
         common = {"sizes": ",".join(map(str, sizes)), "rounds": a.rounds,
                   "min-nodes": len(SITES), "poll": a.poll, "roster": str(prov.roster_path),
                   "site-names": ",".join(SITES), "threshold": 2}
-        app_ab = make_app(work / "app-rounds", "fvbench-rounds", "server", "client")
+        app_ab = _app(work / "app-rounds", "fvbench-rounds", "server", "client")
         out_ab = work / "rounds.json"
         res = L.flwr_run(app_ab, cli, FED, {**common, "out-file": str(out_ab)},
                          timeout=a.run_timeout, log_path=work / "run-rounds.log")
@@ -142,7 +94,7 @@ def main(argv=None) -> int:
             print(f"(a)/(b) run failed: {res.details}\n{_tail(res.log_path)}", flush=True)
         c = None
         if not a.no_secaggplus:
-            app_c = make_app(work / "app-secaggplus", "fvbench-secaggplus", "legacy_server",
+            app_c = _app(work / "app-secaggplus", "fvbench-secaggplus", "legacy_server",
                              "legacy_client")
             out_c = work / "secaggplus.json"
             res_c = L.flwr_run(app_c, cli, FED, {**common, "out-file": str(out_c)},

@@ -41,42 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_server import launch as L  # noqa: E402
-from fl_server.provision import provision  # noqa: E402
+from fvbench_federation import FED, make_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP_MODULE = HERE / "fvbench_overhead_app.py"
 WORKER = HERE / "fvbench_overhead_worker.py"
-FED = "fvbench"
-
-PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "fvbench-overhead"
-version = "0.1.0"
-description = "fedvox site-overhead benchmark app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedvox"
-
-[tool.flwr.app.components]
-serverapp = "fvbench_overhead_app:server"
-clientapp = "fvbench_overhead_app:client"
-
-[tool.flwr.app.config]
-out-file = ""
-rounds = 5
-min-nodes = 1
-poll = 0.1
-stage-timeout = 120.0
-wait-nodes-timeout = 120.0
-"""
+APP_CONFIG = {"out-file": "", "rounds": 5, "min-nodes": 1, "poll": 0.1, "stage-timeout": 120.0,
+              "wait-nodes-timeout": 120.0}
 
 
 def med(xs):
@@ -111,19 +82,11 @@ def main(argv=None) -> int:
     sites = [f"site-{i + 1}" for i in range(a.sites)]
     t_all = time.monotonic()
     with L.ProcessGroup("fvbench-overhead") as group:
-        prov = provision(work / "prov", sites, federation=FED, force=True)
-        sl = L.start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert,
-                                                        prov.server_key),
-                               auth=True, group=group, ready_timeout=90)
-        cli = work / "cli"
-        L.write_cli_config(cli, FED, sl.address, prov.ca_cert)
-        L.register_sites(cli, FED, prov.roster)
-        for s in sites:
-            sw = work / "sites" / s
-            sw.mkdir(parents=True, exist_ok=True)
+
+        def start_worker(s: str, kit: Path, sw: Path) -> dict:
+            """The site's worker first; its SuperNode's node config names the socket."""
             data = sw / "volume.npy"
-            np.save(data, np.random.default_rng(1).standard_normal((1, 1, 32, 32, 32))
-                    .astype(np.float32))
+            np.save(data, np.random.default_rng(1).standard_normal((1, 1, 32, 32, 32)).astype(np.float32))
             sock, ready = sw / "worker.sock", sw / "worker.ready"
             wp = group.start(f"worker-{s}", [sys.executable, WORKER, "--socket", sock, "--data",
                                              data, "--ready-file", ready, "--name", s],
@@ -133,16 +96,11 @@ def main(argv=None) -> int:
                 if not wp.alive() or time.monotonic() > deadline:
                     raise L.LaunchError(f"worker {s} not ready ({wp.returncode}):\n{wp.tail()}")
                 time.sleep(0.2)
-            kit = prov.site_kits[s]
-            L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
-                              {"site-name": s, "worker-socket": str(sock), "data-npy": str(data)},
-                              workdir=sw, group=group, wait_connected=90)
-        L.wait_for_nodes(cli, FED, len(sites), timeout=90)
-        print(f"federation up in {time.monotonic() - t_all:.1f} s ({work})", flush=True)
-        app = work / "app-overhead"
-        app.mkdir(exist_ok=True)
-        shutil.copy(APP_MODULE, app / APP_MODULE.name)
-        (app / "pyproject.toml").write_text(PYPROJECT)
+            return {"site-name": s, "worker-socket": str(sock), "data-npy": str(data)}
+
+        _, cli = start_federation(work, sites, group, start_worker)
+        app = make_app(work / "app-overhead", APP_MODULE, "fvbench-overhead",
+                       "fedvox site-overhead benchmark app", "server", "client", APP_CONFIG)
         out = work / "overhead.json"
         res = L.flwr_run(app, cli, FED, {"out-file": str(out), "rounds": a.rounds,
                                          "min-nodes": len(sites), "poll": a.poll},

@@ -2,7 +2,7 @@
 
 Holds torch, the site's data (a small .npy volume) and the tiny model of
 fvbench_overhead_app in memory, and serves fedvox's site-worker gRPC API
-(fl_client.worker_server.serve: Unix socket, 0600) so the torch-free ClientApp
+(fl_client.worker_server.serve_until_signalled: Unix socket, 0600) so the torch-free ClientApp
 shim can forward each message to it.
 
     python bench/fvbench_overhead_worker.py --socket S --data X.npy --ready-file R --name SITE
@@ -10,10 +10,7 @@ shim can forward each message to it.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fl_client.worker_server import serve  # noqa: E402
+from fl_client.worker_server import serve_until_signalled  # noqa: E402
 from fvbench_overhead_app import build_model, compute  # noqa: E402
 
 
@@ -55,13 +52,7 @@ def main() -> int:
     worker = TinyWorker(a.name, a.data)
     compute(torch, worker.model, worker.x, np.zeros(sum(p.numel() for p in worker.model.parameters()),
                                                     np.float32))  # warm the first forward
-    server = serve(worker, a.socket)
-    Path(a.ready_file).write_text(json.dumps(worker.status()))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=1).wait(3)
+    serve_until_signalled(worker, a.socket, a.ready_file)
     return 0
 
 

@@ -112,17 +112,22 @@ def main(argv=None) -> int:
     if a.data_root:
         root = Path(a.data_root).resolve()
         site.update(data_root=str(root), datalist_path=str(root / site["datalist"]))
-    worker = SiteWorker(fed, site, a.work, a.device)
-    server = serve(worker, a.socket)
-    log.info("%s worker serving on %s", worker.name, a.socket)
-    if a.ready_file:
-        Path(a.ready_file).write_text(json.dumps(worker.status()))
+    serve_until_signalled(SiteWorker(fed, site, a.work, a.device), a.socket, a.ready_file)
+    return 0
+
+
+def serve_until_signalled(worker, socket_path: str, ready_file: str | None = None) -> None:
+    """Serve ``worker`` on ``socket_path`` until SIGTERM/SIGINT; ``ready_file``
+    (the worker's status as JSON) tells a launcher that it serves."""
+    server = serve(worker, socket_path)
+    log.info("%s worker serving on %s", worker.name, socket_path)
+    if ready_file:
+        Path(ready_file).write_text(json.dumps(worker.status()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait(5)
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,16 +30,43 @@ def _site_data(fed: dict, site: dict, cache_base: Path):
     return sd
 
 
+def evaluation_sets(fed: dict, data: dict, cache_base: Path) -> dict:
+    """Every site's validation cases and the coordinator's held-out cases, by name."""
+    sets = {n: sd.cases("validation") for n, sd in data.items()}
+    if "coordinator" in fed:
+        sets["held-out"] = list(_site_data(fed, fed["coordinator"], cache_base).report.cases)
+    return {k: v for k, v in sets.items() if v}
+
+
+def evaluate_on_sets(fed: dict, net, data: dict, cache_base: Path, device: str = "cpu", overlap: float = 0.25,
+                     sw_batch_size: int = 4, model: str = "model") -> list[dict]:
+    """One row per evaluation set: the summary metrics of ``net`` there."""
+    import torch
+    from imaging_core.inference.evaluate import evaluate_cases
+    from imaging_core.metrics import summarize
+    from imaging_core.train.trainer import flat_scores
+    num_classes = len(fed["labels"])
+    rows = []
+    for name, cases in evaluation_sets(fed, data, cache_base).items():
+        per_case = evaluate_cases(net, cases, tuple(fed["sampling"]["patch_size"]), num_classes,
+                                  torch.device(device), None, overlap, sw_batch_size)
+        rows.append({"model": model, "eval_set": name, "cases": len(cases),
+                     **flat_scores(summarize(per_case, num_classes), num_classes)})
+    return rows
+
+
+def load_site_data(fed: dict, cache_base: Path) -> dict:
+    """Every site's prepared (cached) data, by site name."""
+    return {s["name"]: _site_data(fed, s, cache_base) for s in fed["sites"]}
+
+
 def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_base: str | Path | None = None,
                  cache_base: str | Path | None = None, epochs: int | None = None, device: str = "cpu",
                  show_progress: bool = True) -> dict:
     """``which`` is a site name or "pooled". Returns the final metrics rows."""
-    import torch
     from imaging_core.data.patch_dataset import PatchDataset, patch_loader
     from imaging_core.train.task import build_loss, build_net, train_config
-    from imaging_core.train.trainer import Trainer, flat_scores
-    from imaging_core.inference.evaluate import evaluate_cases
-    from imaging_core.metrics import summarize
+    from imaging_core.train.trainer import Trainer
 
     fed = load_federation(federation, data_base=data_base)
     out_dir = Path(out_dir)
@@ -47,7 +74,7 @@ def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_b
     names = [s["name"] for s in fed["sites"]]
     if which != "pooled" and which not in names:
         raise ValueError(f"unknown site {which!r}: one of {', '.join(names)} or 'pooled'")
-    data = {s["name"]: _site_data(fed, s, cache_base) for s in fed["sites"]}
+    data = load_site_data(fed, cache_base)
     chosen = names if which == "pooled" else [which]
     train_cases = [c for n in chosen for c in data[n].cases("training")]
     val_cases = [c for n in chosen for c in data[n].cases("validation")]
@@ -70,18 +97,7 @@ def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_b
     from imaging_core.train.checkpoint import load_checkpoint
     best = out_dir / ("best.pt" if (out_dir / "best.pt").exists() else "last.pt")
     net.load_state_dict(load_checkpoint(best)["net"])
-    sets = {n: data[n].cases("validation") for n in names}
-    if "coordinator" in fed:
-        coord = _site_data(fed, fed["coordinator"], cache_base)
-        sets["held-out"] = [c for c in coord.report.cases]
-    rows = []
-    for name, cases in sets.items():
-        if not cases:
-            continue
-        per_case = evaluate_cases(net, cases, tuple(fed["sampling"]["patch_size"]), num_classes,
-                                  torch.device(device), None, cfg.overlap, cfg.sw_batch_size)
-        rows.append({"model": which, "eval_set": name, "cases": len(cases),
-                     **flat_scores(summarize(per_case, num_classes), num_classes)})
+    rows = evaluate_on_sets(fed, net, data, cache_base, device, cfg.overlap, cfg.sw_batch_size, model=which)
     write_json(out_dir / "final.json", {"model": which, "checkpoint": best.name, "rows": rows})
     write_csv(out_dir / "final.csv", rows)
     table = Table(title=f"{which} model ({best.name}) on each evaluation set")

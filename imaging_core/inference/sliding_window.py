@@ -109,7 +109,7 @@ def sliding_window_inference(inputs: torch.Tensor, roi_size: Sequence[int], pred
                     y = yf if y is None else y.add_(yf)
             if len(flips) > 1:
                 y /= len(flips)
-            y = (y * weight).to(out_dev)
+            y = y.mul_(weight).to(out_dev)  # y is this batch's own fresh tensor
             if out is None:
                 out = torch.zeros((B, y.shape[1], *size), device=out_dev)
             for (b, p), yb in zip(chunk, y):

@@ -1,0 +1,86 @@
+"""The deployment-engine scaffolding the Flower benches share: a throwaway
+Flower app directory for a bench module, and a federation on loopback
+(provisioned CA, SuperLink with TLS + SuperNode authentication, registered
+site keys, one SuperNode per site) started inside a launch.ProcessGroup.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fl_server import launch as L  # noqa: E402
+from fl_server.provision import provision  # noqa: E402
+
+FED = "fvbench"
+
+_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "{name}"
+version = "0.1.0"
+description = "{description}"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedvox"
+
+[tool.flwr.app.components]
+serverapp = "{module}:{server}"
+clientapp = "{module}:{client}"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def make_app(dst: Path, module: Path, name: str, description: str, server: str, client: str,
+             config: dict) -> Path:
+    """An app directory holding ``module`` and a pyproject naming its server and
+    client apps; ``config`` is the run config's defaults (flwr run overrides them)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(module, dst / module.name)
+    (dst / "pyproject.toml").write_text(_PYPROJECT.format(
+        name=name, description=description, module=module.stem, server=server, client=client,
+        config="\n".join(f"{k} = {_toml_value(v)}" for k, v in config.items())))
+    return dst
+
+
+def start_federation(work: Path, sites: list[str], group: L.ProcessGroup,
+                     node_config: Callable[[str, Path, Path], dict]):
+    """Provision ``sites`` under ``work``, start the SuperLink and one SuperNode
+    a site, and wait until all are connected. ``node_config(site, kit, site_dir)``
+    gives each SuperNode's node config. Returns (provision, cli config dir)."""
+    t0 = time.monotonic()
+    prov = provision(work / "prov", sites, federation=FED, force=True)
+    sl = L.start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
+                           auth=True, group=group, ready_timeout=90)
+    cli = work / "cli"
+    L.write_cli_config(cli, FED, sl.address, prov.ca_cert)
+    L.register_sites(cli, FED, prov.roster)
+    for s in sites:
+        kit, sw = prov.site_kits[s], work / "sites" / s
+        sw.mkdir(parents=True, exist_ok=True)
+        L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key", node_config(s, kit, sw),
+                          workdir=sw, group=group, wait_connected=90)
+    L.wait_for_nodes(cli, FED, len(sites), timeout=90)
+    print(f"federation up in {time.monotonic() - t0:.1f} s ({work})", flush=True)
+    return prov, cli
