@@ -15,7 +15,8 @@ the federation. ``ca.key`` is kept so the server certificate can be re-issued
 (new host name) without re-distributing kits. Paths inside ``site.toml`` are
 relative to the kit directory, so a kit can be copied anywhere.
 
-The key and certificate generation itself lives in ``fl_server.pki``.
+The key and certificate generation itself lives in ``fl_client.secagg.crypto``
+(all of fedvox's cryptography is in that one module).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_server import pki
+from fl_client.secagg import crypto
 from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
@@ -149,22 +150,22 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir(mode=0o700)
     try:
-        ca_key = pki.new_key()
-        ca = pki.make_ca(ca_key, f"{federation} federation CA", org=federation)
-        srv_key = pki.new_key()
-        srv = pki.issue_server_cert(ca, ca_key, srv_key, san_hosts,
+        ca_key = crypto.new_key()
+        ca = crypto.make_ca(ca_key, f"{federation} federation CA", org=federation)
+        srv_key = crypto.new_key()
+        srv = crypto.issue_server_cert(ca, ca_key, srv_key, san_hosts,
                                     common_name=hosts[0], org=federation)
-        site_keys = {s: pki.new_key() for s in sites}
-        roster = {s: pki.openssh_public(k, comment=s) for s, k in site_keys.items()}
+        site_keys = {s: crypto.new_key() for s in sites}
+        roster = {s: crypto.openssh_public(k, comment=s) for s, k in site_keys.items()}
         roster_json = json.dumps(roster, indent=2) + "\n"
-        ca_pem = pki.cert_pem(ca)
+        ca_pem = crypto.cert_pem(ca)
 
         sdir = tmp / "server"
         sdir.mkdir(mode=0o700)
         _write(sdir / "ca.crt", ca_pem)
-        _write(sdir / "server.pem", pki.cert_pem(srv))
-        _write(sdir / "server.key", pki.key_pem(srv_key), 0o600)
-        _write(sdir / "ca.key", pki.key_pem(ca_key), 0o600)
+        _write(sdir / "server.pem", crypto.cert_pem(srv))
+        _write(sdir / "server.key", crypto.key_pem(srv_key), 0o600)
+        _write(sdir / "ca.key", crypto.key_pem(ca_key), 0o600)
         _write(sdir / "roster.json", roster_json)
 
         (tmp / "sites").mkdir(mode=0o755)
@@ -172,13 +173,13 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
             d = tmp / "sites" / s
             d.mkdir(mode=0o700)
             _write(d / "ca.crt", ca_pem)
-            _write(d / "auth.key", pki.openssh_private(k), 0o600)
+            _write(d / "auth.key", crypto.openssh_private(k), 0o600)
             _write(d / "auth.key.pub", roster[s] + "\n")
             _write(d / "roster.json", roster_json)
             _write(d / "site.toml", _site_toml(s, federation, address))
 
         meta = {"federation": federation, "superlink_address": address, "hosts": san_hosts,
-                "sites": sites, "ca_sha256": pki.fingerprint(ca),
+                "sites": sites, "ca_sha256": crypto.fingerprint(ca),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write(tmp / "federation.json", json.dumps(meta, indent=2) + "\n")
 
@@ -236,16 +237,16 @@ def reissue_server_cert(out_dir, hosts) -> Path:
     Site kits stay valid (they only trust the CA). Returns the certificate path.
     """
     p = load_provision(out_dir)
-    ca = pki.load_cert(p.ca_cert.read_bytes())
-    ca_key = pki.load_key(p.ca_key.read_bytes())
+    ca = crypto.load_cert(p.ca_cert.read_bytes())
+    ca_key = crypto.load_key(p.ca_key.read_bytes())
     hosts = [str(h) for h in hosts if str(h).strip()]
     san_hosts = list(dict.fromkeys([*hosts, *LOOPBACK]))
-    key = pki.new_key()
-    cert = pki.issue_server_cert(ca, ca_key, key, san_hosts, common_name=hosts[0],
+    key = crypto.new_key()
+    cert = crypto.issue_server_cert(ca, ca_key, key, san_hosts, common_name=hosts[0],
                                  org=p.federation)
     # Write both beside, then rename: the pair is never half replaced.
-    for name, data, mode in (("server.key", pki.key_pem(key), 0o600),
-                             ("server.pem", pki.cert_pem(cert), 0o644)):
+    for name, data, mode in (("server.key", crypto.key_pem(key), 0o600),
+                             ("server.pem", crypto.cert_pem(cert), 0o644)):
         tmp = p.server_cert.parent / f".{name}.tmp-{secrets.token_hex(4)}"
         _write(tmp, data, mode)
         os.replace(tmp, p.server_cert.parent / name)

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .aggregation import RoundFailed, make_aggregation
 from .records import RunRecord
-from .strategy import ServerOptimizer
+from .strategy import ServerOptimizer, site_lr
 
 log = logging.getLogger("fedvox.server")
 app = ServerApp()
@@ -91,6 +91,9 @@ class FederatedServer:
     def _state_dict(self):
         return {k: self._torch.from_numpy(v.copy()) for k, v in self.weights.items()}
 
+    def round_lr(self, r: int) -> float:
+        return site_lr(self.fed["train"], self.rounds, self.site_cfg["local_epochs"], r)
+
     # ----- messaging --------------------------------------------------------
     def _wait_for_nodes(self) -> list[int]:
         deadline = time.monotonic() + self.connect_timeout
@@ -107,7 +110,7 @@ class FederatedServer:
         msgs = []
         for n in nodes:
             content = RecordDict({"config": ConfigRecord({"server-round": r, "run-id": self.record.info["run_id"],
-                                                          **self.site_cfg})})
+                                                          "lr": self.round_lr(r), **self.site_cfg})})
             if arrays:
                 content["arrays"] = ArrayRecord({k: Array(v) for k, v in self.weights.items()})
             for key, rec in extra.get(n, {}).items():
@@ -160,7 +163,7 @@ class FederatedServer:
 
     def run_round(self, r: int, nodes: list[int]) -> None:
         t0 = time.perf_counter()
-        row = {"round": r, "sites_sampled": len(nodes)}
+        row = {"round": r, "sites_sampled": len(nodes), "lr": self.round_lr(r)}
         site_rows: dict[str, dict] = {}
         before = self._flat()
         train_ok, train_failed = self._send(nodes, "train", r, self.aggregation.train_extra(r, nodes),

@@ -60,3 +60,16 @@ def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
     for d, wi in zip(deltas, w):
         acc += wi * d
     return (acc / w.sum()).astype(np.float32)
+
+
+def site_lr(train: dict, rounds: int, local_epochs: int, r: int) -> float:
+    """The sites' learning rate in round ``r``: the federation's [train] schedule
+    (poly, cosine, constant, warm-up) laid over all ``rounds * local_epochs``
+    epochs and read at the middle of round r's epochs, so a federation decays
+    like a pooled run of the same length (a constant rate each round would leave
+    the last rounds at the starting rate, and compare badly at equal compute)."""
+    from imaging_core.train.task import train_config
+    from imaging_core.train.trainer import lr_factor
+    e = max(int(local_epochs), 1)
+    cfg = train_config(train, epochs=max(int(rounds), 1) * e)
+    return float(cfg.lr * lr_factor(cfg, (min(max(r, 1), rounds) - 0.5) * e))

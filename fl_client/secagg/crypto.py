@@ -1,8 +1,12 @@
-"""All cryptography of fedvox's secure aggregation, in one reviewable module.
+"""All of fedvox's cryptography, in one reviewable module (DESIGN.md): the
+secure-aggregation primitives, the federation PKI that provisioning writes,
+and the signatures of exported bundles' manifests. Nothing else in the
+project imports `cryptography`.
 
 Only well-kept libraries do the cryptographic work:
 - `cryptography`: X25519 key agreement, HKDF-SHA256, AES-256-GCM, the ChaCha20
-  keystream used as the mask PRG, ECDSA (enrollment keys, OpenSSH format);
+  keystream used as the mask PRG, ECDSA (enrollment keys, OpenSSH format),
+  X.509 (the federation CA and the SuperLink's TLS certificate);
 - pycryptodome: Shamir secret sharing over GF(2^128).
 
 Keys are handled as raw 32-byte strings so that state files and wire payloads
@@ -10,7 +14,9 @@ hold plain bytes. No torch import here (the ClientApp shim must stay light).
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
+import ipaddress
 import os
 import struct
 import sys
@@ -19,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from Crypto.Protocol.SecretSharing import Shamir
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import BadSignature, SecAggError, TamperedShare
 
@@ -313,3 +321,234 @@ def view_digest(run_id: str, round_: int, threshold: int,
     for site, epoch, pk in sorted(participants):
         parts += [site, epoch, pk]
     return sha256(pack(*parts))
+
+
+# ================================================================ federation PKI
+# One curve everywhere: NIST P-384 (ECDSA with SHA-384), which both TLS (the
+# SuperLink's HTTPS port) and Flower's SuperNode authentication accept.
+# - CA: self-signed, CA:true with pathlen 0 (it signs leaf certificates only).
+# - Server certificate: CA:false, serverAuth only, SANs for every host name and
+#   IP the SuperLink is reached by.
+# - Site auth keys: EC P-384 in OpenSSH format, the form `flower-supernode
+#   --auth-supernode-private-key` and `flwr supernode register` read.
+CURVE = ec.SECP384R1
+HASH = hashes.SHA384
+CA_DAYS = 3650
+SERVER_DAYS = 825  # the longest leaf lifetime common TLS clients still accept
+# A few minutes of back-dating so a site whose clock is slightly behind
+# does not reject a certificate issued a moment ago.
+_CLOCK_SKEW = _dt.timedelta(minutes=5)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(CURVE())
+
+
+def split_hosts(hosts: Iterable[str]) -> tuple[list[str], list[ipaddress._BaseAddress]]:
+    """Host names -> (DNS names, IP addresses), deduplicated, order kept."""
+    dns: list[str] = []
+    ips: list[ipaddress._BaseAddress] = []
+    for h in hosts:
+        h = str(h).strip().strip("[]")
+        if not h:
+            continue
+        try:
+            ip = ipaddress.ip_address(h)
+        except ValueError:
+            if h.lower() not in (d.lower() for d in dns):
+                dns.append(h)
+        else:
+            if ip not in ips:
+                ips.append(ip)
+    return dns, ips
+
+
+def _name(common_name: str, org: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def make_ca(key: ec.EllipticCurvePrivateKey, common_name: str, org: str | None = None,
+            days: int = CA_DAYS) -> x509.Certificate:
+    """A self-signed CA certificate for ``key``."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    name = _name(common_name, org)
+    pub = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        # AKI on the root too: OpenSSL's X509_STRICT (default in newer Pythons) wants it.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
+        .sign(key, HASH())
+    )
+
+
+def issue_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+                      key: ec.EllipticCurvePrivateKey, hosts: Iterable[str],
+                      common_name: str | None = None, org: str | None = None,
+                      days: int = SERVER_DAYS) -> x509.Certificate:
+    """A TLS server certificate for ``key`` with DNS and IP SANs for ``hosts``."""
+    dns, ips = split_hosts(hosts)
+    if not dns and not ips:
+        raise ValueError("a server certificate needs at least one host name or IP")
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ip) for ip in ips]
+    now = _dt.datetime.now(_dt.timezone.utc)
+    not_after = min(now + _dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name or (dns[0] if dns else str(ips[0])), org))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                       critical=False)
+        .sign(ca_key, HASH())
+    )
+
+
+# ---- encodings ---------------------------------------------------------------
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: the SuperLink reads it unattended (file is 0600)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def openssh_private(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+
+
+def openssh_public(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey,
+                   comment: str | None = None) -> str:
+    """``ecdsa-sha2-nistp384 AAAA... [comment]`` (one line, no newline)."""
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    line = pub.public_bytes(serialization.Encoding.OpenSSH,
+                            serialization.PublicFormat.OpenSSH).decode()
+    return f"{line} {comment}" if comment else line
+
+
+def load_cert(data: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(data)
+
+
+def load_key(data: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("not an EC private key")
+    return key
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint of a certificate, colon separated (what people compare by eye)."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+# ================================================== bundle manifest signatures
+class ManifestSignatures:
+    """ECDSA P-384 / SHA-384 signatures of a bundle's manifest.json, handed to
+    imaging_core.bundle (which must not import cryptography itself). Keys: the
+    federation CA key signs; a CA certificate, PEM or OpenSSH public key, or a
+    private key (its public half) verifies."""
+
+    algorithm = "ecdsa-p384-sha384"
+
+    @staticmethod
+    def _check_curve(key, label) -> None:
+        if not isinstance(getattr(key, "curve", None), CURVE):
+            raise ValueError(f"{label}: expected an EC P-384 key, got {type(key).__name__}"
+                             + (f" on {key.curve.name}" if hasattr(key, "curve") else ""))
+
+    def load_private(self, path: str | os.PathLike) -> ec.EllipticCurvePrivateKey:
+        """An EC P-384 private key from a PEM (PKCS#8/SEC1) or OpenSSH file."""
+        data = Path(path).read_bytes()
+        try:
+            if b"OPENSSH PRIVATE KEY" in data:
+                key = serialization.load_ssh_private_key(data, password=None)
+            else:
+                key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable unencrypted private key ({e})") from None
+        self._check_curve(key, path)
+        return key
+
+    def load_public(self, src) -> ec.EllipticCurvePublicKey:
+        """A public key from a key object, or a path or bytes holding a PEM public
+        key, an X.509 certificate, an OpenSSH public key line or a private key."""
+        if isinstance(src, ec.EllipticCurvePublicKey):
+            return src
+        if isinstance(src, ec.EllipticCurvePrivateKey):
+            return src.public_key()
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        label = "public key" if isinstance(src, bytes) else str(src)
+        text = data.strip()
+        try:
+            if b"BEGIN CERTIFICATE" in text:
+                key = x509.load_pem_x509_certificate(text).public_key()
+            elif b"PRIVATE KEY" in text:
+                key = (serialization.load_ssh_private_key(text, None) if b"OPENSSH" in text
+                       else serialization.load_pem_private_key(text, None)).public_key()
+            elif text.startswith(b"ecdsa-sha2-") or text.startswith(b"ssh-"):
+                key = serialization.load_ssh_public_key(text.split(b"\n")[0])
+            else:
+                key = serialization.load_pem_public_key(text)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{label}: not a readable public key or certificate ({e})") from None
+        self._check_curve(key, label)
+        return key
+
+    @staticmethod
+    def public_pem(key) -> bytes:
+        pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+        return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    @staticmethod
+    def fingerprint(key) -> str:
+        """SHA-256 of the DER SubjectPublicKeyInfo: the key, whatever its encoding."""
+        pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+        der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(der).hexdigest()
+
+    @staticmethod
+    def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+        return sign(key, data)
+
+    @staticmethod
+    def verify(pub: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+        try:
+            pub.verify(signature, data, ec.ECDSA(_SIG_HASH))
+        except InvalidSignature:
+            return False
+        return True
+
+
+MANIFEST_SIGNATURES = ManifestSignatures()

@@ -6,7 +6,7 @@
     models/model.ts         TorchScript of the same network
     docs/README.md          what it is, how it was trained, metrics, how to run it
     LICENSE
-    manifest.json (+ .sig, signer.pub.pem)   SHA-256 of every file, ECDSA P-384 signed
+    manifest.json (+ .sig, signer.pub.pem)   SHA-256 of every file, signed (ECDSA P-384 in fedvox)
 
 The bundle is assembled in a temporary directory beside ``out_dir`` and
 renamed into place, so a failed export never leaves half a bundle.
@@ -26,7 +26,7 @@ import torch
 from . import configs, docs
 from .contract import normalize_contract, num_classes
 from ..io.atomic import replace_dir
-from .manifest import load_private_key, write_manifest
+from .manifest import write_manifest
 
 DEFAULT_LICENSE = """\
 Model weights and configuration exported by fedvox.
@@ -90,17 +90,21 @@ def _check_monai_fit(monai_kwargs: dict, monai_sd: dict) -> None:
 
 def export_bundle(state_dict: dict, model_cfg: dict, data_contract: dict, provenance: dict,
                   out_dir: str | os.PathLike, signing_key_path: str | os.PathLike | None = None,
-                  version: str = "1.0.0", license_text: str | None = None, overwrite: bool = False) -> Path:
+                  version: str = "1.0.0", license_text: str | None = None, overwrite: bool = False,
+                  signature_scheme=None) -> Path:
     """Write the bundle to ``out_dir`` and return it.
 
     ``state_dict``: float tensors (or arrays) of the UNet3D built from ``model_cfg``
     (the federation's [model] table) with ``in_channels``/number of labels from the contract.
-    ``signing_key_path``: EC P-384 private key (PEM or OpenSSH); without it the
-    manifest is written unsigned.
+    ``signing_key_path``: a private key that ``signature_scheme`` loads (fedvox:
+    fl_client.secagg.crypto.MANIFEST_SIGNATURES, EC P-384 PEM or OpenSSH);
+    without it the manifest is written unsigned.
     """
     from ..nets.unet3d import to_monai_state_dict
     contract = normalize_contract(data_contract)
-    key = load_private_key(signing_key_path) if signing_key_path else None  # fail before any work
+    if signing_key_path and signature_scheme is None:
+        raise ValueError("signing a bundle needs a signature scheme (fl_client.secagg.crypto.MANIFEST_SIGNATURES)")
+    key = signature_scheme.load_private(signing_key_path) if signing_key_path else None  # fail before any work
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
@@ -128,7 +132,7 @@ def export_bundle(state_dict: dict, model_cfg: dict, data_contract: dict, proven
         torch.jit.save(ts, str(tmp / "models" / "model.ts"), _extra_files=extra)
         (tmp / "docs" / "README.md").write_text(docs.readme(meta))
         (tmp / "LICENSE").write_text(license_text or DEFAULT_LICENSE)
-        write_manifest(tmp, key)
+        write_manifest(tmp, key, signature_scheme)
         replace_dir(tmp, out)  # old dir moved aside, deleted once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

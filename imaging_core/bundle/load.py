@@ -37,10 +37,11 @@ def _net_config(root: Path, meta: dict) -> dict:
 
 
 def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True, public_key=None,
-                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+                device: str | torch.device = "cpu", scheme=None) -> tuple[torch.nn.Module, dict]:
     """``(net, contract)``: UNet3D in eval mode with the bundle's weights, and the data contract.
 
-    With ``verify`` (default) a bundle whose manifest does not check out is refused.
+    With ``verify`` (default) a bundle whose manifest does not check out is refused;
+    a signed one needs the signature ``scheme`` (see verify.verify_bundle).
     """
     from ..nets.unet3d import load_monai_state_dict, unet_from_config
     root = Path(bundle_dir)
@@ -48,7 +49,7 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True, public_key=N
         raise ImagingError(root, "bundle directory not found")
     if verify:
         from .verify import verify_bundle
-        problems = verify_bundle(root, public_key)
+        problems = verify_bundle(root, public_key, scheme=scheme)
         if problems:
             raise ImagingError(root, "bundle failed verification: " + "; ".join(problems))
     meta = _read_json(root / "configs" / "metadata.json")

@@ -10,17 +10,20 @@ from .manifest import verify_manifest
 REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/model.pt")
 
 
-def verify_bundle(bundle_dir: str | os.PathLike, public_key=None, strict: bool = False) -> list[str]:
+def verify_bundle(bundle_dir: str | os.PathLike, public_key=None, strict: bool = False,
+                  scheme=None) -> list[str]:
     """Problems with the bundle, one line each naming the file; ``[]`` when intact.
 
     ``public_key``: the federation's public key or certificate (path, PEM/OpenSSH
     bytes or a key object). Without it the signature is checked against the
     bundle's embedded ``signer.pub.pem``, which proves integrity but not who
     signed it. The input/ and eval/ folders that ``python -m monai.bundle run``
-    uses by default are skipped unless ``strict``.
+    uses by default are skipped unless ``strict``. ``scheme``: the signature
+    scheme (manifest.SignatureScheme); without one a signed bundle's signature
+    is reported as unchecked.
     """
     root = Path(bundle_dir)
-    problems = verify_manifest(root, public_key, strict)
+    problems = verify_manifest(root, public_key, strict, scheme)
     for rel in REQUIRED_FILES:
         if root.is_dir() and not (root / rel).is_file() and not any(p.startswith(f"{rel}:") for p in problems):
             problems.append(f"{rel}: missing (required by MONAI's bundle format)")

@@ -212,7 +212,7 @@ def test_overlay_png(tmp_path):
 
 # ------------------------------------------------------------------------------ export
 def _ca_key(tmp_path) -> tuple[Path, Path]:
-    from fl_server import pki
+    from fl_client.secagg import crypto as pki
     key = pki.new_key()
     ca = pki.make_ca(key, "test federation CA")
     (tmp_path / "ca.key").write_bytes(pki.key_pem(key))
@@ -221,12 +221,13 @@ def _ca_key(tmp_path) -> tuple[Path, Path]:
 
 
 def test_export_run_builds_signed_bundle_with_pseudonyms(run_dir, tmp_path):
+    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
     from fl_server.export import PSEUDONYMS, export_run
     from imaging_core.bundle.load import load_bundle
     from imaging_core.bundle.verify import verify_bundle
     key, crt = _ca_key(tmp_path)
     out = export_run(run_dir, tmp_path / "bundle", which="best", key=key)
-    assert verify_bundle(out, public_key=crt) == []
+    assert verify_bundle(out, public_key=crt, scheme=MANIFEST_SIGNATURES) == []
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     prov = meta["federated_provenance"]
     assert prov["run_id"] == "20260101-120000" and prov["round"] == BEST and prov["which"] == "best"
@@ -246,7 +247,7 @@ def test_export_run_builds_signed_bundle_with_pseudonyms(run_dir, tmp_path):
     assert set(c["intensity"]) == {"CT", "MR"} and c["labels"]["2"] == "lesion"
     # the exported weights are the run's global_best.pt
     from imaging_core.train.checkpoint import load_checkpoint
-    net, _ = load_bundle(out, public_key=crt)
+    net, _ = load_bundle(out, public_key=crt, scheme=MANIFEST_SIGNATURES)
     sd = load_checkpoint(run_dir / "global_best.pt")
     for k, v in net.state_dict().items():
         assert torch.equal(v, sd[k])

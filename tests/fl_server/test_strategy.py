@@ -39,3 +39,18 @@ def test_adaptive_optimisers_follow_the_pseudo_gradient_and_keep_state(name):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="unknown strategy"):
         ServerOptimizer("fedsgd")
+
+
+def test_site_lr_follows_the_train_schedule_over_the_whole_federation():
+    from fl_server.strategy import site_lr
+    from imaging_core.train.task import train_config
+    from imaging_core.train.trainer import lr_factor
+    rounds, e = 5, 2
+    poly = [site_lr({"lr": 0.01, "schedule": "poly"}, rounds, e, r) for r in range(1, rounds + 1)]
+    cfg = train_config({"lr": 0.01, "schedule": "poly"}, epochs=rounds * e)
+    # round r is read at the middle of its epochs, as a pooled run of rounds*e epochs would be
+    assert poly == pytest.approx([0.01 * lr_factor(cfg, (r - 0.5) * e) for r in range(1, rounds + 1)])
+    assert all(a > b > 0 for a, b in zip(poly, poly[1:]))
+    assert site_lr({"lr": 0.01, "schedule": "constant"}, rounds, e, 4) == pytest.approx(0.01)
+    # the final evaluation asks for round R + 1: no rate beyond the last round's
+    assert site_lr({"lr": 0.01, "schedule": "poly"}, rounds, e, rounds + 1) == pytest.approx(poly[-1])

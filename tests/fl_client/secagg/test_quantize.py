@@ -68,3 +68,21 @@ def test_bad_inputs_fail_clearly():
         Quantizer(clip_range=1e6, max_weight=1e6, num_sites=50)
     with pytest.raises(QuantizationError, match="zero"):
         q.dequantize(np.zeros(5, np.uint32))
+
+
+def test_chunked_encoding_equals_whole_array_float64_reference():
+    # more than two chunks, with clipped values and a NaN only in the last one
+    from fl_client.secagg import quantize as qm
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 0.7, 2 * qm._CHUNK + 1234).astype(np.float32)
+    q = Quantizer(clip_range=1.0, max_weight=100.0, num_sites=3)
+    e = q.quantize(x, 42.0)
+    x64 = np.clip(x.astype(np.float64), -1.0, 1.0) * (e.weight * q.value_scale)
+    assert np.array_equal(e.vector[:x.size].view(np.int32), np.rint(x64).astype(np.int32))
+    assert e.clipped == int(np.count_nonzero(np.abs(x) > 1.0)) > 0
+    mean, _, _ = q.dequantize(e.vector)
+    ref = (e.vector[:x.size].view(np.int32).astype(np.float64) / (q.value_scale * e.weight))
+    assert np.array_equal(mean, ref.astype(np.float32))
+    x[-1] = np.nan
+    with pytest.raises(QuantizationError, match="1 non-finite"):
+        q.quantize(x, 42.0)

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+# the signature scheme fedvox hands to imaging_core.bundle (all cryptography lives there)
+from fl_client.secagg.crypto import MANIFEST_SIGNATURES as SIG
+
 REPO = Path(__file__).resolve().parents[3]
 SCHEMA = REPO.parent / "shared" / "data" / "monai_bundle_meta_schema_20240725.json"
 MODEL = {"name": "unet3d", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
@@ -66,7 +69,8 @@ def bundle(tmp_path_factory, keys):
     from imaging_core.train.task import float_state
     out = tmp_path_factory.mktemp("bundles") / "fedvox_bundle"
     net = _net()
-    export_bundle(float_state(net), MODEL, CONTRACT, PROVENANCE, out, signing_key_path=keys[1])
+    export_bundle(float_state(net), MODEL, CONTRACT, PROVENANCE, out, signing_key_path=keys[1],
+                  signature_scheme=SIG)
     return out, net
 
 
@@ -163,7 +167,7 @@ def test_monai_bundle_run_writes_prediction_in_input_space(bundle, tmp_path, mod
     np.testing.assert_allclose(got.affine, aff, atol=1e-4)
     mon = np.asarray(got.dataobj)
     assert set(np.unique(mon)) <= {0, 1, 2}
-    ours = infer_file(root, img, tmp_path / "ours.nii.gz", progress=False, modality=modality)
+    ours = infer_file(root, img, tmp_path / "ours.nii.gz", progress=False, modality=modality, scheme=SIG)
     assert (mon == np.asarray(nib.load(ours).dataobj)).mean() > 0.98
     assert not (root / "eval").exists()  # the run above wrote outside the bundle
 
@@ -172,7 +176,7 @@ def test_torchscript_equals_eager(bundle):
     from imaging_core.bundle.load import load_bundle
     root, net = bundle
     ts = torch.jit.load(str(root / "models" / "model.ts"), _extra_files={"data_contract.json": ""})
-    loaded, contract = load_bundle(root)
+    loaded, contract = load_bundle(root, scheme=SIG)
     for shape in ((1, 1, 16, 16, 16), (2, 1, 32, 24, 16)):  # other sizes than the export's roi
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -187,10 +191,10 @@ def test_verify_intact_with_embedded_and_given_keys(bundle, keys):
     from imaging_core.bundle.verify import verify_bundle
     root, _ = bundle
     k, pem, ssh, pub = keys
-    assert verify_bundle(root) == []
-    assert verify_bundle(root, public_key=pub) == []  # OpenSSH public key
-    assert verify_bundle(root, public_key=pem) == []  # private key file: its public half
-    assert verify_bundle(root, public_key=k.public_key()) == []
+    assert verify_bundle(root, scheme=SIG) == []
+    assert verify_bundle(root, public_key=pub, scheme=SIG) == []  # OpenSSH public key
+    assert verify_bundle(root, public_key=pem, scheme=SIG) == []  # private key file: its public half
+    assert verify_bundle(root, public_key=k.public_key(), scheme=SIG) == []
 
 
 @pytest.mark.parametrize("rel", ["configs/inference.json", "models/model.pt", "docs/README.md", "LICENSE",
@@ -203,10 +207,10 @@ def test_changed_file_fails_naming_it(bundle_copy, rel):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit
     p.write_bytes(bytes(data))
-    problems = verify_bundle(bundle_copy)
+    problems = verify_bundle(bundle_copy, scheme=SIG)
     assert len(problems) == 1 and problems[0].startswith(f"{rel}: changed"), problems
     with pytest.raises(ImagingError, match=rel.replace(".", r"\.")):
-        load_bundle(bundle_copy)
+        load_bundle(bundle_copy, scheme=SIG)
 
 
 def test_added_and_missing_files_named(bundle_copy):
@@ -215,7 +219,7 @@ def test_added_and_missing_files_named(bundle_copy):
     (bundle_copy / "scripts").mkdir()
     (bundle_copy / "scripts" / "hook.py").write_text("import os\n")
     (bundle_copy / "docs" / "README.md").unlink()
-    problems = verify_bundle(bundle_copy)
+    problems = verify_bundle(bundle_copy, scheme=SIG)
     assert any(p.startswith("models/extra.pt: added") for p in problems)
     assert any(p.startswith("scripts/hook.py: added") for p in problems)
     assert any(p.startswith("docs/README.md: missing") for p in problems)
@@ -226,8 +230,8 @@ def test_runtime_folders_skipped_unless_strict(bundle_copy):
     from imaging_core.bundle.verify import verify_bundle
     (bundle_copy / "eval").mkdir()
     (bundle_copy / "eval" / "x_seg.nii.gz").write_bytes(b"\x1f\x8b")
-    assert verify_bundle(bundle_copy) == []
-    assert verify_bundle(bundle_copy, strict=True) == ["eval/x_seg.nii.gz: added (not in the manifest)"]
+    assert verify_bundle(bundle_copy, scheme=SIG) == []
+    assert verify_bundle(bundle_copy, strict=True, scheme=SIG) == ["eval/x_seg.nii.gz: added (not in the manifest)"]
 
 
 def test_resealed_manifest_fails_signature(bundle_copy, keys, tmp_path):
@@ -242,20 +246,19 @@ def test_resealed_manifest_fails_signature(bundle_copy, keys, tmp_path):
     from imaging_core.bundle.manifest import sha256_file
     m["files"]["configs/inference.json"] = sha256_file(bundle_copy / "configs" / "inference.json")
     (bundle_copy / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
-    problems = verify_bundle(bundle_copy)
+    problems = verify_bundle(bundle_copy, scheme=SIG)
     assert problems and "manifest.json.sig" in problems[0]
     # re-signed with another key: intact against itself, rejected by the federation's key
     other = _key(tmp_path)
-    from imaging_core.bundle.manifest import load_private_key
-    write_manifest(bundle_copy, load_private_key(other[1]))
-    assert verify_bundle(bundle_copy) == []
-    problems = verify_bundle(bundle_copy, public_key=keys[3])
+    write_manifest(bundle_copy, SIG.load_private(other[1]), SIG)
+    assert verify_bundle(bundle_copy, scheme=SIG) == []
+    problems = verify_bundle(bundle_copy, public_key=keys[3], scheme=SIG)
     assert problems == ["manifest.json.sig: signature does not verify with the given key "
                         "(manifest changed or other signer)"]
 
 
 def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
-    from fl_server import pki
+    from fl_client.secagg import crypto as pki
     from imaging_core.bundle.export import export_bundle
     from imaging_core.bundle.verify import verify_bundle
     from imaging_core.train.task import float_state
@@ -263,12 +266,12 @@ def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
     (tmp_path / "ca.key").write_bytes(pki.openssh_private(ca_key))
     (tmp_path / "ca.crt").write_bytes(pki.cert_pem(pki.make_ca(ca_key, "fed CA")))
     out = export_bundle(float_state(_net()), MODEL, CONTRACT, PROVENANCE, tmp_path / "b",
-                        signing_key_path=tmp_path / "ca.key")
-    assert verify_bundle(out, public_key=tmp_path / "ca.crt") == []
+                        signing_key_path=tmp_path / "ca.key", signature_scheme=SIG)
+    assert verify_bundle(out, public_key=tmp_path / "ca.crt", scheme=SIG) == []
     # unsigned bundles verify for integrity, but not against a key
     out2 = export_bundle(float_state(_net()), MODEL, CONTRACT, PROVENANCE, tmp_path / "u")
-    assert verify_bundle(out2) == []
-    assert verify_bundle(out2, public_key=tmp_path / "ca.crt") == ["manifest is not signed"]
+    assert verify_bundle(out2, scheme=SIG) == []
+    assert verify_bundle(out2, public_key=tmp_path / "ca.crt", scheme=SIG) == ["manifest is not signed"]
 
 
 def test_export_refuses_bad_inputs(tmp_path):
@@ -293,7 +296,7 @@ def test_infer_file_lps_input_keeps_original_space(bundle, tmp_path):
     root, _ = bundle
     aff = _lps_affine((2.5, 2.5, 5.0), (100.0, 80.0, -40.0))
     img = _phantom_nifti(tmp_path / "lps.nii.gz", aff)
-    out = infer_file(root, img, tmp_path / "seg.nii.gz", progress=True)
+    out = infer_file(root, img, tmp_path / "seg.nii.gz", progress=True, scheme=SIG)
     src, seg = nib.load(img), nib.load(out)
     assert nib.aff2axcodes(src.affine) == ("L", "P", "S")
     assert seg.shape == src.shape
@@ -310,7 +313,7 @@ def test_infer_dicom_series(bundle, tmp_path):
     root, _ = bundle
     img = _phantom_nifti(tmp_path / "x.nii.gz", _lps_affine((2.5, 2.5, 5.0)))
     write_dicom_series(load_volume(img), tmp_path / "dcm")
-    out = infer_file(root, tmp_path / "dcm", tmp_path / "seg.nii.gz", progress=False)
+    out = infer_file(root, tmp_path / "dcm", tmp_path / "seg.nii.gz", progress=False, scheme=SIG)
     ref = load_volume(tmp_path / "dcm")
     seg = nib.load(out)
     assert seg.shape == ref.spatial_shape
@@ -326,7 +329,7 @@ def test_infer_reproduces_evaluation_pipeline(bundle, tmp_path):
     from imaging_core.io import load_volume
     from imaging_core.transforms.presets import build_preprocess
     img = _phantom_nifti(tmp_path / "c.nii.gz", _lps_affine((2.5, 2.5, 5.0)))
-    net, contract = load_bundle(bundle[0])
+    net, contract = load_bundle(bundle[0], scheme=SIG)
     item = build_preprocess(contract, "CT")({"image": load_volume(img),
                                              "label": load_volume(tmp_path / "c_label.nii.gz")})
     ev = predict_labels(net, item["image"].array, contract["roi_size"], torch.device("cpu"), None,
@@ -348,20 +351,39 @@ def test_infer_bad_input_clear_errors(bundle, tmp_path):
     from imaging_core.errors import ImagingError
     root, _ = bundle
     with pytest.raises(ImagingError, match="missing.nii.gz: .*not found"):
-        infer_file(root, tmp_path / "missing.nii.gz", tmp_path / "o.nii.gz", progress=False)
+        infer_file(root, tmp_path / "missing.nii.gz", tmp_path / "o.nii.gz", progress=False, scheme=SIG)
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(ImagingError, match="bad.nii.gz"):
-        infer_file(root, bad, tmp_path / "o.nii.gz", progress=False)
+        infer_file(root, bad, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
     four = tmp_path / "four.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), four)
     with pytest.raises(ImagingError, match="four.nii.gz.*4D"):
-        infer_file(root, four, tmp_path / "o.nii.gz", progress=False)
+        infer_file(root, four, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
     img = _phantom_nifti(tmp_path / "ok.nii.gz", np.eye(4))
     with pytest.raises(ImagingError, match="must end in .nii"):
-        infer_file(root, img, tmp_path / "o.png", progress=False)
+        infer_file(root, img, tmp_path / "o.png", progress=False, scheme=SIG)
     with pytest.raises(ImagingError, match="modality 'PET'"):
-        infer_file(root, img, tmp_path / "o.nii.gz", modality="PET", progress=False)
+        infer_file(root, img, tmp_path / "o.nii.gz", modality="PET", progress=False, scheme=SIG)
     with pytest.raises(ImagingError, match="bundle directory not found"):
-        infer_file(tmp_path / "nobundle", img, tmp_path / "o.nii.gz", progress=False)
+        infer_file(tmp_path / "nobundle", img, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_signatures_are_never_passed_silently_without_a_scheme(bundle_copy, keys, tmp_path):
+    """imaging_core has no cryptography of its own: a signed bundle checked without a
+    scheme is reported unchecked, and signing without one is refused up front."""
+    from imaging_core.bundle.export import export_bundle
+    from imaging_core.bundle.verify import verify_bundle
+    assert verify_bundle(bundle_copy) == ["manifest.json.sig: cannot check a 'ecdsa-p384-sha384' signature here"]
+    with pytest.raises(ValueError, match="signature scheme"):
+        export_bundle({}, MODEL, CONTRACT, PROVENANCE, tmp_path / "x", signing_key_path=keys[1])
+    assert not (tmp_path / "x").exists()
+
+
+def test_only_the_crypto_module_imports_cryptography():
+    import re
+    users = sorted(str(p.relative_to(REPO)) for pkg in ("imaging_core", "fl_client", "fl_server")
+                   for p in (REPO / pkg).rglob("*.py")
+                   if re.search(r"^\s*(from|import) cryptography\b", p.read_text(), re.M))
+    assert users == ["fl_client/secagg/crypto.py"]
