@@ -257,16 +257,20 @@ def _read_source(src: str | bytes | os.PathLike) -> tuple[bytes, str]:
         raise SecAggError(f"cannot read key file {p}: {e.strerror or e}") from e
 
 
+def _parse_private_key(data: bytes, password: bytes | None = None):
+    """OpenSSH or PEM (PKCS#8/SEC1) private key bytes -> key (ValueError/TypeError if not)."""
+    if b"OPENSSH PRIVATE KEY" in data:
+        return serialization.load_ssh_private_key(data, password=password)
+    return serialization.load_pem_private_key(data, password=password)
+
+
 def load_enrollment_private_key(src: str | bytes | os.PathLike,
                                 password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
     """An OpenSSH-format EC private key from a path, PEM text or bytes (PKCS#8
     PEM is accepted too)."""
     data, where = _read_source(src)
     try:
-        if b"OPENSSH PRIVATE KEY" in data:
-            key = serialization.load_ssh_private_key(data, password=password)
-        else:
-            key = serialization.load_pem_private_key(data, password=password)
+        key = _parse_private_key(data, password)
     except (ValueError, TypeError) as e:
         raise SecAggError(f"{where}: not a readable enrollment private key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -490,12 +494,8 @@ class ManifestSignatures:
 
     def load_private(self, path: str | os.PathLike) -> ec.EllipticCurvePrivateKey:
         """An EC P-384 private key from a PEM (PKCS#8/SEC1) or OpenSSH file."""
-        data = Path(path).read_bytes()
         try:
-            if b"OPENSSH PRIVATE KEY" in data:
-                key = serialization.load_ssh_private_key(data, password=None)
-            else:
-                key = serialization.load_pem_private_key(data, password=None)
+            key = _parse_private_key(Path(path).read_bytes())
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: not a readable unencrypted private key ({e})") from None
         self._check_curve(key, path)
