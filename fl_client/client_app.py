@@ -109,20 +109,47 @@ def share(msg: Message, context: Context) -> Message:
                                                            "payload": payload})}), context)
 
 
+def _in_background(fn, *args):
+    """Run ``fn(*args)`` in a thread; the returned callable waits for its result
+    (None if it raised: the caller then does the work itself and reports the error)."""
+    import threading
+    box: list = [None]
+
+    def run():
+        try:
+            box[0] = fn(*args)
+        except Exception:  # noqa: BLE001 - mask() redoes the step and raises it properly
+            box[0] = None
+    t = threading.Thread(target=run, name="fedvox-prepare-mask", daemon=True)
+    t.start()
+
+    def result():
+        t.join()
+        return box[0]
+    return result
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
     rnd = int(cfg.get("server-round", 0))
-    with _worker(context) as w:
-        delta, weight, metrics = w.train(str(cfg.get("run-id", "")), rnd, _arrays(msg), cfg)
-    flat = flatten(delta)
+    arrays = _arrays(msg)
     sec = msg.content.config_records.get("secagg")
+    prepared = None
+    if sec is not None:
+        # the masks do not depend on the update: sum them while the worker trains
+        sa = _secagg(context, str(sec["session"]))
+        prepared = _in_background(sa.prepare_mask, rnd, bytes(sec["payload"]),
+                                  sum(int(np.asarray(a).size) for a in arrays.values()))
+    with _worker(context) as w:
+        delta, weight, metrics = w.train(str(cfg.get("run-id", "")), rnd, arrays, cfg)
+    flat = flatten(delta)
     if sec is None:
         content = RecordDict({"delta": ArrayRecord({"flat": Array(flat)}),
                               "metrics": metric_record({**metrics, "num-examples": weight})})
     else:
         # the weight and the delta leave the site only inside the masked vector
-        up = _secagg(context, str(sec["session"])).mask(rnd, flat, weight, bytes(sec["payload"]))
+        up = sa.mask(rnd, flat, weight, bytes(sec["payload"]), prepared=prepared())
         content = RecordDict({"masked": ArrayRecord({"vector": Array(up.vector)}),
                               "secagg": ConfigRecord({"payload": up.payload}),
                               "metrics": metric_record({**metrics, "clipped": up.clipped})})

@@ -117,6 +117,19 @@ class MaskedUpdate:
         return self.vector.astype("<u4", copy=False).tobytes()
 
 
+@dataclass
+class PreparedMask:
+    """A site's summed masks for one round, made before its update exists
+    (SiteSecAgg.prepare_mask). Holds the self-mask seed: keep it in memory only."""
+    owner: tuple[str, str]  # (site, run) that made it
+    round: int
+    request: bytes
+    epoch: int
+    view: dict
+    seed: bytes = field(repr=False)
+    masks: np.ndarray | None = field(repr=False)
+
+
 class SiteSecAgg:
     """One site's side of the protocol, with its state persisted in
     `state_dir` (0700 directory, 0600 file, replaced atomically), so a
@@ -269,11 +282,12 @@ class SiteSecAgg:
                                                "shares": shares})
 
     # ------------------------------------------------------------------ T
-    def mask(self, round_: int, delta: np.ndarray, weight: float,
-             train_request: bytes) -> MaskedUpdate:
-        """T: quantise the weighted, clipped update, add the self mask and the
-        pairwise masks of the round's view, and prepare the next round's key.
-        A site masks at most once per round (its mask key is then spent)."""
+    def prepare_mask(self, round_: int, train_request: bytes, num_values: int) -> "PreparedMask":
+        """The part of T that does not depend on the update: check the request and
+        the round's view, draw the self-mask seed and sum the self mask and the
+        pairwise masks over ``num_values`` + NUM_EXTRA coordinates. Nothing is
+        persisted, so a site can run this while it trains and hand the result to
+        mask(); a prepared mask that no longer fits is simply dropped."""
         setup = self._setup()
         msg = wire.decode(wire.TRAIN_REQUEST, train_request, "server")
         self._check_run(msg, "train request")
@@ -283,27 +297,49 @@ class SiteSecAgg:
         if round_ <= self.state["last_round"]:
             raise ProtocolError(f"site {self.site_id!r} already masked round "
                                 f"{self.state['last_round']}; a round is masked once")
-        t, holders = setup["threshold"], setup["holders"]
+        t = setup["threshold"]
         view = self._verify_view(msg["participants"], setup, round_)
         if len(view) < t:
             raise RoundFailed(f"round {round_} has {len(view)} participants, fewer than "
                               f"the threshold {t}")
         my_epoch = self.state["epoch"]
         my_sk = bytes.fromhex(self.state["mask_sk"])
-
-        q = Quantizer(setup["clip_range"], setup["max_weight"], len(view)).quantize(delta, weight)
-        y = q.vector  # masked in place below
-        ks = crypto.Keystream(y.size)
+        total = np.zeros(int(num_values) + NUM_EXTRA, dtype=np.uint32)
+        ks = crypto.Keystream(total.size)
         seed = crypto.random_secret()
-        ks.add_into(y, crypto.self_mask_key(seed, self.run_id, round_, self.site_id))
+        ks.add_into(total, crypto.self_mask_key(seed, self.run_id, round_, self.site_id))
         for site, (epoch, pk) in view.items():
             if site == self.site_id:
                 continue
             k = crypto.pairwise_mask_key(my_sk, pk, self.run_id, round_, self.site_id,
                                          my_epoch, site, epoch)
             # +mask towards larger ids, -mask towards smaller: cancels in the sum
-            (ks.add_into if site > self.site_id else ks.sub_into)(y, k)
-        del ks
+            (ks.add_into if site > self.site_id else ks.sub_into)(total, k)
+        return PreparedMask((self.site_id, self.run_id), round_, bytes(train_request), my_epoch, view,
+                            seed, total)
+
+    def mask(self, round_: int, delta: np.ndarray, weight: float,
+             train_request: bytes, prepared: "PreparedMask | None" = None) -> MaskedUpdate:
+        """T: quantise the weighted, clipped update, add the self mask and the
+        pairwise masks of the round's view, and prepare the next round's key.
+        A site masks at most once per round (its mask key is then spent).
+        ``prepared``: from prepare_mask() with the same request (used when it
+        still fits this site's state and the update's size; recomputed if not)."""
+        setup = self._setup()
+        round_ = int(round_)
+        n = int(np.asarray(delta).size)
+        if not (prepared is not None and prepared.masks is not None
+                and prepared.owner == (self.site_id, self.run_id) and prepared.round == round_
+                and prepared.request == bytes(train_request) and prepared.epoch == self.state["epoch"]
+                and prepared.masks.size == n + NUM_EXTRA and round_ > self.state["last_round"]):
+            prepared = self.prepare_mask(round_, train_request, n)
+        t, holders = setup["threshold"], setup["holders"]
+        view, seed, my_epoch = prepared.view, prepared.seed, prepared.epoch
+
+        q = Quantizer(setup["clip_range"], setup["max_weight"], len(view)).quantize(delta, weight)
+        y = q.vector  # masked in place
+        np.add(y, prepared.masks, out=y)  # uint32 wraps mod 2^32
+        prepared.masks = None  # used once
 
         channel_pks = {s: bytes.fromhex(h) for s, h in setup["channel_pks"].items()}
         b_shares = _encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,

@@ -411,3 +411,40 @@ def test_zero_total_weight_fails_the_round_cleanly(federation):
     fed.train(1, {s: np.ones(4, np.float32) for s in fed.names}, dict.fromkeys(fed.names, 0.0))
     with pytest.raises(RoundFailed, match="summed weight is zero"):
         fed.evaluate(1)
+
+
+# ------------------------------------------- masks prepared while the site trains
+def test_prepared_masks_give_the_same_exact_mean_and_persist_nothing(federation):
+    rng = np.random.default_rng(11)
+    fed = federation(3)
+    fed.setup()
+    size = 3000
+    deltas, weights = _deltas(rng, fed.names, size), _weights(rng, fed.names)
+    reqs = fed.server.train_requests(1, fed.names)
+    states = {s: (fed.root / s / "secagg_state.json").read_bytes() for s in fed.names}
+    prepared = {s: fed.sites[s].prepare_mask(1, reqs[s], size) for s in fed.names}
+    assert all((fed.root / s / "secagg_state.json").read_bytes() == states[s] for s in fed.names)
+    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s], prepared=prepared[s]) for s in fed.names}
+    assert all(p.masks is None for p in prepared.values())  # each prepared mask is used once
+    fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
+    res = fed.evaluate(1)
+    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
+    # the spent round cannot be prepared again
+    with pytest.raises(ProtocolError, match="masked once"):
+        fed.sites["site-00"].prepare_mask(1, reqs["site-00"], size)
+
+
+def test_a_prepared_mask_that_does_not_fit_is_recomputed(federation):
+    rng = np.random.default_rng(12)
+    fed = federation(2)
+    fed.setup()
+    deltas, weights = _deltas(rng, fed.names, 500), _weights(rng, fed.names)
+    reqs = fed.server.train_requests(1, fed.names)
+    wrong_size = fed.sites["site-00"].prepare_mask(1, reqs["site-00"], 499)
+    ups = {"site-00": fed.sites["site-00"].mask(1, deltas["site-00"], weights["site-00"], reqs["site-00"],
+                                                prepared=wrong_size),
+           "site-01": fed.sites["site-01"].mask(1, deltas["site-01"], weights["site-01"], reqs["site-01"])}
+    assert wrong_size.masks is not None  # never used
+    fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
+    res = fed.evaluate(1)
+    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
