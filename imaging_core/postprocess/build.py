@@ -26,7 +26,19 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(os.environ.get("FEDVOX_CSRC", Path(__file__).resolve().parents[2] / "csrc"))
+
+
+def _find_csrc() -> Path:
+    """FEDVOX_CSRC, else the source checkout's csrc/, else the copy a wheel
+    installs under <prefix>/share/fedvox/csrc (pyproject data-files)."""
+    if os.environ.get("FEDVOX_CSRC"):
+        return Path(os.environ["FEDVOX_CSRC"])
+    checkout = Path(__file__).resolve().parents[2] / "csrc"
+    installed = Path(sys.prefix) / "share" / "fedvox" / "csrc"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+CSRC = _find_csrc()
 CPU_SOURCES = ("ops_cpu.cpp", "binding.cpp")
 CUDA_SOURCES = ("ops_cuda.cu",)
 HEADERS = ("ops.h",)
@@ -74,7 +86,7 @@ def _check_toolchain(with_cuda: bool) -> None:
     if missing:
         raise OpsBuildError(
             f"fedvox ops sources not found in {CSRC} (missing {', '.join(missing)}); "
-            "run from a source checkout or set FEDVOX_CSRC to the csrc/ directory")
+            "reinstall fedvox, run from a source checkout, or set FEDVOX_CSRC to the csrc/ directory")
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise OpsBuildError(

@@ -49,3 +49,22 @@ def test_loaded_ops_report_their_build(ops):
     info = build.load_info()
     assert os.path.isdir(info["dir"]) and info["cuda"] == torch.cuda.is_available()
     assert bool(ops.has_cuda()) == info["cuda"]
+
+
+def test_wheel_carries_every_csrc_file(tmp_path):
+    """csrc/ lies outside the packages: the wheel must carry it as data
+    (share/fedvox/csrc), or an installed site could not build its ops."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+    pytest.importorskip("setuptools")
+    repo = Path(__file__).resolve().parents[3]
+    src = tmp_path / "src"  # build from a copy: an in-tree build would leave build/ behind
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", ".venv", "work", "tests", "bench",
+                                                             "*.egg-info", "build", "__pycache__"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    (whl,) = (tmp_path / "dist").glob("fedvox-*.whl")
+    shipped = {Path(n).name for n in zipfile.ZipFile(whl).namelist() if "/share/fedvox/csrc/" in n}
+    assert shipped == {p.name for p in (repo / "csrc").iterdir() if p.is_file()}
