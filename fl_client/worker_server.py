@@ -106,13 +106,19 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from fl_server.config import load_federation, load_site
+    from imaging_core.errors import ImagingError
     from .worker import SiteWorker
     fed = load_federation(a.federation, data_base=a.data_base, require_sites=False)
     site = load_site(a.site, data_base=a.data_base)
     if a.data_root:
         root = Path(a.data_root).resolve()
         site.update(data_root=str(root), datalist_path=str(root / site["datalist"]))
-    serve_until_signalled(SiteWorker(fed, site, a.work, a.device), a.socket, a.ready_file)
+    try:
+        worker = SiteWorker(fed, site, a.work, a.device)
+    except ImagingError as e:  # e.g. the datalist is missing: one line, not a traceback
+        print(f"fedvox site worker {site['name']}: {e}", file=sys.stderr)
+        return 2
+    serve_until_signalled(worker, a.socket, a.ready_file)
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.live import Live
 from rich.table import Table
 
+from imaging_core.errors import ImagingError
+
 from . import deploy
 from . import launch as L
 from .config import example_federation_path, load_federation
@@ -67,12 +69,17 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
     from .provision import provision
     from sites_example.generate import generate
     work = Path(work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     if federation is None:
+        work.mkdir(parents=True, exist_ok=True)
         with console.status("generating sites_example"):
             generate(work / "sites", zoom=zoom, cases=cases, seed=seed)
         federation, data_base = example_federation_path(), work / "sites"
     fed = load_federation(federation, data_base=data_base)
+    for site in fed["sites"] + ([fed["coordinator"]] if "coordinator" in fed else []):
+        if not Path(site["datalist_path"]).is_file():  # before any process starts
+            raise ImagingError(site["datalist_path"], f"{site['name']}: datalist not found "
+                               "(check --data-base and the site's data_root)")
+    work.mkdir(parents=True, exist_ok=True)
     names = [s["name"] for s in fed["sites"]]
     prov = provision(work / "provision", names, federation=fed["federation"]["name"].replace("_", "-"),
                      force=True)

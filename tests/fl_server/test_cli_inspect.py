@@ -61,3 +61,23 @@ def test_server_and_site_with_a_wrong_kit_give_one_line(cli, tmp_path):
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and str(tmp_path) in lines[0] and "Traceback" not in r.stderr
+
+
+def test_demo_and_worker_with_missing_site_data_give_one_line(cli, tmp_path):
+    """A wrong --data-base is found before anything is provisioned or started."""
+    import sys
+    from fl_server.config import example_federation_path
+    fed, work = example_federation_path(), tmp_path / "demo"
+    r = cli("demo", "--work", work, "--federation", fed, "--data-base", tmp_path / "nodata")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr
+    assert "hospital_a/dataset.json" in lines[0] and "datalist not found" in lines[0]
+    assert not work.exists()
+    # the site worker on its own (what `fedvox site` starts) says the same in one line
+    import subprocess
+    r = subprocess.run([sys.executable, "-m", "fl_client.worker_server", "--federation", fed,
+                        "--site", fed.parent / "sites" / "hospital_a.toml", "--data-base", tmp_path / "nodata",
+                        "--work", tmp_path / "w", "--socket", tmp_path / "w.sock"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("fedvox site worker hospital_a:") and "datalist not found" in r.stderr
