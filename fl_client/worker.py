@@ -146,6 +146,7 @@ class SiteWorker:
             models.append(("local/", net))
         for prefix, net in models:
             per_case = evaluate_cases(net, val, self.roi, self.num_classes, self.device,
-                                      tc.amp if tc.amp != "auto" else None, tc.overlap, tc.sw_batch_size)
+                                      tc.amp if tc.amp != "auto" else None, tc.overlap, tc.sw_batch_size,
+                                      postprocess=self.fed.get("postprocess"))
             out.update(_scalars(prefix, flat_scores(summarize(per_case, self.num_classes), self.num_classes)))
         return out, float(len(val))

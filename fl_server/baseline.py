@@ -49,7 +49,8 @@ def evaluate_on_sets(fed: dict, net, data: dict, cache_base: Path, device: str =
     rows = []
     for name, cases in evaluation_sets(fed, data, cache_base).items():
         per_case = evaluate_cases(net, cases, tuple(fed["sampling"]["patch_size"]), num_classes,
-                                  torch.device(device), None, overlap, sw_batch_size)
+                                  torch.device(device), None, overlap, sw_batch_size,
+                                  postprocess=fed.get("postprocess"))
         rows.append({"model": model, "eval_set": name, "cases": len(cases),
                      **flat_scores(summarize(per_case, num_classes), num_classes)})
     return rows

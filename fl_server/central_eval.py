@@ -1,4 +1,6 @@
-"""Evaluation of each global model on the coordinator's held-out cases."""
+"""Evaluation of each global model on the coordinator's held-out cases:
+sliding window, the federation's [postprocess] chain (none by default),
+Dice / HD95 / ASSD per class."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +9,7 @@ import numpy as np
 import torch
 
 from imaging_core.data.site_data import SiteData
-from imaging_core.inference.evaluate import evaluate_cases
+from imaging_core.inference.evaluate import evaluate_cases, has_chain
 from imaging_core.metrics import summarize
 from imaging_core.train.task import build_net
 from imaging_core.train.trainer import flat_scores
@@ -25,6 +27,10 @@ class CentralEvaluator:
         self.num_classes = self.data.num_classes
         self.roi = tuple(fed["sampling"]["patch_size"])
         self.net = build_net(fed["model"], self.num_classes).to(self.device)
+        self.postprocess = fed.get("postprocess")
+        if has_chain(self.postprocess):
+            from imaging_core.postprocess.chain import build_postprocess
+            build_postprocess(self.postprocess)  # a bad [postprocess] table fails at server start
 
     def evaluate(self, state: dict[str, np.ndarray]) -> tuple[dict, list[dict], dict]:
         sd = self.net.state_dict()
@@ -32,6 +38,7 @@ class CentralEvaluator:
                                  strict=False)
         tc = self.fed["train"]
         per_case = evaluate_cases(self.net, self.cases, self.roi, self.num_classes, self.device,
-                                  None, float(tc.get("overlap", 0.5)), int(tc.get("sw_batch_size", 4)))
+                                  None, float(tc.get("overlap", 0.5)), int(tc.get("sw_batch_size", 4)),
+                                  postprocess=self.postprocess)
         summary = summarize(per_case, self.num_classes)
         return flat_scores(summary, self.num_classes), per_case, summary

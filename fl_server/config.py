@@ -27,6 +27,9 @@ DEFAULTS = {
                                  "MR": {"kind": "zscore"}}},
     "sampling": {"patch_size": [96, 96, 96], "samples_per_case": 4, "mode": "classes",
                  "class_ratios": None, "pos": 1.0, "neg": 1.0},
+    # post-processing before every evaluation (central, sites, baselines): a chain
+    # as in imaging_core.postprocess.chain, e.g. {"chain": ["crf", "largest_component"]}
+    "postprocess": {"chain": []},
     "augment": {"flip_prob": 0.5, "rot90_prob": 0.25, "affine_prob": 0.2,
                 "intensity_prob": 0.3, "noise_prob": 0.15},
 }

@@ -148,7 +148,8 @@ class FederatedServer:
                            "rounds": self.rounds, "strategy": self.opt.name, "min_sites": self.min_sites,
                            "secure_aggregation": self.aggregation.describe(),
                            "labels": {str(k): v for k, v in self.fed["labels"].items()},
-                           "model": self.fed["model"], "best_metric": self.best_metric})
+                           "model": self.fed["model"], "best_metric": self.best_metric,
+                           "postprocess": self.fed.get("postprocess")})
         nodes = self._wait_for_nodes()
         self.aggregation.setup(self, nodes)
         if start == 1 and self.central is not None and not self.record.rounds:

@@ -58,3 +58,22 @@ def test_unknown_site_is_one_clear_error(tiny):
     fed_path, data_base, base = tiny
     with pytest.raises(ValueError, match="unknown site 'nowhere'.*pooled"):
         run_baseline(fed_path, "nowhere", base / "x", data_base=data_base, epochs=1, show_progress=False)
+
+
+def test_postprocess_chain_reaches_every_evaluation_and_a_bad_one_fails_early(tiny):
+    from fl_server.baseline import evaluate_on_sets, load_site_data
+    from fl_server.central_eval import CentralEvaluator
+    from imaging_core.train.task import build_net
+    fed_path, data_base, base = tiny
+    fed = load_federation(fed_path, data_base=data_base)
+    assert fed["postprocess"] == {"chain": []}  # the example's default: off
+    net = build_net(fed["model"], len(fed["labels"]), seed=0)
+    cache = base / "pp-cache"
+    data = load_site_data(fed, cache)
+    plain = evaluate_on_sets(fed, net, data, cache)
+    fed["postprocess"] = {"chain": ["largest_component"]}
+    kept = evaluate_on_sets(fed, net, data, cache)
+    # an untrained net predicts scattered blobs: keeping the largest changes the figures
+    assert json.dumps(plain) != json.dumps(kept)
+    with pytest.raises(ValueError, match="unknown"):
+        CentralEvaluator({**fed, "postprocess": {"chain": ["no_such_step"]}}, fed["coordinator"], base / "cc")
