@@ -94,45 +94,46 @@ def _sizes(labels: torch.Tensor, count: int) -> torch.Tensor:
     return torch.bincount(labels.view(-1).long(), minlength=count + 1)
 
 
+def _drop_components(label_map, classes, connectivity, fn: str, drop):
+    """Per class, label its connected components and set to background (0) the
+    voxels of the components ``drop(labels, count)`` marks (a bool tensor indexed
+    by component id, 0 = background). Returns the same type, dtype and device."""
+    t, np_in = _label_map(label_map, fn)
+    conn3 = _check_conn(connectivity, t.dim(), fn)
+    out = t.long() if t.dtype in _WIDEN else t.clone()
+    view3 = out.unsqueeze(0) if out.dim() == 2 else out
+    for c in _classes(t, classes, fn):
+        sel = view3 == c
+        if not bool(sel.any()):
+            continue
+        labels, count = _label(sel.view(torch.uint8).contiguous(), conn3)
+        gone = drop(labels, count)
+        if gone is None:
+            continue
+        gone[0] = False
+        view3[gone[labels.long()] & sel] = 0
+    return back(out.to(t.dtype), np_in)
+
+
 def keep_largest(label_map, classes=None, connectivity: int | None = None):
     """Per class, keep only its largest connected component; the other
     components of that class become background (0). Ties keep the component
     that comes first in raster order. classes: int, list, or None (every
     nonzero value present). Returns the same type, dtype and device."""
-    fn = "keep_largest"
-    t, np_in = _label_map(label_map, fn)
-    conn3 = _check_conn(connectivity, t.dim(), fn)
-    out = t.long() if t.dtype in _WIDEN else t.clone()
-    view3 = out.unsqueeze(0) if out.dim() == 2 else out
-    for c in _classes(t, classes, fn):
-        sel = view3 == c
-        if not bool(sel.any()):
-            continue
-        labels, count = _label(sel.view(torch.uint8).contiguous(), conn3)
+    def drop(labels, count):
         if count <= 1:
-            continue
+            return None
         sizes = _sizes(labels, count)
         sizes[0] = -1
-        best = int(torch.argmax(sizes))  # first maximum: raster-order tie break
-        view3[sel & (labels != best)] = 0
-    return back(out.to(t.dtype), np_in)
+        gone = torch.ones_like(sizes, dtype=torch.bool)
+        gone[int(torch.argmax(sizes))] = False  # first maximum: raster-order tie break
+        return gone
+    return _drop_components(label_map, classes, connectivity, "keep_largest", drop)
 
 
 def remove_small(label_map, min_voxels: int, classes=None, connectivity: int | None = None):
     """Per class, set components with fewer than min_voxels voxels to
     background (0). Returns the same type, dtype and device."""
-    fn = "remove_small"
-    t, np_in = _label_map(label_map, fn)
-    min_voxels = check_int(min_voxels, fn, "min_voxels", minimum=0)
-    conn3 = _check_conn(connectivity, t.dim(), fn)
-    out = t.long() if t.dtype in _WIDEN else t.clone()
-    view3 = out.unsqueeze(0) if out.dim() == 2 else out
-    for c in _classes(t, classes, fn):
-        sel = view3 == c
-        if not bool(sel.any()):
-            continue
-        labels, count = _label(sel.view(torch.uint8).contiguous(), conn3)
-        small = _sizes(labels, count) < min_voxels
-        small[0] = False
-        view3[small[labels.long()] & sel] = 0
-    return back(out.to(t.dtype), np_in)
+    min_voxels = check_int(min_voxels, "remove_small", "min_voxels", minimum=0)
+    return _drop_components(label_map, classes, connectivity, "remove_small",
+                            lambda labels, count: _sizes(labels, count) < min_voxels)
