@@ -227,6 +227,14 @@ class SiteSecAgg:
             raise ProtocolError(f"{what} is for run {msg['run_id']!r}, this site is in "
                                 f"run {self.run_id!r}")
 
+    def _request(self, kind, payload: bytes, round_: int, what: str) -> dict:
+        """A server request for this run and this round, decoded."""
+        msg = wire.decode(kind, payload, "server")
+        self._check_run(msg, what)
+        if msg["round"] != round_:
+            raise ProtocolError(f"{what} is for round {msg['round']}, not {round_}")
+        return msg
+
     # ----------------------------------------------------------------- S1
     def advertise(self) -> bytes:
         """S1: a fresh mask key (next epoch) and the channel key, signed.
@@ -289,11 +297,8 @@ class SiteSecAgg:
         persisted, so a site can run this while it trains and hand the result to
         mask(); a prepared mask that no longer fits is simply dropped."""
         setup = self._setup()
-        msg = wire.decode(wire.TRAIN_REQUEST, train_request, "server")
-        self._check_run(msg, "train request")
         round_ = int(round_)
-        if msg["round"] != round_:
-            raise ProtocolError(f"train request is for round {msg['round']}, not {round_}")
+        msg = self._request(wire.TRAIN_REQUEST, train_request, round_, "train request")
         if round_ <= self.state["last_round"]:
             raise ProtocolError(f"site {self.site_id!r} already masked round "
                                 f"{self.state['last_round']}; a round is masked once")
@@ -410,11 +415,8 @@ class SiteSecAgg:
         of dropped sites, after checking the survivors all signed this site's
         view; never both kinds for one peer in one round."""
         setup = self._setup()
-        msg = wire.decode(wire.REVEAL_REQUEST, reveal_request, "server")
-        self._check_run(msg, "reveal request")
         round_ = int(round_)
-        if msg["round"] != round_:
-            raise ProtocolError(f"reveal request is for round {msg['round']}, not {round_}")
+        msg = self._request(wire.REVEAL_REQUEST, reveal_request, round_, "reveal request")
         rec = self.state["rounds"].get(str(round_))
         if rec is None:
             raise RevealRefused(f"site {self.site_id!r} has no masked update for round "
