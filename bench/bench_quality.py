@@ -102,7 +102,7 @@ def main() -> None:
               "local_dice": by[(f"local:{n}", s)]["dice_fg_mean"]}
              for n in names for s in names if s != n]
     wins = sum(d["global"] > d["local_dice"] for d in duels)
-    print(f"\nglobal / pooled Dice, per set and structure: "
+    print("\nglobal / pooled Dice, per set and structure: "
           + "; ".join(f"{s}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()) for s, d in ratios.items()))
     print(f"worst ratio {worst:.3f} (goal >= 0.97); global beats local-only on other sites' data "
           f"in {wins}/{len(duels)} pairs")

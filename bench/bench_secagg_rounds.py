@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_server import launch as L  # noqa: E402
-from fvbench_federation import FED, make_app, start_federation  # noqa: E402
+from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP_MODULE = HERE / "fvbench_rounds_app.py"
@@ -84,25 +84,12 @@ def main(argv=None) -> int:
         common = {"sizes": ",".join(map(str, sizes)), "rounds": a.rounds,
                   "min-nodes": len(SITES), "poll": a.poll, "roster": str(prov.roster_path),
                   "site-names": ",".join(SITES), "threshold": 2}
-        app_ab = _app(work / "app-rounds", "fvbench-rounds", "server", "client")
-        out_ab = work / "rounds.json"
-        res = L.flwr_run(app_ab, cli, FED, {**common, "out-file": str(out_ab)},
-                         timeout=a.run_timeout, log_path=work / "run-rounds.log")
-        print(f"(a)/(b) run: {res.status} in {res.seconds:.1f} s", flush=True)
-        ab = json.loads(out_ab.read_text()) if out_ab.exists() else {"status": "no output"}
-        if not res.ok or ab.get("status") != "done":
-            print(f"(a)/(b) run failed: {res.details}\n{_tail(res.log_path)}", flush=True)
+        ab = run_app(_app(work / "app-rounds", "fvbench-rounds", "server", "client"), cli, common, work,
+                     "rounds", a.run_timeout)
         c = None
         if not a.no_secaggplus:
-            app_c = _app(work / "app-secaggplus", "fvbench-secaggplus", "legacy_server",
-                             "legacy_client")
-            out_c = work / "secaggplus.json"
-            res_c = L.flwr_run(app_c, cli, FED, {**common, "out-file": str(out_c)},
-                               timeout=a.run_timeout, log_path=work / "run-secaggplus.log")
-            print(f"(c) run: {res_c.status} in {res_c.seconds:.1f} s", flush=True)
-            c = json.loads(out_c.read_text()) if out_c.exists() else {"status": "no output"}
-            if not res_c.ok or c.get("status") != "done":
-                print(f"(c) run failed: {res_c.details}\n{_tail(res_c.log_path)}", flush=True)
+            c = run_app(_app(work / "app-secaggplus", "fvbench-secaggplus", "legacy_server", "legacy_client"),
+                        cli, common, work, "secaggplus", a.run_timeout)
     result["wall_s"] = round(time.monotonic() - t_all, 1)
 
     # ---- summary
@@ -175,13 +162,6 @@ def main(argv=None) -> int:
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _tail(path, n: int = 40) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except (OSError, TypeError):
-        return ""
 
 
 if __name__ == "__main__":

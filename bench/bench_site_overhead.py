@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_server import launch as L  # noqa: E402
-from fvbench_federation import FED, make_app, start_federation  # noqa: E402
+from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP_MODULE = HERE / "fvbench_overhead_app.py"
@@ -101,15 +101,8 @@ def main(argv=None) -> int:
         _, cli = start_federation(work, sites, group, start_worker)
         app = make_app(work / "app-overhead", APP_MODULE, "fvbench-overhead",
                        "fedvox site-overhead benchmark app", "server", "client", APP_CONFIG)
-        out = work / "overhead.json"
-        res = L.flwr_run(app, cli, FED, {"out-file": str(out), "rounds": a.rounds,
-                                         "min-nodes": len(sites), "poll": a.poll},
-                         timeout=a.run_timeout, log_path=work / "run.log")
-        print(f"run: {res.status} in {res.seconds:.1f} s", flush=True)
-        rec = json.loads(out.read_text()) if out.exists() else {"status": "no output"}
-        if not res.ok or rec.get("status") != "done":
-            log = Path(res.log_path).read_text(errors="replace") if res.log_path else ""
-            print("run failed:", res.details, "\n", "\n".join(log.splitlines()[-40:]))
+        rec = run_app(app, cli, {"rounds": a.rounds, "min-nodes": len(sites), "poll": a.poll}, work,
+                      "overhead", a.run_timeout)
 
     # ---- summary
     per_mode: dict[str, dict] = {}

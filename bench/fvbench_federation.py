@@ -5,6 +5,7 @@ site keys, one SuperNode per site) started inside a launch.ProcessGroup.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -84,3 +85,18 @@ def start_federation(work: Path, sites: list[str], group: L.ProcessGroup,
     L.wait_for_nodes(cli, FED, len(sites), timeout=90)
     print(f"federation up in {time.monotonic() - t0:.1f} s ({work})", flush=True)
     return prov, cli
+
+
+def run_app(app: Path, cli: Path, config: dict, work: Path, tag: str, timeout: float) -> dict:
+    """`flwr run` the app with ``config`` plus out-file=<work>/<tag>.json, and
+    return what the app wrote there ({"status": "no output"} if nothing); a
+    failed run prints Flower's reason and the tail of <work>/run-<tag>.log."""
+    out = work / f"{tag}.json"
+    res = L.flwr_run(app, cli, FED, {**config, "out-file": str(out)}, timeout=timeout,
+                     log_path=work / f"run-{tag}.log")
+    print(f"{tag} run: {res.status} in {res.seconds:.1f} s", flush=True)
+    rec = json.loads(out.read_text()) if out.exists() else {"status": "no output"}
+    if not res.ok or rec.get("status") != "done":
+        log = Path(res.log_path).read_text(errors="replace") if res.log_path else ""
+        print(f"{tag} run failed: {res.details}\n" + "\n".join(log.splitlines()[-40:]), flush=True)
+    return rec

@@ -25,7 +25,6 @@ import time
 
 _T_MODULE0 = time.time()
 
-import json  # noqa: E402
 import os  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -130,7 +129,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    out = str(cfg["out-file"])
+    from pathlib import Path
+
+    from fl_server.records import write_json  # server side only: the ClientApp imports stay as measured
+    out = Path(str(cfg["out-file"]))
     n_nodes, rounds, poll = int(cfg["min-nodes"]), int(cfg["rounds"]), float(cfg["poll"])
     timeout = float(cfg["stage-timeout"])
     rec = {"status": "started", "rounds": []}
@@ -179,15 +181,8 @@ def main(grid: Grid, context: Context) -> None:
                                   "t_done": max(x["t_recv"] for x in msgs_out), "msgs": msgs_out})
         row["seconds"] = time.time() - t_round0
         rec["rounds"].append(row)
-        _write(out, rec)
+        write_json(out, rec)
     rec["status"] = "done"
-    _write(out, rec)
+    write_json(out, rec)
 
 
-def _write(path: str, obj) -> None:
-    if not path:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)

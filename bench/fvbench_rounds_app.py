@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -123,15 +122,6 @@ class TimedGrid:
         return got
 
 
-def _write(path: str, obj) -> None:
-    if not path:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _wait_nodes(grid, n: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -164,13 +154,14 @@ def main(grid: Grid, context: Context) -> None:
     from fl_server.strategy import weighted_mean
 
     cfg = context.run_config
-    out = str(cfg["out-file"])
+    from fl_server.records import write_json  # server side only: the ClientApp imports stay as measured
+    out = Path(str(cfg["out-file"]))
     sizes = [int(x) for x in str(cfg["sizes"]).split(",") if x]
     rounds, n_nodes = int(cfg["rounds"]), int(cfg["min-nodes"])
     timeout = float(cfg["stage-timeout"])
     g = TimedGrid(grid, float(cfg["poll"]))
     rec = {"status": "started", "setup": None, "rounds": []}
-    _write(out, rec)
+    write_json(out, rec)
     nodes = _wait_nodes(grid, n_nodes, float(cfg["wait-nodes-timeout"]))
     roster = json.loads(Path(str(cfg["roster"])).read_text())
     session = f"bench-{context.run_id}"
@@ -207,7 +198,7 @@ def main(grid: Grid, context: Context) -> None:
                     "threshold": proto.threshold,
                     "stages": [{"type": e["type"], "seconds": e["seconds"]} for e in g.log[n_log:]],
                     "bytes_per_site": _per_site(g.log[n_log:])}
-    _write(out, rec)
+    write_json(out, rec)
 
     rnd = 0
     for n in sizes:
@@ -283,10 +274,10 @@ def main(grid: Grid, context: Context) -> None:
                     "server_between_s": t_coll - t_train, "server_aggregate_s": t1 - t_eval,
                     "site_train_handler_s": site_s,
                     "bytes_per_site": _per_site(stages), "max_abs_err": err, "tolerance": tol})
-                _write(out, rec)
+                write_json(out, rec)
                 del train, ev
     rec["status"] = "done"
-    _write(out, rec)
+    write_json(out, rec)
 
 
 def _handler_start():
@@ -370,12 +361,13 @@ def legacy_main(grid: Grid, context: Context) -> None:
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
     cfg = context.run_config
-    out = str(cfg["out-file"])
+    from fl_server.records import write_json  # server side only: the ClientApp imports stay as measured
+    out = Path(str(cfg["out-file"]))
     sizes = [int(x) for x in str(cfg["sizes"]).split(",") if x]
     rounds, n_nodes = int(cfg["rounds"]), int(cfg["min-nodes"])
     g = TimedGrid(grid, float(cfg["poll"]))
     rec = {"status": "started", "rounds": [], "sizes": []}
-    _write(out, rec)
+    write_json(out, rec)
     nodes = _wait_nodes(grid, n_nodes, float(cfg["wait-nodes-timeout"]))
     for n in sizes:
         def fit_cfg(r, n=n):
@@ -413,9 +405,9 @@ def legacy_main(grid: Grid, context: Context) -> None:
         err = float(np.max(np.abs(arr.astype(np.float64) - exact_mean(sites, rounds, n))))
         rec["sizes"].append({"params": n, "workflow_seconds": total, "rounds_found": len(rs),
                              "max_abs_err_last_round": err})
-        _write(out, rec)
+        write_json(out, rec)
     rec["status"] = "done"
-    _write(out, rec)
+    write_json(out, rec)
 
 
 def _legacy_client_fn(context: Context):
