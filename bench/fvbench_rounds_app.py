@@ -97,28 +97,21 @@ class TimedGrid:
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages, *, timeout: float | None = None):
+    def send_and_receive(self, messages, *, timeout: float | None = None, on_reply=None):
+        from fl_server.exchange import send_and_gather  # the server's own pull loop
         messages = list(messages)
         down = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
         mtype = messages[0].metadata.message_type if messages else "?"
         t0 = time.perf_counter()
-        ids = {i for i in self._grid.push_messages(messages) if i}
+        n_sent = len(messages)
+        got = send_and_gather(self._grid, messages, 1e9 if timeout is None else timeout, self.poll, on_reply)
         del messages
-        end = None if timeout is None else time.time() + timeout
-        got = []
-        while ids:
-            res = list(self._grid.pull_messages(ids))
-            got.extend(res)
-            ids.difference_update({m.metadata.reply_to_message_id for m in res})
-            if not ids or (end is not None and time.time() >= end):
-                break
-            time.sleep(self.poll)
         t1 = time.perf_counter()
         up = {m.metadata.src_node_id: (payload_bytes(m.content) if m.has_content() else 0)
               for m in got}
         errors = [m.error.reason for m in got if m.has_error()]
         self.log.append({"type": mtype, "t0": t0, "t1": t1, "seconds": t1 - t0,
-                         "down": down, "up": up, "errors": errors, "missing": len(ids)})
+                         "down": down, "up": up, "errors": errors, "missing": n_sent - len(got)})
         return got
 
 
@@ -226,12 +219,20 @@ def main(grid: Grid, context: Context) -> None:
                                                 group_id=str(rnd)))
                     return out_msgs
 
-                train = g.send_and_receive(msgs_for("train", t_extra), timeout=timeout)
+                site_s = {}
+
+                def take(m):  # masked: check and sum each update as it lands, as the server does
+                    if mode != "masked" or m.has_error():
+                        return
+                    s = node_site[m.metadata.src_node_id]
+                    proto.collect_masked(rnd, {s: (m.content.array_records["masked"]["vector"].numpy(),
+                                                   bytes(m.content.config_records["secagg"]["payload"]))})
+
+                train = g.send_and_receive(msgs_for("train", t_extra), timeout=timeout, on_reply=take)
                 t_train = time.perf_counter()
                 bad = [m.error.reason for m in train if m.has_error()]
                 if bad or len(train) != len(nodes):
                     raise RuntimeError(f"round {rnd} ({mode}) train: {len(train)} replies, {bad}")
-                site_s = {}
                 if mode == "plain":
                     deltas, weights = [], []
                     for m in train:
@@ -241,13 +242,9 @@ def main(grid: Grid, context: Context) -> None:
                             m.content.metric_records["metrics"]["handler-seconds"])
                     e_extra = {}
                 else:
-                    got = {}
                     for m in train:
-                        s = node_site[m.metadata.src_node_id]
-                        got[s] = (m.content.array_records["masked"]["vector"].numpy(),
-                                  bytes(m.content.config_records["secagg"]["payload"]))
-                        site_s[s] = float(m.content.metric_records["metrics"]["handler-seconds"])
-                    proto.collect_masked(rnd, got)
+                        site_s[node_site[m.metadata.src_node_id]] = float(
+                            m.content.metric_records["metrics"]["handler-seconds"])
                     e_extra = {site_node[s]: p for s, p in proto.reveal_requests(rnd).items()}
                 t_coll = time.perf_counter()
                 ev = g.send_and_receive(msgs_for("evaluate", e_extra), timeout=timeout)

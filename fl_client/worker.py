@@ -13,7 +13,6 @@ restart) gives the same result.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path

@@ -3,12 +3,10 @@
 Both modes have the same face, so the round loop does not care which runs:
   setup(server, nodes)            once per run (secure aggregation: advertise + share)
   train_extra / eval_extra        records to add to each site's T / E message
-  collect_train(r, replies)       keep what the T replies carried
+  collect_train(r, replies)       keep what T replies carried (called as they arrive)
   aggregate(r, survivors, eval_replies, n) -> (weighted mean delta, summed weight)
 """
 from __future__ import annotations
-
-import numpy as np
 
 from fl_client.secagg import RoundFailed  # one failure type for both modes
 
@@ -29,13 +27,14 @@ class PlainAggregation:
         pass
 
     def train_extra(self, r, nodes) -> dict:
+        self._train = {}  # a new round
         return {}
 
     def eval_extra(self, r, nodes) -> dict:
         return {}
 
     def collect_train(self, r, replies: dict) -> None:
-        self._train = replies
+        self._train.update(replies)
 
     def aggregate(self, r, survivors, eval_replies, n: int):
         deltas, weights = [], []

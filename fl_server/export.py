@@ -9,7 +9,6 @@ in the federation config's order); the mapping is written to
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from collections import Counter

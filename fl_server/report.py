@@ -22,7 +22,6 @@ the global model after round t (round 0 = the initial model).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path

@@ -13,9 +13,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fl_client.secagg import RoundFailed, SecAggError, ServerSecAgg, min_threshold
+
+from .exchange import send_and_gather
 
 log = logging.getLogger("fedvox.server")
 
@@ -48,7 +50,7 @@ class SecureAggregation:
             msgs.append(Message(content=RecordDict({"secagg": ConfigRecord(cfg)}), dst_node_id=n,
                                 message_type=f"query.{action}"))
         out = {}
-        for m in server.grid.send_and_receive(msgs, timeout=self.timeout):
+        for m in send_and_gather(server.grid, msgs, self.timeout):
             if m.has_error():
                 log.warning("secagg %s: node %s failed: %s", action, m.metadata.src_node_id, m.error.reason)
                 continue

@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from .aggregation import RoundFailed, make_aggregation
+from .exchange import send_and_gather
 from .records import RunRecord
 from .strategy import ServerOptimizer, site_lr
 
@@ -106,7 +107,10 @@ class FederatedServer:
                                    f"within {self.connect_timeout:.0f} s")
             time.sleep(1.0)
 
-    def _send(self, nodes, kind: str, r: int, extra: dict, timeout: float, arrays=True) -> tuple[dict, list]:
+    def _send(self, nodes, kind: str, r: int, extra: dict, timeout: float, arrays=True,
+              on_reply=None) -> tuple[dict, list]:
+        """One stage -> ({node: reply}, [failures]); ``on_reply(node, message)``
+        runs for each good reply as it arrives."""
         msgs = []
         for n in nodes:
             content = RecordDict({"config": ConfigRecord({"server-round": r, "run-id": self.record.info["run_id"],
@@ -116,17 +120,21 @@ class FederatedServer:
             for key, rec in extra.get(n, {}).items():
                 content[key] = rec
             msgs.append(Message(content=content, dst_node_id=n, message_type=kind))
-        replies = self.grid.send_and_receive(msgs, timeout=timeout)
         ok, failed = {}, []
-        for m in replies:
+
+        def land(m):
             node = m.metadata.src_node_id
             if m.has_error():
                 failed.append({"node": node, "error": m.error.reason})
-                continue
+                return
             info = m.content.config_records.get("info")
             if info is not None:
                 self.node_site[node] = str(info["site"])
             ok[node] = m
+            if on_reply is not None:
+                on_reply(node, m)
+
+        send_and_gather(self.grid, msgs, timeout, on_reply=land)
         # the SuperLink answers for a node that went away with an error from its own id:
         # attribute such errors to the nodes that gave no reply of their own
         foreign = [f["error"] for f in failed if f["node"] not in nodes]
@@ -167,12 +175,13 @@ class FederatedServer:
         row = {"round": r, "sites_sampled": len(nodes), "lr": self.round_lr(r)}
         site_rows: dict[str, dict] = {}
         before = self._flat()
+        # each update is taken in (checked, summed) as it lands, while the other sites still train
         train_ok, train_failed = self._send(nodes, "train", r, self.aggregation.train_extra(r, nodes),
-                                            self.train_timeout)
+                                            self.train_timeout,
+                                            on_reply=lambda n, m: self.aggregation.collect_train(r, {n: m}))
         for n, m in train_ok.items():
             site_rows[self.node_site[n]] = {"round": r, "site": self.node_site[n],
                                             **{f"train/{k}": v for k, v in m.content.metric_records["metrics"].items()}}
-        self.aggregation.collect_train(r, train_ok)
         survivors = sorted(train_ok)
         eval_ok, eval_failed = ({}, []) if not survivors else self._send(
             survivors, "evaluate", r, self.aggregation.eval_extra(r, survivors), self.eval_timeout)

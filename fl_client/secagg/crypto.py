@@ -158,36 +158,53 @@ def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes, what: str) -
 class Keystream:
     """ChaCha20 keystream as a uint32 vector of length n, the mask PRG.
 
-    One zero input and one output buffer are reused across calls (allocating
-    20 MB per peer for a 5M-parameter model would cost more than the cipher).
-    The returned array is a view of the shared buffer: use it before the next
-    call. A fixed nonce is safe because every key is used once (HKDF output
-    bound to run, round and parties)."""
+    The stream is made and applied in cache-sized chunks from one encryptor
+    (the cipher's counter runs on, so the values are those of one long call):
+    a full-length keystream buffer would be 80 MB at 20M values, and a fresh
+    process pays about 0.25 s of page faults to touch it before the cipher
+    (5 GB/s here) does any work. A fixed nonce is safe because every key is
+    used once (HKDF output bound to run, round and parties)."""
 
     _NONCE = bytes(16)  # cryptography's ChaCha20 takes counter||nonce (16 bytes)
+    CHUNK = 1 << 16      # values per chunk (256 kB: stays in L2)
 
     def __init__(self, n: int):
         self.n = int(n)
-        self._zero = np.zeros(self.n, dtype=np.uint32)
-        self._out = np.empty(self.n, dtype=np.uint32)
+        m = min(self.n, self.CHUNK)
+        self._zero = np.zeros(m, dtype=np.uint32)
+        self._out = np.empty(m, dtype=np.uint32)
+
+    def _chunks(self, key: bytes):
+        """(start, stop, keystream values for [start, stop)) over the whole length;
+        each yielded array is the shared chunk buffer: use it before the next."""
+        enc = Cipher(algorithms.ChaCha20(key, self._NONCE), mode=None).encryptor()
+        for i in range(0, self.n, self.CHUNK):
+            j = min(i + self.CHUNK, self.n)
+            out = self._out[:j - i]
+            enc.update_into(memoryview(self._zero[:j - i]).cast("B"), memoryview(out).cast("B"))
+            if sys.byteorder != "little":  # the wire format is little-endian uint32
+                out.byteswap(inplace=True)
+            yield i, j, out
 
     def __call__(self, key: bytes) -> np.ndarray:
-        enc = Cipher(algorithms.ChaCha20(key, self._NONCE), mode=None).encryptor()
-        enc.update_into(memoryview(self._zero).cast("B"), memoryview(self._out).cast("B"))
-        if sys.byteorder != "little":  # the wire format is little-endian uint32
-            self._out.byteswap(inplace=True)
-        return self._out
+        """The whole keystream as a new uint32[n]."""
+        full = np.empty(self.n, dtype=np.uint32)
+        for i, j, out in self._chunks(key):
+            full[i:j] = out
+        return full
 
     def add_into(self, acc: np.ndarray, key: bytes) -> None:
-        np.add(acc, self(key), out=acc)  # uint32 wraps mod 2^32
+        for i, j, out in self._chunks(key):
+            np.add(acc[i:j], out, out=acc[i:j])  # uint32 wraps mod 2^32
 
     def sub_into(self, acc: np.ndarray, key: bytes) -> None:
-        np.subtract(acc, self(key), out=acc)
+        for i, j, out in self._chunks(key):
+            np.subtract(acc[i:j], out, out=acc[i:j])
 
 
 def prg_uint32(key: bytes, n: int) -> np.ndarray:
-    """Fresh copy of the keystream as uint32[n] (convenience for tests)."""
-    return Keystream(n)(key).copy()
+    """The keystream as a new uint32[n] (convenience for tests)."""
+    return Keystream(n)(key)
 
 
 # ------------------------------------------------------------------------ Shamir

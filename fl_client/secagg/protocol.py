@@ -341,10 +341,12 @@ class SiteSecAgg:
         t, holders = setup["threshold"], setup["holders"]
         view, seed, my_epoch = prepared.view, prepared.seed, prepared.epoch
 
-        q = Quantizer(setup["clip_range"], setup["max_weight"], len(view)).quantize(delta, weight)
-        y = q.vector  # masked in place
-        np.add(y, prepared.masks, out=y)  # uint32 wraps mod 2^32
-        prepared.masks = None  # used once
+        # the encoding is added onto the summed masks (uint32 wraps mod 2^32);
+        # they are spent even if encoding fails half-way
+        masks, prepared.masks = prepared.masks, None
+        q = Quantizer(setup["clip_range"], setup["max_weight"], len(view)).quantize(
+            delta, weight, add_to=masks)
+        y = q.vector
 
         channel_pks = {s: bytes.fromhex(h) for s, h in setup["channel_pks"].items()}
         b_shares = _encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,

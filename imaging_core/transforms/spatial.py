@@ -158,7 +158,6 @@ def _general_resample(arr: np.ndarray, xform: np.ndarray, out_shape, mode: str, 
     out_shape = tuple(int(s) for s in out_shape)
     in_shape = arr.shape[1:]
     C = arr.shape[0]
-    n_out = int(np.prod(out_shape))
     if mode == "nearest":
         out = np.empty((C,) + out_shape, dtype=arr.dtype)
         flat_out = out.reshape(C, -1)

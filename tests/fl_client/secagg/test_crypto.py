@@ -57,6 +57,19 @@ def test_prg_is_deterministic_uint32_and_key_dependent():
     assert np.array_equal(crypto.prg_uint32(k, 10), a[:10])
 
 
+def test_keystream_chunks_give_the_one_call_stream(monkeypatch):
+    # masks must not depend on the chunk size (sites and server of different
+    # versions, or a change of CHUNK, must still cancel): compare odd-sized
+    # chunks with one chunk over the whole length
+    k, n = os.urandom(32), 1000
+    whole = crypto.prg_uint32(k, n)
+    monkeypatch.setattr(crypto.Keystream, "CHUNK", 7)
+    assert np.array_equal(crypto.prg_uint32(k, n), whole)
+    acc = np.arange(n, dtype=np.uint32)
+    crypto.Keystream(n).add_into(acc, k)
+    assert np.array_equal(acc, np.arange(n, dtype=np.uint32) + whole)
+
+
 def test_keystream_add_sub_cancel():
     ks = crypto.Keystream(500)
     acc = np.arange(500, dtype=np.uint32)

@@ -86,3 +86,18 @@ def test_chunked_encoding_equals_whole_array_float64_reference():
     x[-1] = np.nan
     with pytest.raises(QuantizationError, match="1 non-finite"):
         q.quantize(x, 42.0)
+
+
+def test_encoding_added_onto_masks_equals_encoding_plus_masks():
+    # what mask() relies on: adding in place onto the summed masks gives the
+    # same uint32 vector as encoding then adding, across chunks and with wrap
+    from fl_client.secagg import quantize as qm
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 0.5, qm._CHUNK + 77).astype(np.float32)
+    masks = rng.integers(0, 2 ** 32, x.size + 2, dtype=np.uint32)
+    q = Quantizer(clip_range=1.0, max_weight=100.0, num_sites=4)
+    ref = q.quantize(x, 7.0).vector + masks
+    got = q.quantize(x, 7.0, add_to=masks.copy())
+    assert np.array_equal(got.vector, ref) and got.weight == q.quantize(x, 7.0).weight
+    with pytest.raises(QuantizationError, match="add_to must be uint32"):
+        q.quantize(x, 7.0, add_to=np.zeros(x.size, np.uint32))

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from imaging_core.data.cache import SiteCache, class_index
 from imaging_core.data.datalist import load_datalist, write_datalist

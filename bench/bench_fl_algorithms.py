@@ -1,0 +1,148 @@
+"""Federated algorithms at equal compute, in one process and over several seeds.
+
+The real federation (bench_quality.py) takes about 16 minutes for 30 rounds,
+most of it Flower's message latency, and one run's lesion Dice moves by
+±0.1 between seeds. Choosing a strategy needs many runs, so this bench runs
+the same site code (fl_client.worker.SiteWorker.train: same seeds, patches,
+learning-rate schedule) and the same server code (fl_server.strategy) without
+Flower and without masking, and compares each configuration with pooled
+training of rounds x local_epochs epochs, per seed and averaged.
+
+Only final models are scored, on the sites' validation cases (where a
+hospital may tune) and on the coordinator's held-out cases (report only).
+
+    python bench/bench_fl_algorithms.py --federation F --data-base D --work W \\
+        --seeds 0,1,2 --configs fedavg "fedavg:server_lr=2" "fedadam:eta=0.01"
+
+A configuration is a strategy name, optionally followed by ``:key=value,...``
+for [federation] keys (server_lr, eta, beta1, beta2, tau, prox_mu,
+local_epochs, rounds). Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_config(text: str) -> tuple[str, dict]:
+    name, _, rest = text.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        opts[k.strip()] = float(v) if k.strip() not in ("local_epochs", "rounds") else int(v)
+    return name.strip(), opts
+
+
+def pooled(fed: dict, data: dict, epochs: int):
+    from imaging_core.data.patch_dataset import PatchDataset, patch_loader
+    from imaging_core.train.task import build_loss, build_net, train_config
+    from imaging_core.train.trainer import Trainer
+    seed = int(fed["federation"]["seed"])
+    cases = [c for sd in data.values() for c in sd.cases("training")]
+    first = next(iter(data.values()))
+    loader, sampler = patch_loader(PatchDataset(cases, first.train_transforms, seed), num_workers=0, seed=seed)
+    cfg = train_config(fed["train"], epochs=epochs, seed=seed)
+    net = build_net(fed["model"], len(fed["labels"]), seed=seed)
+    Trainer(net, build_loss(fed["train"]), loader, sampler, [], tuple(fed["sampling"]["patch_size"]),
+            len(fed["labels"]), cfg).fit(show_progress=False)
+    return net
+
+
+def federated(fed: dict, work: Path):
+    """FedAvg-family rounds with the sites' and the server's own code, in process."""
+    import torch
+    from fl_client.worker import SiteWorker
+    from fl_server.strategy import ServerOptimizer, site_lr, weighted_mean
+    from imaging_core.train.task import build_net, float_state
+    fl = fed["federation"]
+    rounds, epochs = int(fl["rounds"]), int(fl["local_epochs"])
+    workers = [SiteWorker(fed, s, work / s["name"]) for s in fed["sites"]]
+    net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
+    weights = {k: v.numpy() for k, v in float_state(net).items()}
+    opt = ServerOptimizer(name=fl["strategy"], **{k: float(fl[k]) for k in ("server_lr", "eta", "beta1",
+                                                                            "beta2", "tau") if k in fl})
+    for r in range(1, rounds + 1):
+        cfg = {"local_epochs": epochs, "lr": site_lr(fed["train"], rounds, epochs, r), "local_baseline": False,
+               "prox_mu": float(fl.get("prox_mu", 0.0)) if opt.name == "fedprox" else 0.0}
+        deltas, ws = [], []
+        for w in workers:
+            delta, n, _ = w.train(r, weights, cfg)
+            deltas.append(np.concatenate([delta[k].ravel() for k in weights]))
+            ws.append(n)
+        flat = np.concatenate([v.ravel() for v in weights.values()])
+        new, i = opt.step(flat, weighted_mean(deltas, ws)), 0
+        for k, v in weights.items():
+            weights[k] = new[i:i + v.size].reshape(v.shape)
+            i += v.size
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    return net
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--federation", required=True)
+    ap.add_argument("--data-base", required=True)
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--configs", nargs="+", default=["fedavg"])
+    a = ap.parse_args()
+    from fl_server.baseline import evaluate_on_sets, load_site_data
+    from fl_server.config import load_federation
+
+    base = load_federation(a.federation, data_base=a.data_base)
+    cache = a.work.resolve() / "cache"
+    data = load_site_data(base, cache)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    labels = [c for c in base["labels"] if int(c)]
+    rows, times = [], {}
+    for seed in seeds:
+        fed = copy.deepcopy(base)
+        fed["federation"]["seed"] = seed
+        runs = [("pooled", None)] + [(c, parse_config(c)) for c in a.configs]
+        for label, parsed in runs:
+            t0 = time.perf_counter()
+            if parsed is None:
+                fl = fed["federation"]
+                net = pooled(fed, data, int(fl["rounds"]) * int(fl["local_epochs"]))
+            else:
+                f = copy.deepcopy(fed)
+                f["federation"].update(strategy=parsed[0], **parsed[1])
+                net = federated(f, a.work.resolve() / "sites")  # the sites' caches are reused
+            times[(label, seed)] = time.perf_counter() - t0
+            for row in evaluate_on_sets(fed, net.eval(), data, cache, model=label,
+                                        overlap=float(fed["train"].get("overlap", 0.25))):
+                rows.append({**row, "seed": seed})
+            print(f"seed {seed} {label}: {times[(label, seed)]:.0f} s " + "  ".join(
+                f"{r['eval_set']} " + "/".join(f"{r[f'dice_{c}']:.3f}" for c in labels)
+                for r in rows if r["model"] == label and r["seed"] == seed), flush=True)
+
+    sets = list(dict.fromkeys(r["eval_set"] for r in rows))
+    by = {(r["model"], r["seed"], r["eval_set"]): r for r in rows}
+    summary = {}
+    print(f"\nmean over seeds {seeds} of Dice organ / lesion, and [ratio to pooled of the same seed]")
+    for label in ["pooled", *a.configs]:
+        cells = {}
+        for s in sets:
+            d = {c: float(np.mean([by[(label, sd, s)][f"dice_{c}"] for sd in seeds])) for c in labels}
+            ratio = {c: float(np.mean([by[(label, sd, s)][f"dice_{c}"] /
+                                       max(by[("pooled", sd, s)][f"dice_{c}"], 1e-9) for sd in seeds]))
+                     for c in labels}
+            cells[s] = {"dice": d, "ratio": ratio}
+        summary[label] = cells
+        print(f"{label:28s}" + "".join(
+            f"  {s}: " + "/".join(f"{cells[s]['dice'][c]:.3f}" for c in labels)
+            + " [" + "/".join(f"{cells[s]['ratio'][c]:.2f}" for c in labels) + "]" for s in sets))
+    print(json.dumps({"bench": "fl_algorithms", "seeds": seeds, "summary": summary, "rows": rows,
+                      "wall_s": {f"{k[0]}@{k[1]}": round(v, 1) for k, v in times.items()}}, default=float))
+
+
+if __name__ == "__main__":
+    main()
