@@ -67,10 +67,11 @@ def federated(fed: dict, work: Path):
     workers = [SiteWorker(fed, s, work / s["name"]) for s in fed["sites"]]
     net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
     weights = {k: v.numpy() for k, v in float_state(net).items()}
-    opt = ServerOptimizer(name=fl["strategy"], **{k: float(fl[k]) for k in ("server_lr", "eta", "beta1",
-                                                                            "beta2", "tau") if k in fl})
+    opt = ServerOptimizer(name=fl["strategy"], **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta",
+                                                                            "beta1", "beta2", "tau") if k in fl})
     for r in range(1, rounds + 1):
         cfg = {"local_epochs": epochs, "lr": site_lr(fed["train"], rounds, epochs, r), "local_baseline": False,
+               "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False)),
                "prox_mu": float(fl.get("prox_mu", 0.0)) if opt.name == "fedprox" else 0.0}
         deltas, ws = [], []
         for w in workers:

@@ -86,6 +86,9 @@ class SiteWorker:
         return Trainer(net, self.loss_fn, loader, sampler, [], self.roi, self.num_classes, tc,
                        device=self.device, global_weights=anchor)
 
+    def _opt_path(self, server_round: int) -> Path:
+        return self.work_dir / "optimizer" / f"round-{server_round:04d}.pt"
+
     # ----- one round --------------------------------------------------------
     def train(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float, dict]:
         """Local epochs from the global weights -> (delta, weight, scalar metrics)."""
@@ -95,7 +98,15 @@ class SiteWorker:
         start = float_state(self.net)
         anchor = {k: v.to(self.device) for k, v in start.items()} if float(cfg.get("prox_mu", 0)) > 0 else None
         t0 = time.perf_counter()
-        hist = self._trainer(self.net, server_round, cfg, anchor).fit(show_progress=False)
+        trainer = self._trainer(self.net, server_round, cfg, anchor)
+        keep_opt = bool(cfg.get("keep_site_optimizer", False))
+        if keep_opt:
+            self._restore_optimizer(trainer, server_round)
+        hist = trainer.fit(show_progress=False)
+        if keep_opt:
+            save_checkpoint({"opt": trainer.opt.state_dict(), "round": server_round}, self._opt_path(server_round))
+            for old in sorted(self._opt_path(0).parent.glob("round-*.pt"))[:-2]:
+                old.unlink()
         end = float_state(self.net)
         delta = {k: (end[k] - start[k]).numpy() for k in start}
         metrics = {"train_loss": hist.epochs[-1]["loss"], "train_seconds": time.perf_counter() - t0,
@@ -103,6 +114,15 @@ class SiteWorker:
         if cfg.get("local_baseline", True):
             metrics.update(self._train_local_only(server_round, weights, cfg))
         return delta, float(len(self.data.cases("training"))), metrics
+
+    def _restore_optimizer(self, trainer: Trainer, server_round: int) -> None:
+        """Keep the site's optimizer moments across rounds (a fresh AdamW takes
+        sign-like, full-rate first steps every round). They are read from the
+        file of round r-1, not from memory, so a replayed round starts from the
+        same state (the trainer sets each step's learning rate itself)."""
+        prev = self._opt_path(server_round - 1)
+        if server_round > 1 and prev.exists():
+            trainer.opt.load_state_dict(load_checkpoint(prev)["opt"])
 
     def _local_path(self, server_round: int) -> Path:
         return self.work_dir / "local_only" / f"round-{server_round:04d}.pt"

@@ -14,7 +14,7 @@ from imaging_core.errors import ImagingError
 
 DEFAULTS = {
     "federation": {"name": "federation", "seed": 0, "rounds": 3, "strategy": "fedavg", "min_sites": 2,
-                   "local_epochs": 1, "prox_mu": 0.01, "local_baseline": True,
+                   "local_epochs": 1, "prox_mu": 0.01, "local_baseline": True, "keep_site_optimizer": False,
                    "best_metric": "dice_fg_mean", "train_timeout": 900.0, "eval_timeout": 600.0},
     "model": {"name": "unet3d", "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1,
               "dropout": 0.0},

@@ -54,11 +54,12 @@ class FederatedServer:
                          float_state(build_net(self.fed["model"], self.num_classes, seed=seed)).items()}
         self.weights = {k: v.copy() for k, v in self.template.items()}
         self.opt = ServerOptimizer(name=str(fl.get("strategy", "fedavg")),
-                                   **{k: float(fl[k]) for k in ("server_lr", "eta", "beta1", "beta2", "tau")
+                                   **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta", "beta1", "beta2", "tau")
                                       if k in fl})
         self.site_cfg = {"local_epochs": int(fl.get("local_epochs", 1)),
                          "prox_mu": float(fl.get("prox_mu", 0.0)) if self.opt.name == "fedprox" else 0.0,
-                         "local_baseline": bool(fl.get("local_baseline", True))}
+                         "local_baseline": bool(fl.get("local_baseline", True)),
+                         "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False))}
         self.aggregation = make_aggregation(spec, self.fed)
         self.central = None
         if "coordinator" in self.fed:
@@ -154,6 +155,7 @@ class FederatedServer:
                            "federation_path": str(Path(self.spec["federation"]).resolve()),
                            "data_base": self.spec.get("data_base"),
                            "rounds": self.rounds, "strategy": self.opt.name, "min_sites": self.min_sites,
+                           "server_optimizer": self.opt.settings(), "site_round": self.site_cfg,
                            "secure_aggregation": self.aggregation.describe(),
                            "labels": {str(k): v for k, v in self.fed["labels"].items()},
                            "model": self.fed["model"], "best_metric": self.best_metric,

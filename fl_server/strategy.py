@@ -3,8 +3,8 @@
 A round gives the weighted mean of the sites' deltas (plain or unmasked from
 secure aggregation); the strategy turns it into the next global model. FedAvg
 and FedProx apply it as is (FedProx differs at the sites: a proximal term);
-FedAdam and FedYogi treat it as a pseudo-gradient (Reddi et al., "Adaptive
-Federated Optimization", 2021).
+FedAvgM adds server momentum (Hsu et al., 2019); FedAdam and FedYogi treat it
+as a pseudo-gradient (Reddi et al., "Adaptive Federated Optimization", 2021).
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 
 
 @dataclass
 class ServerOptimizer:
     name: str = "fedavg"
-    server_lr: float = 1.0          # FedAvg/FedProx: scale of the mean delta
+    server_lr: float = 1.0          # FedAvg/FedProx/FedAvgM: scale of the mean delta
+    momentum: float = 0.9           # FedAvgM
     eta: float = 1e-2               # FedAdam/FedYogi step
     beta1: float = 0.9
     beta2: float = 0.99
@@ -34,6 +35,9 @@ class ServerOptimizer:
         d = mean_delta.astype(np.float64)
         if self.name in ("fedavg", "fedprox"):
             return (weights + self.server_lr * d).astype(np.float32)
+        if self.name == "fedavgm":
+            self.m = d if self.m is None else self.momentum * self.m + d
+            return (weights + self.server_lr * self.m).astype(np.float32)
         if self.m is None:
             self.m = np.zeros_like(d)
             self.v = np.full_like(d, self.tau ** 2)
@@ -44,6 +48,14 @@ class ServerOptimizer:
         else:  # Yogi: additive, sign-controlled update of v
             self.v = self.v - (1 - self.beta2) * d2 * np.sign(self.v - d2)
         return (weights + self.eta * self.m / (np.sqrt(self.v) + self.tau)).astype(np.float32)
+
+    def settings(self) -> dict:
+        """What the run record states: the knobs that act for this strategy."""
+        if self.name in ("fedavg", "fedprox"):
+            return {"name": self.name, "server_lr": self.server_lr}
+        if self.name == "fedavgm":
+            return {"name": self.name, "server_lr": self.server_lr, "momentum": self.momentum}
+        return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
 
     def state(self) -> dict:
         return {"m": self.m, "v": self.v}

@@ -126,6 +126,9 @@ def test_two_rounds_with_tls_auth_and_masking_record_site_and_global_metrics(com
     info = json.loads((fed.run_dir / "run.json").read_text())
     assert info["status"] == "completed"
     assert info["secure_aggregation"]["mode"] == "secagg" and info["secure_aggregation"]["threshold"] == 2
+    # what the round loop ran with: a run can be repeated from its record
+    assert info["server_optimizer"] == {"name": "fedavg", "server_lr": 1.0}
+    assert info["site_round"]["local_epochs"] >= 1 and info["site_round"]["keep_site_optimizer"] is False
     sites = json.loads((fed.run_dir / "sites.json").read_text())
     assert sorted((s["round"], s["site"]) for s in sites) == [(r, n) for r in (1, 2) for n in SITES]
     for s in sites:

@@ -36,6 +36,23 @@ def test_adaptive_optimisers_follow_the_pseudo_gradient_and_keep_state(name):
     np.testing.assert_array_equal(again.step(w1, d), opt.step(w1, d))  # resumable
 
 
+def test_fedavgm_accumulates_momentum_and_resumes():
+    opt = ServerOptimizer("fedavgm", server_lr=1.0, momentum=0.5)
+    w, d = np.zeros(2, np.float32), np.array([1.0, -2.0], np.float32)
+    w1 = opt.step(w, d)
+    np.testing.assert_allclose(w1, d)
+    again = ServerOptimizer("fedavgm", server_lr=1.0, momentum=0.5)
+    again.load_state({k: None if v is None else v.copy() for k, v in opt.state().items()})
+    w2 = opt.step(w1, d)
+    np.testing.assert_allclose(w2, w1 + 1.5 * d)  # m = 0.5 * d + d
+    np.testing.assert_array_equal(again.step(w1, d), w2)
+
+
+def test_settings_name_the_knobs_that_act():
+    assert ServerOptimizer("fedavg", server_lr=2.0).settings() == {"name": "fedavg", "server_lr": 2.0}
+    assert ServerOptimizer("fedadam", eta=0.03).settings()["eta"] == 0.03
+
+
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="unknown strategy"):
         ServerOptimizer("fedsgd")
