@@ -110,9 +110,18 @@ def main() -> None:
         runs = [("pooled", None)] + [(c, parse_config(c)) for c in a.configs]
         for label, parsed in runs:
             t0 = time.perf_counter()
-            if parsed is None:
+            if parsed is None:  # deterministic per seed and length: reused from an earlier run
+                import torch
                 fl = fed["federation"]
-                net = pooled(fed, data, int(fl["rounds"]) * int(fl["local_epochs"]))
+                epochs = int(fl["rounds"]) * int(fl["local_epochs"])
+                saved = a.work.resolve() / f"pooled-seed{seed}-{epochs}ep.pt"
+                if saved.exists():
+                    from imaging_core.train.task import build_net
+                    net = build_net(fed["model"], len(fed["labels"]), seed=seed)
+                    net.load_state_dict(torch.load(saved, weights_only=True))
+                else:
+                    net = pooled(fed, data, epochs)
+                    torch.save(net.state_dict(), saved)
             else:
                 f = copy.deepcopy(fed)
                 f["federation"].update(strategy=parsed[0], **parsed[1])

@@ -64,14 +64,31 @@ class ServerOptimizer:
         self.m, self.v = st.get("m"), st.get("v")
 
 
+_CHUNK = 1 << 16  # values per chunk of the float64 accumulator (512 kB: stays in cache)
+
+
 def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """sum_i w_i d_i / sum_i w_i in float64, returned as float32. Accumulated in
+    cache-sized chunks: whole-vector float64 temporaries cost about 1 s of page
+    faults per round at 20M values in a fresh server round, the sums here 0.1 s."""
     w = np.asarray(weights, np.float64)
     if not deltas or w.sum() <= 0:
         raise ValueError("no results to aggregate")
-    acc = np.zeros(deltas[0].shape, np.float64)
-    for d, wi in zip(deltas, w):
-        acc += wi * d
-    return (acc / w.sum()).astype(np.float32)
+    shape = np.shape(deltas[0])
+    flat = [np.asarray(d).reshape(-1) for d in deltas]
+    out = np.empty(flat[0].size, np.float32)
+    acc = np.empty(min(out.size, _CHUNK), np.float64)
+    tmp = np.empty_like(acc)
+    total = w.sum()
+    for s in range(0, out.size, _CHUNK):
+        a, t = acc[:min(_CHUNK, out.size - s)], tmp[:min(_CHUNK, out.size - s)]
+        a[...] = 0.0
+        for d, wi in zip(flat, w):
+            np.multiply(d[s:s + a.size], wi, out=t)
+            a += t
+        a /= total
+        out[s:s + a.size] = a
+    return out.reshape(shape)
 
 
 def site_lr(train: dict, rounds: int, local_epochs: int, r: int) -> float:

@@ -17,6 +17,15 @@ def test_weighted_mean_matches_numpy():
         weighted_mean([], [])
 
 
+def test_chunked_weighted_mean_equals_the_whole_vector_float64_sum():
+    from fl_server import strategy
+    rng = np.random.default_rng(1)
+    deltas = [rng.normal(size=2 * strategy._CHUNK + 99).astype(np.float32) for _ in range(3)]
+    w = [10.0, 20.0, 7.0]
+    acc = sum(np.float64(wi) * d.astype(np.float64) for d, wi in zip(deltas, w))
+    np.testing.assert_array_equal(weighted_mean(deltas, w), (acc / sum(w)).astype(np.float32))
+
+
 def test_fedavg_applies_the_mean_delta():
     opt = ServerOptimizer("fedavg")
     w = np.ones(5, np.float32)
