@@ -110,11 +110,13 @@ def main() -> None:
         runs = [("pooled", None)] + [(c, parse_config(c)) for c in a.configs]
         for label, parsed in runs:
             t0 = time.perf_counter()
-            if parsed is None:  # deterministic per seed and length: reused from an earlier run
+            if parsed is None:  # deterministic given the federation (seed included): reused
+                import hashlib
                 import torch
                 fl = fed["federation"]
                 epochs = int(fl["rounds"]) * int(fl["local_epochs"])
-                saved = a.work.resolve() / f"pooled-seed{seed}-{epochs}ep.pt"
+                key = hashlib.sha256(json.dumps(fed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+                saved = a.work.resolve() / f"pooled-{key}-{epochs}ep.pt"
                 if saved.exists():
                     from imaging_core.train.task import build_net
                     net = build_net(fed["model"], len(fed["labels"]), seed=seed)
