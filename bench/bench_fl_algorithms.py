@@ -42,47 +42,34 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 
 def pooled(fed: dict, data: dict, epochs: int):
-    from imaging_core.data.patch_dataset import PatchDataset, patch_loader
-    from imaging_core.train.task import build_loss, build_net, train_config
-    from imaging_core.train.trainer import Trainer
-    seed = int(fed["federation"]["seed"])
-    cases = [c for sd in data.values() for c in sd.cases("training")]
-    first = next(iter(data.values()))
-    loader, sampler = patch_loader(PatchDataset(cases, first.train_transforms, seed), num_workers=0, seed=seed)
-    cfg = train_config(fed["train"], epochs=epochs, seed=seed)
-    net = build_net(fed["model"], len(fed["labels"]), seed=seed)
-    Trainer(net, build_loss(fed["train"]), loader, sampler, [], tuple(fed["sampling"]["patch_size"]),
-            len(fed["labels"]), cfg).fit(show_progress=False)
-    return net
+    from fl_server.baseline import baseline_trainer
+    trainer = baseline_trainer(fed, data, list(data), epochs, validate=False)  # final model only
+    trainer.fit(show_progress=False)
+    return trainer.net
 
 
 def federated(fed: dict, work: Path):
     """FedAvg-family rounds with the sites' and the server's own code, in process."""
     import torch
+    from fl_client.tensors import flatten, unflatten
     from fl_client.worker import SiteWorker
-    from fl_server.strategy import ServerOptimizer, site_lr, weighted_mean
+    from fl_server.strategy import ServerOptimizer, site_lr, site_round_config, weighted_mean
     from imaging_core.train.task import build_net, float_state
     fl = fed["federation"]
     rounds, epochs = int(fl["rounds"]), int(fl["local_epochs"])
     workers = [SiteWorker(fed, s, work / s["name"]) for s in fed["sites"]]
     net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
     weights = {k: v.numpy() for k, v in float_state(net).items()}
-    opt = ServerOptimizer(name=fl["strategy"], **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta",
-                                                                            "beta1", "beta2", "tau") if k in fl})
+    opt = ServerOptimizer.from_federation(fl)
+    site_cfg = {**site_round_config(fl), "local_baseline": False}  # only the global model is compared
     for r in range(1, rounds + 1):
-        cfg = {"local_epochs": epochs, "lr": site_lr(fed["train"], rounds, epochs, r), "local_baseline": False,
-               "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False)),
-               "prox_mu": float(fl.get("prox_mu", 0.0)) if opt.name == "fedprox" else 0.0}
+        cfg = {**site_cfg, "lr": site_lr(fed["train"], rounds, epochs, r)}
         deltas, ws = [], []
         for w in workers:
             delta, n, _ = w.train(r, weights, cfg)
-            deltas.append(np.concatenate([delta[k].ravel() for k in weights]))
+            deltas.append(flatten(delta))
             ws.append(n)
-        flat = np.concatenate([v.ravel() for v in weights.values()])
-        new, i = opt.step(flat, weighted_mean(deltas, ws)), 0
-        for k, v in weights.items():
-            weights[k] = new[i:i + v.size].reshape(v.shape)
-            i += v.size
+        weights = unflatten(opt.step(flatten(weights), weighted_mean(deltas, ws)), weights)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
     return net
 

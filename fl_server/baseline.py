@@ -61,14 +61,32 @@ def load_site_data(fed: dict, cache_base: Path) -> dict:
     return {s["name"]: _site_data(fed, s, cache_base) for s in fed["sites"]}
 
 
+def baseline_trainer(fed: dict, data: dict, sites: list[str], epochs: int | None = None,
+                     run_dir: str | Path | None = None, device: str = "cpu", validate: bool = True):
+    """A Trainer on the training cases of ``sites`` (all of them: pooled), with the
+    federation's model, loss, [train] settings and seed; ``validate``: score
+    the same sites' validation cases each epoch (best.pt)."""
+    from imaging_core.data.patch_dataset import PatchDataset, patch_loader
+    from imaging_core.train.task import build_loss, build_net, train_config
+    from imaging_core.train.trainer import Trainer
+    train_cases = [c for n in sites for c in data[n].cases("training")]
+    val_cases = [c for n in sites for c in data[n].cases("validation")] if validate else []
+    if not train_cases:
+        raise ValueError(f"{'+'.join(sites)}: no usable training cases")
+    seed = int(fed["federation"].get("seed", 0))
+    num_classes = len(fed["labels"])
+    loader, sampler = patch_loader(PatchDataset(train_cases, data[sites[0]].train_transforms, seed),
+                                   num_workers=int(fed["sites"][0].get("num_workers", 0)), seed=seed)
+    cfg = train_config(fed["train"], **({"epochs": epochs} if epochs else {}), seed=seed)
+    return Trainer(build_net(fed["model"], num_classes, seed=seed), build_loss(fed["train"]), loader, sampler,
+                   val_cases, tuple(fed["sampling"]["patch_size"]), num_classes, cfg, run_dir=run_dir,
+                   device=device)
+
+
 def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_base: str | Path | None = None,
                  cache_base: str | Path | None = None, epochs: int | None = None, device: str = "cpu",
                  show_progress: bool = True) -> dict:
     """``which`` is a site name or "pooled". Returns the final metrics rows."""
-    from imaging_core.data.patch_dataset import PatchDataset, patch_loader
-    from imaging_core.train.task import build_loss, build_net, train_config
-    from imaging_core.train.trainer import Trainer
-
     fed = load_federation(federation, data_base=data_base)
     out_dir = Path(out_dir)
     cache_base = Path(cache_base) if cache_base else out_dir / "cache"
@@ -77,19 +95,8 @@ def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_b
         raise ValueError(f"unknown site {which!r}: one of {', '.join(names)} or 'pooled'")
     data = load_site_data(fed, cache_base)
     chosen = names if which == "pooled" else [which]
-    train_cases = [c for n in chosen for c in data[n].cases("training")]
-    val_cases = [c for n in chosen for c in data[n].cases("validation")]
-    if not train_cases:
-        raise ValueError(f"{which}: no usable training cases")
-    seed = int(fed["federation"].get("seed", 0))
-    num_classes = len(fed["labels"])
-    first = data[chosen[0]]
-    loader, sampler = patch_loader(PatchDataset(train_cases, first.train_transforms, seed),
-                                   num_workers=int(fed["sites"][0].get("num_workers", 0)), seed=seed)
-    cfg = train_config(fed["train"], **({"epochs": epochs} if epochs else {}), seed=seed)
-    net = build_net(fed["model"], num_classes, seed=seed)
-    trainer = Trainer(net, build_loss(fed["train"]), loader, sampler, val_cases,
-                      tuple(fed["sampling"]["patch_size"]), num_classes, cfg, run_dir=out_dir, device=device)
+    trainer = baseline_trainer(fed, data, chosen, epochs, run_dir=out_dir, device=device)
+    net, cfg = trainer.net, trainer.cfg
     if trainer.resume():
         console.print(f"resuming {which} from epoch {trainer.start_epoch}")
     trainer.fit(show_progress=show_progress)

@@ -22,10 +22,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fl_client.tensors import flatten, unflatten
+
 from .aggregation import RoundFailed, make_aggregation
 from .exchange import send_and_gather
 from .records import RunRecord
-from .strategy import ServerOptimizer, site_lr
+from .strategy import ServerOptimizer, site_lr, site_round_config
 
 log = logging.getLogger("fedvox.server")
 app = ServerApp()
@@ -53,13 +55,8 @@ class FederatedServer:
         self.template = {k: v.numpy() for k, v in
                          float_state(build_net(self.fed["model"], self.num_classes, seed=seed)).items()}
         self.weights = {k: v.copy() for k, v in self.template.items()}
-        self.opt = ServerOptimizer(name=str(fl.get("strategy", "fedavg")),
-                                   **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta", "beta1", "beta2", "tau")
-                                      if k in fl})
-        self.site_cfg = {"local_epochs": int(fl.get("local_epochs", 1)),
-                         "prox_mu": float(fl.get("prox_mu", 0.0)) if self.opt.name == "fedprox" else 0.0,
-                         "local_baseline": bool(fl.get("local_baseline", True)),
-                         "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False))}
+        self.opt = ServerOptimizer.from_federation(fl)
+        self.site_cfg = site_round_config(fl)
         self.aggregation = make_aggregation(spec, self.fed)
         self.central = None
         if "coordinator" in self.fed:
@@ -71,13 +68,10 @@ class FederatedServer:
 
     # ----- state ------------------------------------------------------------
     def _flat(self) -> np.ndarray:
-        return np.concatenate([v.ravel() for v in self.weights.values()]).astype(np.float32)
+        return flatten(self.weights)
 
     def _set_flat(self, flat: np.ndarray) -> None:
-        i = 0
-        for k, v in self.weights.items():
-            self.weights[k] = flat[i:i + v.size].reshape(v.shape).astype(v.dtype)
-            i += v.size
+        self.weights = unflatten(np.asarray(flat, np.float32), self.weights)
 
     def _resume(self) -> int:
         last = self.record.last_round

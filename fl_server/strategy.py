@@ -49,6 +49,13 @@ class ServerOptimizer:
             self.v = self.v - (1 - self.beta2) * d2 * np.sign(self.v - d2)
         return (weights + self.eta * self.m / (np.sqrt(self.v) + self.tau)).astype(np.float32)
 
+    @classmethod
+    def from_federation(cls, fl: dict) -> "ServerOptimizer":
+        """The [federation] table's strategy and whichever of its knobs it sets."""
+        return cls(name=str(fl.get("strategy", "fedavg")),
+                   **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta", "beta1", "beta2", "tau")
+                      if k in fl})
+
     def settings(self) -> dict:
         """What the run record states: the knobs that act for this strategy."""
         if self.name in ("fedavg", "fedprox"):
@@ -81,7 +88,8 @@ def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
     tmp = np.empty_like(acc)
     total = w.sum()
     for s in range(0, out.size, _CHUNK):
-        a, t = acc[:min(_CHUNK, out.size - s)], tmp[:min(_CHUNK, out.size - s)]
+        m = min(_CHUNK, out.size - s)
+        a, t = acc[:m], tmp[:m]
         a[...] = 0.0
         for d, wi in zip(flat, w):
             np.multiply(d[s:s + a.size], wi, out=t)
@@ -89,6 +97,15 @@ def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
         a /= total
         out[s:s + a.size] = a
     return out.reshape(shape)
+
+
+def site_round_config(fl: dict) -> dict:
+    """What every site's train/evaluate message carries from the [federation]
+    table (the round's learning rate is added per round: site_lr)."""
+    return {"local_epochs": int(fl.get("local_epochs", 1)),
+            "prox_mu": float(fl.get("prox_mu", 0.0)) if fl.get("strategy", "fedavg") == "fedprox" else 0.0,
+            "local_baseline": bool(fl.get("local_baseline", True)),
+            "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False))}
 
 
 def site_lr(train: dict, rounds: int, local_epochs: int, r: int) -> float:

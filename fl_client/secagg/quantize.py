@@ -103,17 +103,12 @@ class Quantizer:
         w_hat = wq / self.weight_scale
         c = self.clip_range
         scale = w_hat * self.value_scale
-        # |q| < 2^31, so int32 is exact and its bytes are the two's complement
-        # residue mod 2^32 that the masked sum needs
-        if add_to is None:
-            out = np.empty(x.size + NUM_EXTRA, dtype=np.uint32)
-            q = out[:x.size].view(np.int32)
-        else:
-            out = add_to
-            if out.dtype != np.uint32 or out.shape != (x.size + NUM_EXTRA,):
-                raise QuantizationError(f"add_to must be uint32[{x.size + NUM_EXTRA}], "
-                                        f"got {out.dtype}{list(out.shape)}")
-            q = np.empty(min(x.size, _CHUNK), dtype=np.int32)
+        # without add_to the encoding is added onto zeros (one code path)
+        out = np.zeros(x.size + NUM_EXTRA, dtype=np.uint32) if add_to is None else add_to
+        if out.dtype != np.uint32 or out.shape != (x.size + NUM_EXTRA,):
+            raise QuantizationError(f"add_to must be uint32[{x.size + NUM_EXTRA}], "
+                                    f"got {out.dtype}{list(out.shape)}")
+        q = np.empty(min(x.size, _CHUNK), dtype=np.int32)
         # float64 in cache-sized chunks: exact products without 8-byte temporaries
         # of the whole model (5-10x faster at 20M values than whole-array numpy)
         buf = np.empty(min(x.size, _CHUNK), dtype=np.float64)
@@ -129,17 +124,12 @@ class Quantizer:
             np.clip(b, -c, c, out=b)
             b *= scale
             np.rint(b, out=b)
-            if add_to is None:
-                q[s:s + b.size] = b
-            else:  # int32 two's complement added as uint32 is the same sum mod 2^32
-                qc = q[:b.size]
-                qc[...] = b
-                np.add(out[s:s + b.size], qc.view(np.uint32), out=out[s:s + b.size])
-        extra = np.array([wq, min(clipped, self.clip_cap)], dtype=np.uint32)
-        if add_to is None:
-            out[x.size:] = extra
-        else:
-            np.add(out[x.size:], extra, out=out[x.size:])
+            qc = q[:b.size]
+            qc[...] = b
+            # |q| < 2^31, so int32 is exact, and its two's complement bytes added
+            # as uint32 are the residue mod 2^32 that the masked sum needs
+            np.add(out[s:s + b.size], qc.view(np.uint32), out=out[s:s + b.size])
+        np.add(out[x.size:], np.array([wq, min(clipped, self.clip_cap)], dtype=np.uint32), out=out[x.size:])
         return QuantizedUpdate(out, clipped, w_hat, weight_clipped)
 
     def dequantize(self, total: np.ndarray) -> tuple[np.ndarray, float, int]:
