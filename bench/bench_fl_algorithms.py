@@ -37,7 +37,11 @@ def parse_config(text: str) -> tuple[str, dict]:
     opts = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        opts[k.strip()] = float(v) if k.strip() not in ("local_epochs", "rounds") else int(v)
+        k = k.strip()
+        try:
+            opts[k] = int(v) if k in ("local_epochs", "rounds") else float(v)
+        except ValueError:
+            raise SystemExit(f"--configs {text!r}: {k} needs a number, got {v!r}") from None
     return name.strip(), opts
 
 
@@ -85,7 +89,16 @@ def main() -> None:
     from fl_server.baseline import evaluate_on_sets, load_site_data
     from fl_server.config import load_federation
 
-    base = load_federation(a.federation, data_base=a.data_base)
+    from fl_server.strategy import STRATEGIES
+    configs = {c: parse_config(c) for c in a.configs}  # bad input fails before any training
+    for c, (name, _) in configs.items():
+        if name not in STRATEGIES:
+            raise SystemExit(f"--configs {c!r}: unknown strategy {name!r} (one of {', '.join(STRATEGIES)})")
+    from imaging_core.errors import ImagingError
+    try:
+        base = load_federation(a.federation, data_base=a.data_base)
+    except ImagingError as e:  # one line naming the file, not a traceback
+        raise SystemExit(str(e)) from None
     cache = a.work.resolve() / "cache"
     data = load_site_data(base, cache)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -94,7 +107,7 @@ def main() -> None:
     for seed in seeds:
         fed = copy.deepcopy(base)
         fed["federation"]["seed"] = seed
-        runs = [("pooled", None)] + [(c, parse_config(c)) for c in a.configs]
+        runs = [("pooled", None), *configs.items()]
         for label, parsed in runs:
             t0 = time.perf_counter()
             if parsed is None:  # deterministic given the federation (seed included): reused
