@@ -16,7 +16,10 @@ hospital may tune) and on the coordinator's held-out cases (report only).
 
 A configuration is a strategy name, optionally followed by ``:key=value,...``
 for [federation] keys (server_lr, eta, beta1, beta2, tau, prox_mu,
-local_epochs, rounds). Last line: one JSON object.
+local_epochs, rounds) or, prefixed ``train.``, for the sites' [train] keys
+(``train.lr``, ``train.patches_per_step``). The reference is pooled training
+with the federation's own [train] recipe; ``pooled:train.patches_per_step=1``
+adds pooled training with another recipe. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def parse_config(text: str) -> tuple[str, dict]:
         k, _, v = item.partition("=")
         k = k.strip()
         try:
-            opts[k] = int(v) if k in ("local_epochs", "rounds") else float(v)
+            opts[k] = int(v) if k in ("local_epochs", "rounds", "train.patches_per_step") else float(v)
         except ValueError:
             raise SystemExit(f"--configs {text!r}: {k} needs a number, got {v!r}") from None
     return name.strip(), opts
@@ -50,6 +53,25 @@ def pooled(fed: dict, data: dict, epochs: int):
     trainer = baseline_trainer(fed, data, list(data), epochs, validate=False)  # final model only
     trainer.fit(show_progress=False)
     return trainer.net
+
+
+def pooled_cached(fed: dict, data: dict, work: Path):
+    """Pooled training is deterministic given the federation (seed included), so
+    its model is saved under a hash of the whole config and reused."""
+    import hashlib
+    import torch
+    from imaging_core.train.task import build_net
+    fl = fed["federation"]
+    epochs = int(fl["rounds"]) * int(fl["local_epochs"])
+    key = hashlib.sha256(json.dumps(fed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    saved = work / f"pooled-{key}-{epochs}ep.pt"
+    if saved.exists():
+        net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
+        net.load_state_dict(torch.load(saved, weights_only=True))
+        return net
+    net = pooled(fed, data, epochs)
+    torch.save(net.state_dict(), saved)
+    return net
 
 
 def federated(fed: dict, work: Path):
@@ -92,8 +114,11 @@ def main() -> None:
     from fl_server.strategy import STRATEGIES
     configs = {c: parse_config(c) for c in a.configs}  # bad input fails before any training
     for c, (name, _) in configs.items():
-        if name not in STRATEGIES:
-            raise SystemExit(f"--configs {c!r}: unknown strategy {name!r} (one of {', '.join(STRATEGIES)})")
+        if c == "pooled":
+            raise SystemExit("--configs: plain pooled is always run (the reference); give it train.* keys")
+        if name not in (*STRATEGIES, "pooled"):
+            raise SystemExit(f"--configs {c!r}: unknown strategy {name!r} "
+                             f"(pooled or one of {', '.join(STRATEGIES)})")
     from imaging_core.errors import ImagingError
     try:
         base = load_federation(a.federation, data_base=a.data_base)
@@ -107,26 +132,15 @@ def main() -> None:
     for seed in seeds:
         fed = copy.deepcopy(base)
         fed["federation"]["seed"] = seed
-        runs = [("pooled", None), *configs.items()]
-        for label, parsed in runs:
+        for label, (name, opts) in [("pooled", ("pooled", {})), *configs.items()]:
             t0 = time.perf_counter()
-            if parsed is None:  # deterministic given the federation (seed included): reused
-                import hashlib
-                import torch
-                fl = fed["federation"]
-                epochs = int(fl["rounds"]) * int(fl["local_epochs"])
-                key = hashlib.sha256(json.dumps(fed, sort_keys=True, default=str).encode()).hexdigest()[:12]
-                saved = a.work.resolve() / f"pooled-{key}-{epochs}ep.pt"
-                if saved.exists():
-                    from imaging_core.train.task import build_net
-                    net = build_net(fed["model"], len(fed["labels"]), seed=seed)
-                    net.load_state_dict(torch.load(saved, weights_only=True))
-                else:
-                    net = pooled(fed, data, epochs)
-                    torch.save(net.state_dict(), saved)
+            f = copy.deepcopy(fed)
+            f["federation"].update({k: v for k, v in opts.items() if not k.startswith("train.")})
+            f["train"].update({k[6:]: v for k, v in opts.items() if k.startswith("train.")})
+            if name == "pooled":
+                net = pooled_cached(f, data, a.work.resolve())
             else:
-                f = copy.deepcopy(fed)
-                f["federation"].update(strategy=parsed[0], **parsed[1])
+                f["federation"]["strategy"] = name
                 net = federated(f, a.work.resolve() / "sites")  # the sites' caches are reused
             times[(label, seed)] = time.perf_counter() - t0
             for row in evaluate_on_sets(fed, net.eval(), data, cache, model=label,

@@ -38,6 +38,7 @@ class TrainConfig:
     amp: str | None = "auto"          # auto | bf16 | fp16 | none
     grad_accum: int = 1
     cases_per_batch: int = 1          # each case yields samples_per_case patches
+    patches_per_step: int = 0         # >0: split each batch into optimizer steps of this many patches
     val_every: int = 1
     overlap: float = 0.5
     sw_batch_size: int = 4
@@ -53,7 +54,10 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown [train] keys: {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        if int(cfg.patches_per_step) < 0 or (cfg.patches_per_step and cfg.grad_accum != 1):
+            raise ValueError("[train] patches_per_step must be >= 0, and cannot be combined with grad_accum")
+        return cfg
 
 
 def seed_everything(seed: int) -> None:
@@ -159,27 +163,20 @@ class Trainer:
         losses, n_patches, t0 = [], 0, time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.loader):
-            for g in self.opt.param_groups:
-                g["lr"] = self.cfg.lr * lr_factor(self.cfg, epoch + i / n_batches)
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True)
-            with autocast(self.device, self.amp):
-                logits = self.net(x)
-            loss = self.loss_fn(logits.float(), y)
-            if self.global_weights is not None and self.cfg.prox_mu > 0:
-                loss = loss + self._prox()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}")
-            self.scaler.scale(loss / self.cfg.grad_accum).backward()
-            if (i + 1) % self.cfg.grad_accum == 0 or i + 1 == n_batches:
-                if self.cfg.clip_grad:
-                    self.scaler.unscale_(self.opt)
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                self.opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            n_patches += x.shape[0]
+            x_all = batch["image"].to(self.device, non_blocking=True)
+            y_all = batch["label"].to(self.device, non_blocking=True)
+            # Smaller steps over the same patches: more optimizer steps for the
+            # same compute (what a site short of rounds needs; see bench_fl_algorithms)
+            k = int(self.cfg.patches_per_step) or x_all.shape[0]
+            chunks = range(0, x_all.shape[0], k)
+            for j, s in enumerate(chunks):
+                for g in self.opt.param_groups:
+                    g["lr"] = self.cfg.lr * lr_factor(self.cfg, epoch + (i + j / len(chunks)) / n_batches)
+                x, y = x_all[s:s + k], y_all[s:s + k]
+                losses.append(self._step(x, y, epoch, i, update=(j + 1 < len(chunks)
+                                                                or (i + 1) % self.cfg.grad_accum == 0
+                                                                or i + 1 == n_batches)))
+                n_patches += x.shape[0]
             if progress:
                 progress.update(task, advance=1, loss=float(np.mean(losses)))
         dt = time.perf_counter() - t0
@@ -187,6 +184,26 @@ class Trainer:
             progress.remove_task(task)
         return {"epoch": epoch, "loss": float(np.mean(losses)), "lr": self.opt.param_groups[0]["lr"],
                 "patches": n_patches, "seconds": round(dt, 3), "patches_per_s": round(n_patches / dt, 2)}
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, i: int, update: bool) -> float:
+        """Forward and backward of one (micro-)batch; the optimizer steps when ``update``
+        (the end of a gradient-accumulation group or of a patches_per_step chunk)."""
+        with autocast(self.device, self.amp):
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y)
+        if self.global_weights is not None and self.cfg.prox_mu > 0:
+            loss = loss + self._prox()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}")
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        if update:
+            if self.cfg.clip_grad:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def validate(self) -> dict:
         per_case = evaluate_cases(self.net, self.val_cases, self.roi, self.num_classes, self.device,
