@@ -82,6 +82,7 @@ def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None
         fed["labels"] = {int(k): str(v) for k, v in fed["labels"].items()}
     except ValueError:
         raise ImagingError(path, "[labels] keys must be integers") from None
+    _check_train(path, fed["train"])
     fed["sites"] = [load_site(path.parent / s["config"], data_base) for s in fed.get("sites", [])]
     if not fed["sites"] and require_sites:
         raise ImagingError(path, "no [[sites]] listed")
@@ -89,6 +90,20 @@ def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None
         fed["coordinator"] = load_site(path.parent / fed["coordinator"]["config"], data_base)
     fed["path"] = str(path)
     return fed
+
+
+def _check_train(path: Path, train: dict) -> None:
+    """A misspelt or bad [train] key fails here, naming the file, not rounds later
+    at every site (the trainer's config would silently drop an unknown key)."""
+    from imaging_core.train.task import LOSS_KEYS, train_config
+    from imaging_core.train.trainer import TrainConfig
+    unknown = sorted(set(train) - set(TrainConfig.__dataclass_fields__) - set(LOSS_KEYS))
+    if unknown:
+        raise ImagingError(path, f"unknown [train] keys: {unknown}")
+    try:
+        train_config(train)
+    except (TypeError, ValueError) as e:
+        raise ImagingError(path, f"[train]: {e}") from None
 
 
 def example_federation_path() -> Path:
