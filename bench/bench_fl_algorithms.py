@@ -48,18 +48,19 @@ def parse_config(text: str) -> tuple[str, dict]:
     return name.strip(), opts
 
 
-def pooled(fed: dict, data: dict, epochs: int):
-    from fl_server.baseline import baseline_trainer
-    trainer = baseline_trainer(fed, data, list(data), epochs, validate=False)  # final model only
-    trainer.fit(show_progress=False)
-    return trainer.net
+def split_opts(opts: dict) -> tuple[dict, dict]:
+    """A configuration's [federation] keys and its ``train.`` keys (prefix dropped)."""
+    return ({k: v for k, v in opts.items() if not k.startswith("train.")},
+            {k[len("train."):]: v for k, v in opts.items() if k.startswith("train.")})
 
 
 def pooled_cached(fed: dict, data: dict, work: Path):
-    """Pooled training is deterministic given the federation (seed included), so
-    its model is saved under a hash of the whole config and reused."""
+    """Pooled training of rounds x local_epochs epochs. It is deterministic given
+    the federation (seed included), so its model is saved under a hash of the
+    whole config and reused."""
     import hashlib
     import torch
+    from fl_server.baseline import baseline_trainer
     from imaging_core.train.task import build_net
     fl = fed["federation"]
     epochs = int(fl["rounds"]) * int(fl["local_epochs"])
@@ -69,9 +70,10 @@ def pooled_cached(fed: dict, data: dict, work: Path):
         net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
         net.load_state_dict(torch.load(saved, weights_only=True))
         return net
-    net = pooled(fed, data, epochs)
-    torch.save(net.state_dict(), saved)
-    return net
+    trainer = baseline_trainer(fed, data, list(data), epochs, validate=False)  # final model only
+    trainer.fit(show_progress=False)
+    torch.save(trainer.net.state_dict(), saved)
+    return trainer.net
 
 
 def federated(fed: dict, work: Path):
@@ -124,6 +126,12 @@ def main() -> None:
         base = load_federation(a.federation, data_base=a.data_base)
     except ImagingError as e:  # one line naming the file, not a traceback
         raise SystemExit(str(e)) from None
+    from imaging_core.train.task import train_config
+    for c, (_, opts) in configs.items():
+        try:
+            train_config({**base["train"], **split_opts(opts)[1]})
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"--configs {c!r}: {e}") from None
     cache = a.work.resolve() / "cache"
     data = load_site_data(base, cache)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -135,8 +143,9 @@ def main() -> None:
         for label, (name, opts) in [("pooled", ("pooled", {})), *configs.items()]:
             t0 = time.perf_counter()
             f = copy.deepcopy(fed)
-            f["federation"].update({k: v for k, v in opts.items() if not k.startswith("train.")})
-            f["train"].update({k[6:]: v for k, v in opts.items() if k.startswith("train.")})
+            fl_opts, train_opts = split_opts(opts)
+            f["federation"].update(fl_opts)
+            f["train"].update(train_opts)
             if name == "pooled":
                 net = pooled_cached(f, data, a.work.resolve())
             else:

@@ -34,8 +34,9 @@ def build_loss(train_cfg: dict):
 
 
 def train_config(train_cfg: dict, **override) -> TrainConfig:
-    known = set(TrainConfig.__dataclass_fields__)
-    d = {k: v for k, v in train_cfg.items() if k in known}
+    """The [train] table minus the loss keys; any other unknown key is an error
+    (dropping it would train silently with the default instead)."""
+    d = {k: v for k, v in train_cfg.items() if k not in LOSS_KEYS}
     d.update(override)
     return TrainConfig.from_dict(d)
 

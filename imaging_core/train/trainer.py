@@ -173,9 +173,9 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = self.cfg.lr * lr_factor(self.cfg, epoch + (i + j / len(chunks)) / n_batches)
                 x, y = x_all[s:s + k], y_all[s:s + k]
-                losses.append(self._step(x, y, epoch, i, update=(j + 1 < len(chunks)
-                                                                or (i + 1) % self.cfg.grad_accum == 0
-                                                                or i + 1 == n_batches)))
+                # a chunk always steps; a whole batch steps at the end of its accumulation group
+                update = j + 1 < len(chunks) or (i + 1) % self.cfg.grad_accum == 0 or i + 1 == n_batches
+                losses.append(self._step(x, y, epoch, i, update))
                 n_patches += x.shape[0]
             if progress:
                 progress.update(task, advance=1, loss=float(np.mean(losses)))
