@@ -137,5 +137,6 @@ def _after_run(run_dir: Path, work: Path, prov) -> None:
         from .export import export_run
     except ImportError:
         return
-    out = export_run(run_dir, work / "bundle", key=prov.ca_key)
+    # the demo owns its work directory and starts a fresh run each time: so is its bundle
+    out = export_run(run_dir, work / "bundle", key=prov.ca_key, overwrite=True)
     console.print(f"exported MONAI bundle: {out}")
