@@ -1,0 +1,58 @@
+"""The names both federation sides agree on: record names, config keys inside
+them, message types, node-config keys and metric prefixes.
+
+A key is spelt here once; client_app, the server's round loop, aggregation and
+the benches import it instead of repeating the string.
+"""
+from __future__ import annotations
+
+# ----- record names inside a Message's RecordDict -----------------------------
+REC_CONFIG = "config"        # ConfigRecord: the round config the server sends
+REC_ARRAYS = "arrays"        # ArrayRecord: the global weights, one Array per tensor
+REC_INFO = "info"            # ConfigRecord: who replied ({SITE: name})
+REC_METRICS = "metrics"      # MetricRecord: the scalars a site reports
+REC_DELTA = "delta"          # ArrayRecord: an unmasked update (secure aggregation off)
+REC_MASKED = "masked"        # ArrayRecord: a masked update
+REC_SECAGG = "secagg"        # ConfigRecord: a secure-aggregation payload
+
+# ----- keys inside those records ----------------------------------------------
+SERVER_ROUND = "server-round"
+RUN_ID = "run-id"
+LR = "lr"
+SITE = "site"
+NUM_EXAMPLES = "num-examples"
+FLAT = "flat"                # the one Array of a delta record
+VECTOR = "vector"            # the one Array of a masked record
+SESSION = "session"
+PAYLOAD = "payload"
+
+# ----- message types ----------------------------------------------------------
+MSG_TRAIN = "train"
+MSG_EVALUATE = "evaluate"
+MSG_QUERY = "query"          # query.<action>: secure-aggregation setup stages
+SECAGG_ADVERTISE = "advertise"
+SECAGG_SHARE = "share"
+
+# ----- the SuperNode's node config (written by the site launcher) -------------
+NODE_SITE_NAME = "site-name"
+NODE_WORKER_SOCKET = "worker-socket"
+NODE_ROSTER = "roster"
+NODE_STATE_DIR = "state-dir"
+NODE_AUTH_KEY = "auth-key"
+NODE_AUDIT_DIR = "audit-dir"
+
+# ----- metric prefixes in the run record --------------------------------------
+CENTRAL = "central/"         # the coordinator's held-out evaluation of the global model
+TRAIN = "train/"             # what a site's train reply reported
+VAL = "val/"                 # what a site's evaluate reply reported
+GLOBAL = "global/"           # (inside VAL) the global model on the site's validation cases
+LOCAL = "local/"             # (inside VAL) the site's local-only model on them
+
+# ----- the site worker's Unix-socket API --------------------------------------
+WORKER_API_VERSION = 1
+WORKER_MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits
+
+
+def query_type(action: str) -> str:
+    """The message type of a secure-aggregation setup stage."""
+    return f"{MSG_QUERY}.{action}"
