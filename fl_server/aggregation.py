@@ -1,14 +1,17 @@
 """How a round's deltas reach the server: in the clear, or masked.
 
 Both modes have the same face, so the round loop does not care which runs:
-  setup(server, nodes)            once per run (secure aggregation: advertise + share)
+  setup(stage, nodes)             once per run (secure aggregation: advertise + share)
   train_extra / eval_extra        records to add to each site's T / E message
   collect_train(r, replies)       keep what T replies carried (called as they arrive)
   aggregate(r, survivors, eval_replies, n) -> (weighted mean delta, summed weight)
+A mode gets everything it needs as arguments (the Stage: grid + node -> site
+map); it never reaches into the round loop.
 """
 from __future__ import annotations
 
 from fl_client.secagg import RoundFailed  # one failure type for both modes
+from fl_common import keys as K
 
 from .strategy import weighted_mean
 
@@ -23,7 +26,7 @@ class PlainAggregation:
     def describe(self) -> dict:
         return {"mode": "off"}
 
-    def setup(self, server, nodes) -> None:
+    def setup(self, stage, nodes) -> None:
         pass
 
     def train_extra(self, r, nodes) -> dict:
@@ -40,11 +43,11 @@ class PlainAggregation:
         deltas, weights = [], []
         for node in survivors:
             m = self._train[node]
-            d = m.content.array_records["delta"]["flat"].numpy()
+            d = m.content.array_records[K.REC_DELTA][K.FLAT].numpy()
             if d.shape != (n,):
                 raise RoundFailed(f"node {node} sent {d.shape[0]} values, the model has {n}")
             deltas.append(d)
-            weights.append(float(m.content.metric_records["metrics"]["num-examples"]))
+            weights.append(float(m.content.metric_records[K.REC_METRICS][K.NUM_EXAMPLES]))
         return weighted_mean(deltas, weights), float(sum(weights))
 
     def state(self) -> dict:
@@ -52,11 +55,3 @@ class PlainAggregation:
 
     def load_state(self, st: dict) -> None:
         pass
-
-
-def make_aggregation(spec: dict, fed: dict):
-    mode = spec.get("secure_aggregation", "off")
-    if mode in ("off", False, None):
-        return PlainAggregation()
-    from .secure import SecureAggregation
-    return SecureAggregation(spec, fed)

@@ -1,4 +1,5 @@
-"""Send one stage's messages and gather the replies, handling each as it lands.
+"""Send one stage's messages and gather the replies, handling each as it lands
+(send_and_gather), and the Stage that round loop and aggregation modes share.
 
 Flower's Grid.send_and_receive pulls every 3 s, so a stage whose last reply
 arrives just after a pull idles up to 3 s more (about 1.5 s per stage, 3 s per
@@ -33,3 +34,70 @@ def send_and_gather(grid, messages: Iterable, timeout: float, poll: float = POLL
             break
         time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
     return replies
+
+
+class Stage:
+    """Send-and-gather over a Grid, plus what the replies taught about who is who.
+
+    The round loop and the aggregation modes share one Stage, so neither
+    reaches into the other for the grid or the node -> site map."""
+
+    def __init__(self, grid, poll: float = POLL_S):
+        self.grid, self.poll = grid, poll
+        self.node_site: dict[int, str] = {}
+
+    def nodes(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def wait_for_nodes(self, n: int, timeout: float, every: float = 1.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.nodes()
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(nodes)} of the {n} required sites connected "
+                                   f"within {timeout:.0f} s")
+            time.sleep(every)
+
+    def learn(self, node: int, site: str) -> None:
+        self.node_site[node] = str(site)
+
+    def site(self, node: int) -> str:
+        return self.node_site.get(node, str(node))
+
+    def gather(self, messages: list, timeout: float, on_reply: Callable | None = None) -> list:
+        """One push and its pulls (the one place a bench times a stage)."""
+        return send_and_gather(self.grid, messages, timeout, self.poll, on_reply)
+
+    def send(self, messages: list, timeout: float, on_reply: Callable | None = None,
+             site_of: Callable | None = None) -> tuple[dict, list]:
+        """One stage -> ({node: good reply}, [{node, site, error}]). ``site_of(reply)``
+        names the replying site (None: not named); ``on_reply(node, reply)`` runs for
+        each good reply as it lands. Every addressed node ends in exactly one of the two."""
+        nodes = {m.metadata.dst_node_id for m in messages}
+        ok, failed = {}, []
+
+        def land(m):
+            node = m.metadata.src_node_id
+            if m.has_error():
+                failed.append({"node": node, "error": m.error.reason})
+                return
+            site = site_of(m) if site_of is not None else None
+            if site is not None:
+                self.learn(node, site)
+            ok[node] = m
+            if on_reply is not None:
+                on_reply(node, m)
+
+        self.gather(messages, timeout, on_reply=land)
+        # the SuperLink answers for a node that went away with an error from its own id:
+        # attribute such errors to the nodes that gave no reply of their own
+        foreign = [f["error"] for f in failed if f["node"] not in nodes]
+        failed = [f for f in failed if f["node"] in nodes]
+        answered = set(ok) | {f["node"] for f in failed}
+        why = "; ".join(sorted(set(foreign))) or "no reply before the timeout"
+        failed += [{"node": n, "error": why} for n in sorted(nodes) if n not in answered]
+        for f in failed:
+            f["site"] = self.site(f["node"])
+        return ok, failed

@@ -8,104 +8,112 @@ refuses to mask a round twice under one session.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fl_client.secagg import RoundFailed, SecAggError, ServerSecAgg, min_threshold
-
-from .exchange import send_and_gather
+from fl_common import keys as K
 
 log = logging.getLogger("fedvox.server")
+SESSIONS = "secagg_sessions"  # run.json: how many sessions this run has opened
+
+
+def next_session(record) -> str:
+    """A new session name for this run, counted in the run record and written
+    before any key is made (so a restarted server never reuses one)."""
+    n = int(record.info.get(SESSIONS, 0)) + 1
+    record.info[SESSIONS] = n
+    record.start({})
+    return f"{record.info['run_id']}.s{n}"
 
 
 class SecureAggregation:
-    def __init__(self, spec: dict, fed: dict):
-        self.roster = json.loads(Path(spec["roster"]).read_text())
-        fl = fed["federation"]
-        self.threshold = spec.get("threshold") or fl.get("secagg_threshold") or min_threshold(len(self.roster))
-        self.clip_range = float(fl.get("secagg_clip", 4.0))
-        self.max_weight = float(fl.get("secagg_max_weight", 1000.0))
-        self.timeout = float(spec.get("setup_timeout", 300))
-        self.session = None
+    def __init__(self, roster: dict, new_session: Callable[[], str], threshold: int | None = None,
+                 clip_range: float = 4.0, max_weight: float = 1000.0, setup_timeout: float = 300.0):
+        self.roster = roster
+        self.new_session = new_session
+        self.threshold = int(threshold or min_threshold(len(roster)))
+        self.clip_range, self.max_weight = float(clip_range), float(max_weight)
+        self.timeout = float(setup_timeout)
+        self.session: str | None = None
         self.proto: ServerSecAgg | None = None
+        self.stage = None
         self.site_node: dict[str, int] = {}
         self.failure: str | None = None
         self.clipped = 0
+        self.last = None  # the last round's AggregateResult (its tolerance, survivors, ...)
 
     def describe(self) -> dict:
         return {"mode": "secagg", "protocol": "double-masked SecAgg (Bonawitz et al. 2017), 2 stages/round",
                 "threshold": int(self.threshold), "enrolled": len(self.roster), "clip_range": self.clip_range}
 
     # ----- setup ------------------------------------------------------------
-    def _query(self, server, nodes, action: str, payloads: dict[int, bytes]) -> dict[str, bytes]:
+    def _payload(self, payload: bytes) -> ConfigRecord:
+        return ConfigRecord({K.PAYLOAD: payload, K.SESSION: self.session})
+
+    def _query(self, nodes, action: str, payloads: dict[int, bytes]) -> dict[str, bytes]:
         msgs = []
         for n in nodes:
-            cfg = {"session": self.session}
+            cfg = {K.SESSION: self.session}
             if n in payloads:
-                cfg["payload"] = payloads[n]
-            msgs.append(Message(content=RecordDict({"secagg": ConfigRecord(cfg)}), dst_node_id=n,
-                                message_type=f"query.{action}"))
+                cfg[K.PAYLOAD] = payloads[n]
+            msgs.append(Message(content=RecordDict({K.REC_SECAGG: ConfigRecord(cfg)}), dst_node_id=n,
+                                message_type=K.query_type(action)))
+        ok, failed = self.stage.send(msgs, self.timeout,
+                                     site_of=lambda m: m.content.config_records[K.REC_SECAGG][K.SITE])
+        for f in failed:
+            log.warning("secagg %s: node %s failed: %s", action, f["node"], f["error"])
         out = {}
-        for m in send_and_gather(server.grid, msgs, self.timeout):
-            if m.has_error():
-                log.warning("secagg %s: node %s failed: %s", action, m.metadata.src_node_id, m.error.reason)
-                continue
-            rec = m.content.config_records["secagg"]
-            site = str(rec["site"])
-            server.node_site[m.metadata.src_node_id] = site
-            self.site_node[site] = m.metadata.src_node_id
-            out[site] = bytes(rec["payload"])
+        for node, m in ok.items():
+            site = self.stage.site(node)
+            self.site_node[site] = node
+            out[site] = bytes(m.content.config_records[K.REC_SECAGG][K.PAYLOAD])
         return out
 
-    def setup(self, server, nodes) -> None:
+    def setup(self, stage, nodes) -> None:
+        self.stage = stage
         if self.session is None:
-            n = int(server.record.info.get("secagg_sessions", 0)) + 1
-            server.record.info["secagg_sessions"] = n
-            server.record.start({})  # persist the session count before any key is made
-            self.session = f"{server.record.info['run_id']}.s{n}"
-        self.proto = ServerSecAgg(self.session, self.roster, threshold=int(self.threshold),
+            self.session = self.new_session()
+        self.proto = ServerSecAgg(self.session, self.roster, threshold=self.threshold,
                                   clip_range=self.clip_range, max_weight=self.max_weight)
-        adverts = self._query(server, nodes, "advertise", {})
+        adverts = self._query(nodes, K.SECAGG_ADVERTISE, {})
         roster_msg = self.proto.collect_adverts(adverts)
         for site, why in self.proto.setup_rejected.items():
             log.warning("secagg setup: %s left out: %s", site, why)
         nodes_ok = [self.site_node[s] for s in adverts if s not in self.proto.setup_rejected]
-        bundles = self._query(server, nodes_ok, "share", {n: roster_msg for n in nodes_ok})
+        bundles = self._query(nodes_ok, K.SECAGG_SHARE, {n: roster_msg for n in nodes_ok})
         eligible = self.proto.collect_share_bundles(bundles)
         log.info("secagg session %s: %d sites eligible, threshold %d", self.session, len(eligible), self.threshold)
-        self._server = server
 
     # ----- per round --------------------------------------------------------
     def train_extra(self, r, nodes) -> dict:
         self.failure = None
-        sites = [self._server.node_site.get(n) for n in nodes]
+        sites = [self.stage.node_site.get(n) for n in nodes]
         part = [s for s in sites if s in self.proto.eligible_sites()]
         if len(part) < self.threshold:  # spent or missing keys: re-key once, then go on
-            self.setup(self._server, nodes)
+            self.setup(self.stage, nodes)
             part = [s for s in sites if s in self.proto.eligible_sites()]
         try:
             reqs = self.proto.train_requests(r, participants=part)
         except RoundFailed as e:
             self.failure = str(e)
             return {}
-        return {self.site_node[s]: {"secagg": ConfigRecord({"payload": p, "session": self.session})}
-                for s, p in reqs.items()}
+        return {self.site_node[s]: {K.REC_SECAGG: self._payload(p)} for s, p in reqs.items()}
 
     def collect_train(self, r, replies: dict) -> None:
         if self.failure:
             return
         got = {}
         for node, m in replies.items():
-            site = self._server.node_site[node]
-            if "masked" not in m.content.array_records:
+            site = self.stage.site(node)
+            if K.REC_MASKED not in m.content.array_records:
                 log.warning("round %d: %s sent no masked vector", r, site)
                 continue
-            got[site] = (m.content.array_records["masked"]["vector"].numpy(),
-                         bytes(m.content.config_records["secagg"]["payload"]))
+            got[site] = (m.content.array_records[K.REC_MASKED][K.VECTOR].numpy(),
+                         bytes(m.content.config_records[K.REC_SECAGG][K.PAYLOAD]))
         self.proto.collect_masked(r, got)
 
     def eval_extra(self, r, survivors) -> dict:
@@ -116,8 +124,7 @@ class SecureAggregation:
         except RoundFailed as e:
             self.failure = str(e)
             return {}
-        return {self.site_node[s]: {"secagg": ConfigRecord({"payload": p, "session": self.session})}
-                for s, p in reqs.items()}
+        return {self.site_node[s]: {K.REC_SECAGG: self._payload(p)} for s, p in reqs.items()}
 
     def aggregate(self, r, survivors, eval_replies: dict, n: int):
         if self.failure:
@@ -125,15 +132,16 @@ class SecureAggregation:
             raise RoundFailed(self.failure)
         reveals = {}
         for node, m in eval_replies.items():
-            rec = m.content.config_records.get("secagg")
-            if rec is not None and "payload" in rec:
-                reveals[self._server.node_site[node]] = bytes(rec["payload"])
+            rec = m.content.config_records.get(K.REC_SECAGG)
+            if rec is not None and K.PAYLOAD in rec:
+                reveals[self.stage.site(node)] = bytes(rec[K.PAYLOAD])
         try:
             res = self.proto.unmask(r, reveals)
         except SecAggError as e:
             raise RoundFailed(f"unmasking failed: {e}") from None
         if res.mean.shape != (n,):
             raise RoundFailed(f"unmasked vector has {res.mean.shape[0]} values, the model {n}")
+        self.last = res
         self.clipped += int(res.clipped)
         if res.clipped:
             log.warning("round %d: %d delta values were clipped to +-%g", r, res.clipped, self.clip_range)

@@ -1,0 +1,200 @@
+"""fedvox's round loop on the Message API, over any object with Flower's Grid face.
+
+One round = two message stages, as in plain FedAvg with federated evaluation:
+  T (train):    w_r -> every site; each replies with its delta (masked when
+                secure aggregation is on) and its aggregation weight.
+  E (evaluate): each site reports validation metrics of w_r and of its
+                local-only baseline; with secure aggregation the same reply
+                carries what the server needs to strip the masks.
+Then the server forms the weighted mean delta, applies the strategy, evaluates
+w_{r+1} on the coordinator's held-out cases and writes the round atomically.
+A late or failed site is left out of the round when at least `min_sites`
+remain; otherwise the round fails and the global model is unchanged.
+
+Everything the loop works with is handed to it (server_app.build_server makes
+the real ones from the federation config; tests hand it a fake Grid), and it
+reads no configuration itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fl_client.tensors import flatten, unflatten
+from fl_common import keys as K
+
+from .aggregation import RoundFailed
+from .exchange import Stage
+from .records import RunRecord, write_csv, write_json
+from .strategy import ServerOptimizer
+
+log = logging.getLogger("fedvox.server")
+
+
+class Evaluator(Protocol):
+    def evaluate(self, weights: dict[str, np.ndarray]) -> tuple[dict, list, dict]: ...
+
+
+@dataclass
+class RoundSettings:
+    rounds: int = 3
+    min_sites: int = 2
+    train_timeout: float = 900.0
+    eval_timeout: float = 600.0
+    connect_timeout: float = 300.0
+    site_round: dict = field(default_factory=dict)   # every T/E message's config, besides round, run and lr
+    lr: Callable[[int], float] = lambda r: 0.0        # the sites' learning rate in round r
+    best_metric: str = "dice_fg_mean"
+
+
+def _site_of(m: Message):
+    info = m.content.config_records.get(K.REC_INFO)
+    return None if info is None else info[K.SITE]
+
+
+def _metrics(m: Message) -> dict:
+    return dict(m.content.metric_records[K.REC_METRICS])
+
+
+class RoundLoop:
+    def __init__(self, grid, record: RunRecord, aggregation, optimizer: ServerOptimizer,
+                 template: dict[str, np.ndarray], settings: RoundSettings,
+                 central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
+        self.stage = stage or Stage(grid)
+        self.record, self.aggregation, self.opt = record, aggregation, optimizer
+        self.cfg, self.central = settings, central
+        self.run_info = dict(run_info or {})  # what the run record states besides the loop's own settings
+        self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
+
+    # ----- state ------------------------------------------------------------
+    def flat(self) -> np.ndarray:
+        return flatten(self.weights)
+
+    def _set_flat(self, flat: np.ndarray) -> None:
+        self.weights = unflatten(np.asarray(flat, np.float32), self.weights)
+
+    def resume(self) -> int:
+        """The first round still to run; the saved state of the last complete one is loaded."""
+        from imaging_core.train.checkpoint import load_checkpoint
+        last = self.record.last_round
+        if last == 0:
+            return 1
+        st = load_checkpoint(self.record.checkpoint_path(last))  # hash-checked: a corrupt file is refused
+        self._set_flat(np.asarray(st["flat"], np.float32))
+        self.opt.load_state(st["opt"])
+        self.aggregation.load_state(st.get("aggregation", {}))
+        log.info("resuming after round %d", last)
+        return last + 1
+
+    def _save_weights(self, name: str) -> None:
+        import torch
+        from imaging_core.train.checkpoint import save_checkpoint
+        save_checkpoint({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()}, self.record.dir / name)
+
+    # ----- messaging --------------------------------------------------------
+    def _messages(self, nodes, kind: str, r: int, extra: dict, arrays: bool = True) -> list[Message]:
+        cfg = {K.SERVER_ROUND: r, K.RUN_ID: self.record.info["run_id"],
+               K.LR: self.cfg.lr(r), **self.cfg.site_round}
+        msgs = []
+        for n in nodes:
+            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
+            if arrays:
+                content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in self.weights.items()})
+            for key, rec in extra.get(n, {}).items():
+                content[key] = rec
+            msgs.append(Message(content=content, dst_node_id=n, message_type=kind))
+        return msgs
+
+    def _send(self, nodes, kind: str, r: int, extra: dict, timeout: float, on_reply=None):
+        return self.stage.send(self._messages(nodes, kind, r, extra), timeout, on_reply, site_of=_site_of)
+
+    # ----- the run ----------------------------------------------------------
+    def start(self) -> int:
+        """Resume, state the run in the record, wait for the sites, set up the
+        aggregation; returns the first round to run."""
+        start = self.resume()
+        run_id = self.record.info.get("run_id") or time.strftime("%Y%m%d-%H%M%S")
+        self.record.start({"run_id": run_id, **self.run_info,
+                           "rounds": self.cfg.rounds, "strategy": self.opt.name, "min_sites": self.cfg.min_sites,
+                           "server_optimizer": self.opt.settings(), "site_round": self.cfg.site_round,
+                           "secure_aggregation": self.aggregation.describe(), "best_metric": self.cfg.best_metric})
+        nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout)
+        self.aggregation.setup(self.stage, nodes)
+        if start == 1 and self.central is not None and not self.record.rounds:
+            scores, _, _ = self.central.evaluate(self.weights)
+            self.record.add_round({"round": 0, **{f"{K.CENTRAL}{k}": v for k, v in scores.items()}}, [])
+        return start
+
+    def run(self) -> None:
+        for r in range(self.start(), self.cfg.rounds + 1):
+            self.run_round(r, self.stage.nodes())
+        self.final_evaluation(self.stage.nodes())
+        best_round, best = self.record.best(self.cfg.best_metric)
+        self.record.finish("completed", best_round=best_round, best_score=best)
+        log.info("run complete: best %s %.4f at round %d", self.cfg.best_metric, best, best_round)
+
+    def run_round(self, r: int, nodes: list[int]) -> dict:
+        """One round over ``nodes``; returns the row it wrote to the run record."""
+        from imaging_core.train.checkpoint import save_checkpoint
+        t0 = time.perf_counter()
+        row = {"round": r, "sites_sampled": len(nodes), "lr": self.cfg.lr(r)}
+        site_rows: dict[str, dict] = {}
+        before = self.flat()
+        agg = self.aggregation
+        # each update is taken in (checked, summed) as it lands, while the other sites still train
+        train_ok, train_failed = self._send(nodes, K.MSG_TRAIN, r, agg.train_extra(r, nodes), self.cfg.train_timeout,
+                                            on_reply=lambda n, m: agg.collect_train(r, {n: m}))
+        for n, m in train_ok.items():
+            site = self.stage.site(n)
+            site_rows[site] = {"round": r, "site": site, **{f"{K.TRAIN}{k}": v for k, v in _metrics(m).items()}}
+        survivors = sorted(train_ok)
+        eval_ok, eval_failed = ({}, []) if not survivors else self._send(
+            survivors, K.MSG_EVALUATE, r, agg.eval_extra(r, survivors), self.cfg.eval_timeout)
+        for n, m in eval_ok.items():
+            site = self.stage.site(n)
+            site_rows.setdefault(site, {"round": r, "site": site}).update(
+                {f"{K.VAL}{k}": v for k, v in _metrics(m).items()})
+        row["train_seconds"] = round(time.perf_counter() - t0, 2)
+        try:
+            if len(survivors) < self.cfg.min_sites:
+                raise RoundFailed(f"{len(survivors)} sites returned updates, {self.cfg.min_sites} required")
+            mean_delta, total_weight = agg.aggregate(r, survivors, eval_ok, len(before))
+            self._set_flat(self.opt.step(before, mean_delta))
+            row.update(status="ok", sites_aggregated=len(survivors), total_weight=total_weight,
+                       delta_norm=float(np.linalg.norm(mean_delta)))
+        except RoundFailed as e:
+            log.warning("round %d failed: %s; the global model is unchanged", r, e)
+            row.update(status="failed", reason=str(e), sites_aggregated=0)
+        row["failures"] = [{"site": f["site"], "stage": st, "error": f["error"][:300]}
+                           for st, fl in ((K.MSG_TRAIN, train_failed), (K.MSG_EVALUATE, eval_failed)) for f in fl]
+        row["n_failures"] = len(row["failures"])
+        if self.central is not None and row["status"] == "ok":
+            scores, _, _ = self.central.evaluate(self.weights)
+            row.update({f"{K.CENTRAL}{k}": v for k, v in scores.items()})
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        save_checkpoint({"flat": self.flat(), "opt": self.opt.state(), "round": r,
+                         "aggregation": agg.state()}, self.record.checkpoint_path(r))
+        self.record.add_round(row, list(site_rows.values()))
+        best_round, _ = self.record.best(self.cfg.best_metric)
+        if best_round == r:
+            self._save_weights("global_best.pt")
+        self.record.commit_round(r)
+        log.info("round %d: %s", r, json.dumps({k: v for k, v in row.items() if k != "failures"}, default=str))
+        return row
+
+    def final_evaluation(self, nodes: list[int]) -> None:
+        """Every site evaluates the final global model once more (its last local-only
+        model too), so the comparison table is like for like."""
+        self._save_weights("global_final.pt")
+        if not nodes:
+            return
+        ok, failed = self._send(nodes, K.MSG_EVALUATE, self.cfg.rounds + 1, {}, self.cfg.eval_timeout)
+        rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
+        write_json(self.record.dir / "final_sites.json", {"sites": rows, "failures": failed})
+        write_csv(self.record.dir / "final_sites.csv", rows)
