@@ -5,17 +5,21 @@ authentication, 3 SuperNodes (sites), numpy-only apps (bench/fvbench_rounds_app.
 no torch, no training: a site's update is a seeded random float32 vector of P
 values, so the figures isolate aggregation cost). For each P:
 
-  (a) unmasked fedvox-style round: train stage (plain float32 delta in an
-      ArrayRecord) + evaluate stage, weighted mean at the server;
-  (b) masked: fl_client.secagg riding on the same two stages (mask at T,
-      reveal at E, unmask at the server); setup (S1 advertise, S2 share) done
-      once before the rounds and reported separately;
+  (a) unmasked: the product's round loop (fl_server.round_loop.RoundLoop with
+      PlainAggregation, a synthetic model of P values, no central evaluation):
+      train stage (plain float32 delta in an ArrayRecord) + evaluate stage,
+      weighted mean and FedAvg step at the server;
+  (b) masked: the same loop with SecureAggregation (fl_client.secagg riding on
+      the same two stages: mask at T, reveal at E, unmask at the server); setup
+      (S1 advertise, S2 share) done once before the rounds and reported separately;
   (c) Flower's SecAgg+ on the legacy API: DefaultWorkflow with
       SecAggPlusWorkflow, legacy ClientApp (NumPyClient) with secaggplus_mod.
 
 (a) and (b) run in one Flower run, alternating; (c) in a second run on the same
 SuperLink/SuperNodes. Round wall time = first request of the round sent to the
-new global model formed (after the evaluate stage). Bytes per site = request +
+new global model formed (after the evaluate stage; the loop's checkpoint and
+run-record writes that follow are not counted: one run record per mode and P
+in the work directory). Bytes per site = request +
 reply payload (array data, config values, metric values) over the round's
 stages, mean over sites. The server replaces Grid.send_and_receive's fixed 3 s
 pull interval by --poll (same for all three modes), so stage times are not

@@ -1,9 +1,11 @@
-"""Flower app for bench/bench_secagg_rounds.py (numpy only, no torch, no training).
+"""Flower app for bench/bench_secagg_rounds.py (no training; the sites are numpy only).
 
 The bench copies this module into two app directories it writes at run time:
   fvbench-rounds      serverapp = server,        clientapp = client
-                      fedvox-style rounds on the Message API, (a) unmasked and
-                      (b) masked with fl_client.secagg (setup S1/S2 once first)
+                      the product's round loop (fl_server.round_loop.RoundLoop)
+                      over a synthetic model of P values, no central evaluation:
+                      (a) PlainAggregation and (b) SecureAggregation
+                      (setup S1/S2 once first)
   fvbench-secaggplus  serverapp = legacy_server, clientapp = legacy_client
                       (c) Flower's SecAgg+ on the legacy API
                       (DefaultWorkflow + SecAggPlusWorkflow, NumPyClient + secaggplus_mod)
@@ -12,9 +14,10 @@ Each site's "update" for round r is a seeded random float32 vector of P values
 (site, r, P) and a fixed weight, so the server can recompute the exact weighted
 mean afterwards (outside the timed part) and check the aggregate.
 
-All three modes go through `TimedGrid`, which replaces Grid.send_and_receive
-(push, then pull every `poll` s; Flower's own sleeps 3 s between pulls) and logs
-per stage: message type, wall time, and per-node request/reply payload bytes.
+All three modes pull every `poll` s (Flower's Grid.send_and_receive sleeps 3 s
+between pulls): (a)/(b) through the product's Stage, (c) through `TimedGrid`,
+which puts the same pull loop under Grid.send_and_receive. Both log per stage:
+message type, wall time, and per-node request/reply payload bytes.
 Results go to the JSON file named by run-config `out-file`.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+
+from fl_common import keys as K
 
 server = ServerApp()
 client = ClientApp()
@@ -88,8 +93,21 @@ def payload_bytes(rd: RecordDict) -> int:
     return n
 
 
+def _timed_stage(log: list, gather, messages: list):
+    """Run ``gather(messages)`` (one push and its pulls) and log type, wall time and bytes."""
+    down = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
+    mtype = messages[0].metadata.message_type if messages else "?"
+    t0 = time.perf_counter()
+    got = gather(messages)
+    t1 = time.perf_counter()
+    up = {m.metadata.src_node_id: (payload_bytes(m.content) if m.has_content() else 0) for m in got}
+    log.append({"type": mtype, "t0": t0, "t1": t1, "seconds": t1 - t0, "down": down, "up": up,
+                "errors": [m.error.reason for m in got if m.has_error()], "missing": len(messages) - len(got)})
+    return got
+
+
 class TimedGrid:
-    """A Grid whose send_and_receive logs time and bytes; everything else is delegated."""
+    """(c) A Grid whose send_and_receive is the server's pull loop, timed; the rest is delegated."""
 
     def __init__(self, grid: Grid, poll: float):
         self._grid, self.poll, self.log = grid, poll, []
@@ -97,33 +115,39 @@ class TimedGrid:
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages, *, timeout: float | None = None, on_reply=None):
+    def send_and_receive(self, messages, *, timeout: float | None = None):
         from fl_server.exchange import send_and_gather  # the server's own pull loop
-        messages = list(messages)
-        down = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
-        mtype = messages[0].metadata.message_type if messages else "?"
-        t0 = time.perf_counter()
-        n_sent = len(messages)
-        got = send_and_gather(self._grid, messages, 1e9 if timeout is None else timeout, self.poll, on_reply)
-        del messages
-        t1 = time.perf_counter()
-        up = {m.metadata.src_node_id: (payload_bytes(m.content) if m.has_content() else 0)
-              for m in got}
-        errors = [m.error.reason for m in got if m.has_error()]
-        self.log.append({"type": mtype, "t0": t0, "t1": t1, "seconds": t1 - t0,
-                         "down": down, "up": up, "errors": errors, "missing": n_sent - len(got)})
-        return got
+        return _timed_stage(self.log, lambda ms: send_and_gather(
+            self._grid, ms, 1e9 if timeout is None else timeout, self.poll), list(messages))
 
 
-def _wait_nodes(grid, n: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= n:
-            return nodes
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {n} nodes connected")
-        time.sleep(0.5)
+def _timed_stage_class():
+    from fl_server.exchange import Stage
+
+    class TimedStage(Stage):
+        """(a)/(b) The product's Stage, every push-and-pull timed and sized."""
+
+        def __init__(self, grid, poll: float):
+            super().__init__(grid, poll)
+            self.log = []
+
+        def gather(self, messages, timeout, on_reply=None):
+            return _timed_stage(self.log, lambda ms: super(TimedStage, self).gather(ms, timeout, on_reply),
+                                list(messages))
+    return TimedStage
+
+
+def _timed_optimizer():
+    from fl_server.strategy import ServerOptimizer
+
+    class TimedFedAvg(ServerOptimizer):
+        """FedAvg that notes the mean delta it applied and when the new model was formed."""
+
+        def step(self, weights, mean_delta):
+            out = super().step(weights, mean_delta)
+            self.mean, self.t_done = np.array(mean_delta), time.perf_counter()
+            return out
+    return TimedFedAvg("fedavg")
 
 
 def _per_site(entries) -> dict:
@@ -140,210 +164,136 @@ def _per_site(entries) -> dict:
     return {"down": d, "up": u, "total": d + u}
 
 
-# ------------------------------------------------- (a)/(b) fedvox-style rounds
+# ------------------------------------------------- (a)/(b) fedvox's own round loop
 @server.main()
 def main(grid: Grid, context: Context) -> None:
-    from fl_client.secagg import ServerSecAgg
-    from fl_server.strategy import weighted_mean
+    """The product's RoundLoop over a synthetic model of P values and no central
+    evaluation: PlainAggregation (a) and SecureAggregation (b), alternating."""
+    from fl_server.aggregation import PlainAggregation
+    from fl_server.records import RunRecord, write_json  # server side only: the ClientApp imports stay as measured
+    from fl_server.round_loop import RoundLoop, RoundSettings
+    from fl_server.secure import SecureAggregation
 
     cfg = context.run_config
-    from fl_server.records import write_json  # server side only: the ClientApp imports stay as measured
     out = Path(str(cfg["out-file"]))
     sizes = [int(x) for x in str(cfg["sizes"]).split(",") if x]
     rounds, n_nodes = int(cfg["rounds"]), int(cfg["min-nodes"])
     timeout = float(cfg["stage-timeout"])
-    g = TimedGrid(grid, float(cfg["poll"]))
+    stage = _timed_stage_class()(grid, float(cfg["poll"]))
     rec = {"status": "started", "setup": None, "rounds": []}
     write_json(out, rec)
-    nodes = _wait_nodes(grid, n_nodes, float(cfg["wait-nodes-timeout"]))
-    roster = json.loads(Path(str(cfg["roster"])).read_text())
+    nodes = stage.wait_for_nodes(n_nodes, float(cfg["wait-nodes-timeout"]), every=0.5)
     session = f"bench-{context.run_id}"
-    node_site: dict[int, str] = {}
-    site_node: dict[str, int] = {}
-
-    def query(action, payloads):
-        msgs = []
-        for nd in nodes:
-            c = {"session": session}
-            if nd in payloads:
-                c["payload"] = payloads[nd]
-            msgs.append(Message(RecordDict({"secagg": ConfigRecord(c)}), dst_node_id=nd,
-                                message_type=f"query.{action}"))
-        res = {}
-        for m in g.send_and_receive(msgs, timeout=timeout):
-            if m.has_error():
-                raise RuntimeError(f"{action}: node {m.metadata.src_node_id}: {m.error.reason}")
-            r = m.content.config_records["secagg"]
-            node_site[m.metadata.src_node_id] = str(r["site"])
-            site_node[str(r["site"])] = m.metadata.src_node_id
-            res[str(r["site"])] = bytes(r["payload"])
-        return res
+    secure = SecureAggregation(json.loads(Path(str(cfg["roster"])).read_text()), lambda: session,
+                               clip_range=4.0, max_weight=1000.0, setup_timeout=timeout)
 
     # setup S1 + S2, once
     t0 = time.perf_counter()
-    n_log = len(g.log)
-    proto = ServerSecAgg(session, roster, clip_range=4.0, max_weight=1000.0)
-    adverts = query("advertise", {})
-    roster_msg = proto.collect_adverts(adverts)
-    bundles = query("share", {nd: roster_msg for nd in nodes})
-    eligible = proto.collect_share_bundles(bundles)
-    rec["setup"] = {"seconds": time.perf_counter() - t0, "eligible": eligible,
-                    "threshold": proto.threshold,
-                    "stages": [{"type": e["type"], "seconds": e["seconds"]} for e in g.log[n_log:]],
-                    "bytes_per_site": _per_site(g.log[n_log:])}
+    secure.setup(stage, nodes)
+    rec["setup"] = {"seconds": time.perf_counter() - t0, "eligible": secure.proto.eligible_sites(),
+                    "threshold": secure.threshold,
+                    "stages": [{"type": e["type"], "seconds": e["seconds"]} for e in stage.log],
+                    "bytes_per_site": _per_site(stage.log)}
     write_json(out, rec)
 
     rnd = 0
     for n in sizes:
-        w = np.zeros(n, np.float32)
+        loops = {}
+        for mode, agg in (("plain", PlainAggregation()), ("masked", secure)):
+            record = RunRecord(out.parent / f"{out.stem}-record-{mode}-{n}")
+            record.start({"run_id": session})
+            settings = RoundSettings(rounds=rounds, min_sites=n_nodes, train_timeout=timeout, eval_timeout=timeout,
+                                     site_round={"num-params": n, "mode": mode})
+            loops[mode] = RoundLoop(grid, record, agg, _timed_optimizer(), {"w": np.zeros(n, np.float32)},
+                                    settings, stage=stage)
         for rep in range(rounds):
             for mode in (("plain", "masked") if rep % 2 == 0 else ("masked", "plain")):
                 rnd += 1
-                n_log = len(g.log)
+                loop, n_log = loops[mode], len(stage.log)
                 t0 = time.perf_counter()
-                base = {"server-round": rnd, "run-id": session, "num-params": n, "mode": mode}
-                t_extra = {}
-                if mode == "masked":
-                    reqs = proto.train_requests(rnd, participants=[node_site[nd] for nd in nodes])
-                    t_extra = {site_node[s]: p for s, p in reqs.items()}
-
-                def msgs_for(kind, extra):
-                    out_msgs = []
-                    for nd in nodes:
-                        content = RecordDict({"config": ConfigRecord(dict(base)),
-                                              "arrays": ArrayRecord({"w": Array(w)})})
-                        if nd in extra:
-                            content["secagg"] = ConfigRecord({"payload": extra[nd],
-                                                              "session": session})
-                        out_msgs.append(Message(content, dst_node_id=nd, message_type=kind,
-                                                group_id=str(rnd)))
-                    return out_msgs
-
-                site_s = {}
-
-                def take(m):  # masked: check and sum each update as it lands, as the server does
-                    if mode != "masked" or m.has_error():
-                        return
-                    s = node_site[m.metadata.src_node_id]
-                    proto.collect_masked(rnd, {s: (m.content.array_records["masked"]["vector"].numpy(),
-                                                   bytes(m.content.config_records["secagg"]["payload"]))})
-
-                train = g.send_and_receive(msgs_for("train", t_extra), timeout=timeout, on_reply=take)
-                t_train = time.perf_counter()
-                bad = [m.error.reason for m in train if m.has_error()]
-                if bad or len(train) != len(nodes):
-                    raise RuntimeError(f"round {rnd} ({mode}) train: {len(train)} replies, {bad}")
-                if mode == "plain":
-                    deltas, weights = [], []
-                    for m in train:
-                        deltas.append(m.content.array_records["delta"]["flat"].numpy())
-                        weights.append(float(m.content.metric_records["metrics"]["num-examples"]))
-                        site_s[node_site[m.metadata.src_node_id]] = float(
-                            m.content.metric_records["metrics"]["handler-seconds"])
-                    e_extra = {}
-                else:
-                    for m in train:
-                        site_s[node_site[m.metadata.src_node_id]] = float(
-                            m.content.metric_records["metrics"]["handler-seconds"])
-                    e_extra = {site_node[s]: p for s, p in proto.reveal_requests(rnd).items()}
-                t_coll = time.perf_counter()
-                ev = g.send_and_receive(msgs_for("evaluate", e_extra), timeout=timeout)
-                t_eval = time.perf_counter()
-                bad = [m.error.reason for m in ev if m.has_error()]
-                if bad or len(ev) != len(nodes):
-                    raise RuntimeError(f"round {rnd} ({mode}) evaluate: {len(ev)} replies, {bad}")
-                if mode == "plain":
-                    mean, tol = weighted_mean(deltas, weights), None
-                else:
-                    reveals = {node_site[m.metadata.src_node_id]:
-                               bytes(m.content.config_records["secagg"]["payload"]) for m in ev}
-                    res = proto.unmask(rnd, reveals)
-                    mean, tol = np.asarray(res.mean, np.float32), float(res.tolerance)
-                w += mean.astype(np.float32)
-                t1 = time.perf_counter()
+                row = loop.run_round(rnd, nodes)
+                if row["status"] != "ok" or row["n_failures"]:
+                    raise RuntimeError(f"round {rnd} ({mode}): {row.get('reason')} {row['failures']}")
+                t1 = loop.opt.t_done
+                train, ev = stage.log[n_log:n_log + 2]
                 # correctness, outside the timed part
-                ex = exact_mean([node_site[nd] for nd in nodes], rnd, n)
-                err = float(np.max(np.abs(mean.astype(np.float64) - ex)))
-                stages = g.log[n_log:]
+                ex = exact_mean([stage.site(nd) for nd in nodes], rnd, n)
+                err = float(np.max(np.abs(loop.opt.mean.astype(np.float64) - ex)))
+                site_s = {x["site"]: float(x["train/handler-seconds"]) for x in loop.record.sites
+                          if x["round"] == rnd}
                 rec["rounds"].append({
                     "round": rnd, "mode": mode, "params": n, "seconds": t1 - t0,
-                    "train_stage_s": stages[0]["seconds"], "eval_stage_s": stages[1]["seconds"],
-                    "server_between_s": t_coll - t_train, "server_aggregate_s": t1 - t_eval,
-                    "site_train_handler_s": site_s,
-                    "bytes_per_site": _per_site(stages), "max_abs_err": err, "tolerance": tol})
+                    "train_stage_s": train["seconds"], "eval_stage_s": ev["seconds"],
+                    "server_between_s": ev["t0"] - train["t1"], "server_aggregate_s": t1 - ev["t1"],
+                    "site_train_handler_s": site_s, "bytes_per_site": _per_site([train, ev]),
+                    "max_abs_err": err, "tolerance": float(secure.last.tolerance) if mode == "masked" else None})
                 write_json(out, rec)
-                del train, ev
     rec["status"] = "done"
     write_json(out, rec)
 
 
-def _handler_start():
-    return time.perf_counter()
+# ---------------------------------------------- the sites of (a)/(b): fedvox's wire
+def _secagg_reply(context: Context, payload: bytes) -> Message:
+    return RecordDict({K.REC_SECAGG: ConfigRecord({K.SITE: _site(context), K.PAYLOAD: payload})})
 
 
-@client.query("advertise")
+@client.query(K.SECAGG_ADVERTISE)
 def advertise(msg: Message, context: Context) -> Message:
-    session = str(msg.content.config_records["secagg"]["session"])
-    payload = _site_secagg(context, session).advertise()
-    return Message(RecordDict({"secagg": ConfigRecord({"site": _site(context),
-                                                       "payload": payload})}), reply_to=msg)
+    session = str(msg.content.config_records[K.REC_SECAGG][K.SESSION])
+    return Message(_secagg_reply(context, _site_secagg(context, session).advertise()), reply_to=msg)
 
 
-@client.query("share")
+@client.query(K.SECAGG_SHARE)
 def share(msg: Message, context: Context) -> Message:
-    rec = msg.content.config_records["secagg"]
-    payload = _site_secagg(context, str(rec["session"])).receive_roster_and_share(
-        bytes(rec["payload"]))
-    return Message(RecordDict({"secagg": ConfigRecord({"site": _site(context),
-                                                       "payload": payload})}), reply_to=msg)
+    rec = msg.content.config_records[K.REC_SECAGG]
+    payload = _site_secagg(context, str(rec[K.SESSION])).receive_roster_and_share(bytes(rec[K.PAYLOAD]))
+    return Message(_secagg_reply(context, payload), reply_to=msg)
 
 
 def _site(context: Context) -> str:
-    return str(context.node_config["site-name"])
+    return str(context.node_config[K.NODE_SITE_NAME])
 
 
 def _site_secagg(context: Context, session: str):
     from fl_client.secagg import SiteSecAgg
-    roster = json.loads(Path(str(context.node_config["roster"])).read_text())
-    state = Path(str(context.node_config["state-dir"])) / "secagg" / session
-    return SiteSecAgg(_site(context), session, str(context.node_config["auth-key"]), roster, state)
+    roster = json.loads(Path(str(context.node_config[K.NODE_ROSTER])).read_text())
+    state = Path(str(context.node_config[K.NODE_STATE_DIR])) / "secagg" / session
+    return SiteSecAgg(_site(context), session, str(context.node_config[K.NODE_AUTH_KEY]), roster, state)
 
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    cfg = msg.content.config_records["config"]
-    rnd, n, site = int(cfg["server-round"]), int(cfg["num-params"]), _site(context)
-    _w = msg.content.array_records["arrays"]["w"].numpy()  # the global model arrives (decode)
+    cfg = msg.content.config_records[K.REC_CONFIG]
+    rnd, n, site = int(cfg[K.SERVER_ROUND]), int(cfg["num-params"]), _site(context)
+    _w = msg.content.array_records[K.REC_ARRAYS]["w"].numpy()  # the global model arrives (decode)
     delta, weight = site_update(site, rnd, n), float(site_weight(site))
-    sec = msg.content.config_records.get("secagg")
+    sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is None:
-        content = RecordDict({"delta": ArrayRecord({"flat": Array(delta)})})
-        metrics = {"num-examples": weight}
+        content = RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(delta)})})
+        metrics = {K.NUM_EXAMPLES: weight}
     else:
-        up = _site_secagg(context, str(sec["session"])).mask(rnd, delta, weight,
-                                                             bytes(sec["payload"]))
-        content = RecordDict({"masked": ArrayRecord({"vector": Array(up.vector)}),
-                              "secagg": ConfigRecord({"payload": up.payload})})
+        up = _site_secagg(context, str(sec[K.SESSION])).mask(rnd, delta, weight, bytes(sec[K.PAYLOAD]))
+        content = RecordDict({K.REC_MASKED: ArrayRecord({K.VECTOR: Array(up.vector)}),
+                              K.REC_SECAGG: ConfigRecord({K.PAYLOAD: up.payload})})
         metrics = {"clipped": float(up.clipped)}
     metrics["handler-seconds"] = time.perf_counter() - t0
-    content["metrics"] = MetricRecord(metrics)
-    content["info"] = ConfigRecord({"site": site})
+    content[K.REC_METRICS] = MetricRecord(metrics)
+    content[K.REC_INFO] = ConfigRecord({K.SITE: site})
     return Message(content, reply_to=msg)
 
 
 @client.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg = msg.content.config_records["config"]
-    rnd, site = int(cfg["server-round"]), _site(context)
-    _w = msg.content.array_records["arrays"]["w"].numpy()
-    content = RecordDict({"metrics": MetricRecord({"loss": 0.0,
-                                                   "num-examples": float(site_weight(site))}),
-                          "info": ConfigRecord({"site": site})})
-    sec = msg.content.config_records.get("secagg")
+    cfg = msg.content.config_records[K.REC_CONFIG]
+    rnd, site = int(cfg[K.SERVER_ROUND]), _site(context)
+    _w = msg.content.array_records[K.REC_ARRAYS]["w"].numpy()
+    content = RecordDict({K.REC_METRICS: MetricRecord({"loss": 0.0, K.NUM_EXAMPLES: float(site_weight(site))}),
+                          K.REC_INFO: ConfigRecord({K.SITE: site})})
+    sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is not None:
-        content["secagg"] = ConfigRecord({"payload": _site_secagg(
-            context, str(sec["session"])).reveal(rnd, bytes(sec["payload"]))})
+        content[K.REC_SECAGG] = ConfigRecord({K.PAYLOAD: _site_secagg(
+            context, str(sec[K.SESSION])).reveal(rnd, bytes(sec[K.PAYLOAD]))})
     return Message(content, reply_to=msg)
 
 
@@ -365,7 +315,8 @@ def legacy_main(grid: Grid, context: Context) -> None:
     g = TimedGrid(grid, float(cfg["poll"]))
     rec = {"status": "started", "rounds": [], "sizes": []}
     write_json(out, rec)
-    nodes = _wait_nodes(grid, n_nodes, float(cfg["wait-nodes-timeout"]))
+    from fl_server.exchange import Stage
+    nodes = Stage(grid).wait_for_nodes(n_nodes, float(cfg["wait-nodes-timeout"]), every=0.5)
     for n in sizes:
         def fit_cfg(r, n=n):
             return {"server_round": r, "num_params": n}

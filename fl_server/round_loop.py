@@ -66,6 +66,8 @@ class RoundLoop:
     def __init__(self, grid, record: RunRecord, aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
+        from imaging_core.train import checkpoint  # torch: imported here, not in a timed round
+        self._ckpt = checkpoint
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
         self.cfg, self.central = settings, central
@@ -81,11 +83,10 @@ class RoundLoop:
 
     def resume(self) -> int:
         """The first round still to run; the saved state of the last complete one is loaded."""
-        from imaging_core.train.checkpoint import load_checkpoint
         last = self.record.last_round
         if last == 0:
             return 1
-        st = load_checkpoint(self.record.checkpoint_path(last))  # hash-checked: a corrupt file is refused
+        st = self._ckpt.load_checkpoint(self.record.checkpoint_path(last))  # hash-checked: a corrupt file is refused
         self._set_flat(np.asarray(st["flat"], np.float32))
         self.opt.load_state(st["opt"])
         self.aggregation.load_state(st.get("aggregation", {}))
@@ -94,8 +95,8 @@ class RoundLoop:
 
     def _save_weights(self, name: str) -> None:
         import torch
-        from imaging_core.train.checkpoint import save_checkpoint
-        save_checkpoint({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()}, self.record.dir / name)
+        self._ckpt.save_checkpoint({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()},
+                                   self.record.dir / name)
 
     # ----- messaging --------------------------------------------------------
     def _messages(self, nodes, kind: str, r: int, extra: dict, arrays: bool = True) -> list[Message]:
@@ -141,7 +142,6 @@ class RoundLoop:
 
     def run_round(self, r: int, nodes: list[int]) -> dict:
         """One round over ``nodes``; returns the row it wrote to the run record."""
-        from imaging_core.train.checkpoint import save_checkpoint
         t0 = time.perf_counter()
         row = {"round": r, "sites_sampled": len(nodes), "lr": self.cfg.lr(r)}
         site_rows: dict[str, dict] = {}
@@ -178,8 +178,8 @@ class RoundLoop:
             scores, _, _ = self.central.evaluate(self.weights)
             row.update({f"{K.CENTRAL}{k}": v for k, v in scores.items()})
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        save_checkpoint({"flat": self.flat(), "opt": self.opt.state(), "round": r,
-                         "aggregation": agg.state()}, self.record.checkpoint_path(r))
+        self._ckpt.save_checkpoint({"flat": self.flat(), "opt": self.opt.state(), "round": r,
+                                    "aggregation": agg.state()}, self.record.checkpoint_path(r))
         self.record.add_round(row, list(site_rows.values()))
         best_round, _ = self.record.best(self.cfg.best_metric)
         if best_round == r:
