@@ -10,10 +10,27 @@ map); it never reaches into the round loop.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
+import numpy as np
+
 from fl_client.secagg import RoundFailed  # one failure type for both modes
 from fl_common import keys as K
 
 from .strategy import weighted_mean
+
+
+class Aggregation(Protocol):
+    """The face the round loop sees (PlainAggregation, secure.SecureAggregation)."""
+
+    def describe(self) -> dict: ...
+    def setup(self, stage, nodes: list[int]) -> None: ...
+    def train_extra(self, r: int, nodes: list[int]) -> dict: ...
+    def eval_extra(self, r: int, survivors: list[int]) -> dict: ...
+    def collect_train(self, r: int, replies: dict) -> None: ...
+    def aggregate(self, r: int, survivors: list[int], eval_replies: dict, n: int) -> tuple[np.ndarray, float]: ...
+    def state(self) -> dict: ...
+    def load_state(self, st: dict) -> None: ...
 
 
 class PlainAggregation:

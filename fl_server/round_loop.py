@@ -29,7 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from fl_client.tensors import flatten, unflatten
 from fl_common import keys as K
 
-from .aggregation import RoundFailed
+from .aggregation import Aggregation, RoundFailed
 from .exchange import Stage
 from .records import RunRecord, write_csv, write_json
 from .strategy import ServerOptimizer
@@ -63,7 +63,10 @@ def _metrics(m: Message) -> dict:
 
 
 class RoundLoop:
-    def __init__(self, grid, record: RunRecord, aggregation, optimizer: ServerOptimizer,
+    """Rounds over ``grid`` (anything with Flower's Grid face); ``stage`` replaces
+    the plain Stage over it (a bench times every stage this way)."""
+
+    def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
         from imaging_core.train import checkpoint  # torch: imported here, not in a timed round
@@ -99,14 +102,13 @@ class RoundLoop:
                                    self.record.dir / name)
 
     # ----- messaging --------------------------------------------------------
-    def _messages(self, nodes, kind: str, r: int, extra: dict, arrays: bool = True) -> list[Message]:
+    def _messages(self, nodes, kind: str, r: int, extra: dict) -> list[Message]:
         cfg = {K.SERVER_ROUND: r, K.RUN_ID: self.record.info["run_id"],
                K.LR: self.cfg.lr(r), **self.cfg.site_round}
         msgs = []
         for n in nodes:
-            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
-            if arrays:
-                content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in self.weights.items()})
+            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)),
+                                  K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in self.weights.items()})})
             for key, rec in extra.get(n, {}).items():
                 content[key] = rec
             msgs.append(Message(content=content, dst_node_id=n, message_type=kind))

@@ -150,9 +150,10 @@ TEMPLATE = {"conv.weight": np.zeros((2, 3), np.float32), "conv.bias": np.zeros(3
 @pytest.fixture(autouse=True)
 def server_identity():
     """What Flower's ServerApp runtime sets before main(): messages need it."""
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 7, 42, SUPERLINK_NODE_ID
     yield
-    TaskIdentity._task_id = TaskIdentity._run_id = TaskIdentity._node_id = None
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 class Central:
