@@ -159,6 +159,7 @@ class FederatedServer:
         if start == 1 and self.central is not None and not self.record.rounds:
             scores, _, _ = self.central.evaluate(self.weights)
             self.record.add_round({"round": 0, **{f"central/{k}": v for k, v in scores.items()}}, [])
+            self._save(self._state_dict(), self.record.model_file("best"))  # round 0 competes for best
         for r in range(start, self.rounds + 1):
             self.run_round(r, sorted(self.grid.get_node_ids()))
         self._final_evaluation(sorted(self.grid.get_node_ids()))
