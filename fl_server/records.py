@@ -71,7 +71,8 @@ class RunRecord:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> "RunRecord":
-        """An existing run directory, read only (an error naming it if it is none)."""
+        """An existing run directory, read only (an error naming it if it is none).
+        The one file a reader adds is the pseudonym map (``pseudonyms``), kept by export."""
         d = Path(run_dir)
         if not d.is_dir():
             raise ImagingError(d, "run directory not found")
