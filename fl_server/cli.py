@@ -1,10 +1,36 @@
 """The one `fedvox` command line. Subcommands import their heavy modules lazily
-so `fedvox --help` and light commands start fast."""
+so `fedvox --help` and light commands start fast.
+
+Flag vocabulary (the same word means the same thing everywhere):
+  RUN (positional)  the run directory a command reads (report, export)
+  --run-dir         the run directory a command writes (server, train; `--out` still works for train)
+  --work            scratch/work directory of processes, logs and caches (demo, prepare, server, site;
+                    `--out` still works for prepare)
+  --out             the command's product: a file (infer: the segmentation) or a directory
+                    (export: the bundle; provision: the provisioning tree); each says which
+  --device          auto (cuda when available, else cpu), cpu, cuda, cuda:N
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+EXIT_CODES = """exit status:
+  0    done
+  1    the run or command failed (a federated run that did not complete, a bundle
+       that does not verify, a process that died)
+  2    bad usage or bad input (one line on stderr naming the file or flag; --debug
+       shows the traceback)
+  130  interrupted (Ctrl-C)"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("fedvox")
+    except PackageNotFoundError:
+        return "unknown (not installed as a distribution)"
 
 
 def _cmd_inspect(a) -> int:
@@ -15,7 +41,7 @@ def _cmd_inspect(a) -> int:
 
 def _cmd_prepare(a) -> int:
     from fl_server.prepare import prepare_example
-    prepare_example(a.out, zoom=a.zoom, cases=a.cases, seed=a.seed, workers=a.workers)
+    prepare_example(a.work, zoom=a.zoom, cases=a.cases, seed=a.seed, workers=a.workers)
     return 0
 
 
@@ -29,7 +55,7 @@ def _cmd_train(a) -> int:
     from fl_server.baseline import run_baseline
     from fl_server.config import example_federation_path
     fed = a.federation or example_federation_path()
-    run_baseline(fed, a.site, a.out, data_base=a.data_base, epochs=a.epochs, device=a.device)
+    run_baseline(fed, a.site, a.run_dir, data_base=a.data_base, epochs=a.epochs, device=a.device)
     return 0
 
 
@@ -104,113 +130,152 @@ def _cmd_verify(a) -> int:
     for p in problems:
         print(p, file=sys.stderr)
     print(json.dumps({"bundle": a.bundle, "ok": not problems, "problems": problems}))
-    return 0 if not problems else 3
+    return 0 if not problems else 1
+
+
+def _cmd_report(a) -> int:
+    from fl_server.report import make_report
+    make_report(a.run, a.baseline, evaluate=not a.no_cases, federation_path=a.federation,
+                data_base=a.data_base, device=a.device)
+    return 0
+
+
+def _cmd_export(a) -> int:
+    from fl_server.export import export_run
+    from fl_server.records import RunRecord
+    out = export_run(a.run, a.out, a.which, a.key, a.federation, a.data_base, a.overwrite)
+    rec = RunRecord.open(a.run)
+    r = rec.model_round(a.which)
+    print(f"exported the {a.which} global model (after round {r}) to", file=sys.stderr)
+    print(str(out))
+    return 0
+
+
+def _device_flag(p, default) -> None:
+    p.add_argument("--device", default=default,
+                   help=f"auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: {default})")
+
+
+def _example_flags(p) -> None:
+    p.add_argument("--zoom", type=float, default=1.0, help="example size knob (divides voxel sizes)")
+    p.add_argument("--cases", type=float, default=1.0, help="multiply example case counts")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fedvox", description="Federated 3D medical image segmentation")
+    ap = argparse.ArgumentParser(prog="fedvox", description="Federated 3D medical image segmentation",
+                                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument("--version", action="version", version=f"fedvox {_version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="describe a NIfTI/NRRD file, DICOM series or dataset.json as JSON")
+    def cmd(name, fn, helptext, **kw):
+        p = sub.add_parser(name, help=helptext, description=helptext, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = cmd("inspect", _cmd_inspect, "describe a NIfTI/NRRD file, DICOM series or dataset.json as JSON")
     p.add_argument("path")
     p.add_argument("--compact", action="store_true")
-    p.set_defaults(fn=_cmd_inspect)
 
-    for name, fn, helptext in (("prepare", _cmd_prepare, "generate sites_example and build each site's cache"),
-                               ("demo", _cmd_demo, "run the example federation end to end on this machine")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--out" if name == "prepare" else "--work", default="work",
-                       help="work directory (created)")
-        p.add_argument("--zoom", type=float, default=1.0, help="example size knob (divides voxel sizes)")
-        p.add_argument("--cases", type=float, default=1.0, help="multiply example case counts")
-        p.add_argument("--seed", type=int, default=0)
-        if name == "prepare":
-            p.add_argument("--workers", type=int, default=0)
-        else:
-            p.add_argument("--rounds", type=int, default=None, help="override the federation's rounds")
-            p.add_argument("--federation", default=None,
-                           help="your own federation TOML naming site data roots (default: sites_example)")
-            p.add_argument("--data-base", default=None, help="base of relative data roots in --federation")
-            p.add_argument("--no-secure-aggregation", action="store_true",
-                           help="send deltas unmasked (development only)")
-        p.set_defaults(fn=fn)
+    p = cmd("prepare", _cmd_prepare, "generate sites_example and build each site's cache")
+    p.add_argument("--work", "--out", dest="work", default="work",
+                   help="work directory (created): WORK/sites and WORK/cache")
+    _example_flags(p)
+    p.add_argument("--workers", type=int, default=0, help="build this many sites' caches at once")
 
-    p = sub.add_parser("train", help="local-only (one site) or pooled baseline, no federation")
+    p = cmd("demo", _cmd_demo, "run the example federation end to end on this machine")
+    p.add_argument("--work", default="work", help="work directory (created): sites, provision, run, bundle")
+    _example_flags(p)
+    p.add_argument("--rounds", type=int, default=None, help="override the federation's rounds")
+    p.add_argument("--federation", default=None,
+                   help="your own federation TOML naming site data roots (default: sites_example)")
+    p.add_argument("--data-base", default=None, help="base of relative data roots in --federation")
+    p.add_argument("--no-secure-aggregation", action="store_true", help="send deltas unmasked (development only)")
+
+    p = cmd("train", _cmd_train, "local-only (one site) or pooled baseline, no federation")
     p.add_argument("--site", default="pooled", help="a site name, or 'pooled' (all sites' data together)")
     p.add_argument("--federation", default=None, help="federation TOML (default: sites_example)")
     p.add_argument("--data-base", default=None, help="base directory of relative site data roots")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--run-dir", "--out", dest="run_dir", required=True, help="run directory (written)")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(fn=_cmd_train)
+    _device_flag(p, "cpu")
 
-    p = sub.add_parser("provision", help="federation CA, server certificate and one startup kit per site")
-    p.add_argument("--out", required=True)
+    p = cmd("provision", _cmd_provision, "federation CA, server certificate and one startup kit per site")
+    p.add_argument("--out", required=True, help="provisioning directory (written)")
     p.add_argument("--sites", nargs="+", required=True, help="site names (space or comma separated)")
     p.add_argument("--host", action="append", help="SuperLink host name/IP for the certificate (repeatable)")
     p.add_argument("--name", default="fedvox", help="federation name")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--force", action="store_true")
-    p.set_defaults(fn=_cmd_provision)
 
-    p = sub.add_parser("server", help="run the SuperLink (TLS + node auth) and the federated run")
+    p = cmd("server", _cmd_server, "run the SuperLink (TLS + node auth) and the federated run")
     p.add_argument("--provision", required=True, help="directory written by `fedvox provision`")
     p.add_argument("--federation", required=True, help="federation TOML")
     p.add_argument("--data-base", default=None, help="base of the coordinator's relative data root")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--work", default="work/server")
+    p.add_argument("--run-dir", required=True, help="run directory (written; resumed if it holds a run)")
+    p.add_argument("--work", default="work/server", help="SuperLink state and logs")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--connect-timeout", type=float, default=1800.0, help="wait this long for min_sites")
     p.add_argument("--timeout", type=float, default=24 * 3600.0)
     p.add_argument("--insecure", action="store_true", help="no TLS, no node auth (local development only)")
     p.add_argument("--no-secure-aggregation", action="store_true")
-    p.set_defaults(fn=_cmd_server)
 
-    p = sub.add_parser("site", help="run this hospital's site worker and SuperNode")
+    p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode")
     p.add_argument("--kit", required=True, help="this site's startup kit")
     p.add_argument("--data", required=True, help="this site's data root (holds dataset.json)")
     p.add_argument("--federation", default=None, help="federation TOML (default: KIT/federation.toml)")
-    p.add_argument("--work", default="work/site")
+    p.add_argument("--work", default="work/site", help="worker cache, SuperNode state and logs")
     p.add_argument("--superlink", default=None, help="override the kit's SuperLink address")
-    p.add_argument("--device", default=None)
+    _device_flag(p, None)
     p.add_argument("--insecure", action="store_true")
-    p.set_defaults(fn=_cmd_site)
 
-    p = sub.add_parser("report", help="per-site vs global tables, CSV/JSON and PNG plots of a run",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=lambda a: __import__("fl_server.report", fromlist=["x"]).report_main(a.args))
+    p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
+    p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")
+    p.add_argument("--baseline", action="append", default=[], help="baseline run dir from `fedvox train`")
+    p.add_argument("--federation", default=None, help="federation TOML (default: the one run.json records)")
+    p.add_argument("--data-base", default=None, help="base of relative data roots (default: run.json's)")
+    p.add_argument("--no-cases", action="store_true",
+                   help="skip re-evaluating the held-out cases (per-case HD95 and overlay PNGs)")
+    _device_flag(p, "cpu")
 
-    p = sub.add_parser("export", help="export a run's global model as a signed MONAI bundle", add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=lambda a: __import__("fl_server.export", fromlist=["x"]).export_main(a.args))
+    p = cmd("export", _cmd_export, "export a run's global model as a signed MONAI bundle")
+    p.add_argument("run", metavar="RUN", help="federated run directory (read)")
+    p.add_argument("--out", required=True, help="bundle directory (written)")
+    p.add_argument("--which", choices=("best", "final"), default="best",
+                   help="best: the round with the best held-out metric (round 0 included); final: the last")
+    p.add_argument("--key", default=None, help="federation signing key (PEM or OpenSSH), e.g. server/ca.key")
+    p.add_argument("--federation", default=None, help="federation TOML (default: the one run.json records)")
+    p.add_argument("--data-base", default=None, help="base of relative data roots (default: run.json's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
 
-    p = sub.add_parser("infer", help="segment a NIfTI file or DICOM series with a bundle")
+    p = cmd("infer", _cmd_infer, "segment a NIfTI file or DICOM series with a bundle")
     p.add_argument("bundle")
-    p.add_argument("input")
-    p.add_argument("--out", required=True)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("input", help="a NIfTI file or a DICOM series directory")
+    p.add_argument("--out", required=True,
+                   help="segmentation file (written: a .nii or .nii.gz label map on the input's grid)")
+    _device_flag(p, "cpu")
     p.add_argument("--modality", default=None)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(fn=_cmd_infer)
 
-    p = sub.add_parser("bundle", help="bundle tools")
+    p = cmd("bundle", None, "bundle tools")
     bsub = p.add_subparsers(dest="bundle_cmd", required=True)
-    q = bsub.add_parser("verify", help="check a bundle's signed manifest; names changed or added files")
+    q = bsub.add_parser("verify", help="check a bundle's signed manifest; names changed or added files",
+                        epilog="exit status: 0 verified; 1 it does not verify (problems on stderr); "
+                               "2 bad usage or input")
     q.add_argument("bundle")
     q.add_argument("--public-key", default=None, help="federation certificate or public key")
     q.add_argument("--strict", action="store_true")
     q.set_defaults(fn=_cmd_verify)
 
-    p = sub.add_parser("metrics", help="Dice / HD95 / ASSD of a predicted label file against ground truth")
+    p = cmd("metrics", _cmd_metrics, "Dice / HD95 / ASSD of a predicted label file against ground truth")
     p.add_argument("pred")
     p.add_argument("gt")
     p.add_argument("--spacing", nargs=3, default=None, help="override the files' voxel spacing (mm)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--compact", action="store_true")
-    p.set_defaults(fn=_cmd_metrics)
     return ap
 
 
@@ -218,9 +283,12 @@ def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     from imaging_core.errors import ImagingError
+    from fl_server.device import DeviceError, resolve_device
     try:
+        if getattr(a, "device", None) is not None:
+            a.device = resolve_device(a.device)
         return int(a.fn(a) or 0)
-    except ImagingError as e:
+    except (ImagingError, DeviceError) as e:
         if a.debug:
             raise
         print(f"fedvox {a.cmd}: {e}", file=sys.stderr)

@@ -9,7 +9,6 @@ starts is stopped on exit, Ctrl-C or failure.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -17,12 +16,22 @@ from pathlib import Path
 from rich.live import Live
 from rich.table import Table
 
+from fl_common.keys import CENTRAL, GLOBAL, LOCAL
 from imaging_core.errors import ImagingError
 
 from . import deploy
 from . import launch as L
 from .config import example_federation_path, load_federation
 from .prepare import console
+from .records import RunRecord
+
+
+def _record(run_dir: Path) -> RunRecord | None:
+    """The run so far (None before the server has started it)."""
+    try:
+        return RunRecord.open(run_dir)
+    except ImagingError:
+        return None
 
 
 def round_table(run_dir: Path, labels: dict) -> Table:
@@ -30,12 +39,11 @@ def round_table(run_dir: Path, labels: dict) -> Table:
     for c in ("round", "status", "sites", "failures", "central Dice fg", *[f"Dice {labels[k]}" for k in labels if k],
               "seconds"):
         t.add_column(c, justify="right")
-    p = run_dir / "rounds.json"
-    rows = json.loads(p.read_text()) if p.exists() else []
-    for r in rows:
+    rec = _record(run_dir)
+    for r in (rec.rounds if rec else []):
         t.add_row(str(r["round"]), r.get("status", "init"), str(r.get("sites_aggregated", "")),
-                  str(r.get("n_failures", "")), _f(r.get("central/dice_fg_mean")),
-                  *[_f(r.get(f"central/dice_{k}")) for k in labels if k], _f(r.get("seconds"), 1))
+                  str(r.get("n_failures", "")), _f(r.get(f"{CENTRAL}dice_fg_mean")),
+                  *[_f(r.get(f"{CENTRAL}dice_{k}")) for k in labels if k], _f(r.get("seconds"), 1))
     return t
 
 
@@ -52,13 +60,13 @@ def comparison_table(run_dir: Path, labels: dict) -> Table:
             t.add_column(f"Dice {labels[k]} global", justify="right")
             t.add_column(f"Dice {labels[k]} local", justify="right")
     t.add_column("gain fg", justify="right")
-    p = run_dir / "final_sites.json"
-    for row in (json.loads(p.read_text())["sites"] if p.exists() else []):
-        g, lo = row.get("global/dice_fg_mean"), row.get("local/dice_fg_mean")
+    rec = _record(run_dir)
+    for row in (rec.final_sites.get("sites", []) if rec else []):
+        g, lo = row.get(f"{GLOBAL}dice_fg_mean"), row.get(f"{LOCAL}dice_fg_mean")
         cells = []
         for k in labels:
             if k:
-                cells += [_f(row.get(f"global/dice_{k}")), _f(row.get(f"local/dice_{k}"))]
+                cells += [_f(row.get(f"{GLOBAL}dice_{k}")), _f(row.get(f"{LOCAL}dice_{k}"))]
         t.add_row(row["site"], *cells, _f(g - lo) if g is not None and lo is not None else "")
     return t
 
@@ -126,17 +134,20 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
 
 
 def _after_run(run_dir: Path, work: Path, prov) -> None:
-    """Report and bundle, when those parts are installed (issue 7)."""
-    try:
-        from .report import make_report
-    except ImportError:
-        return
+    """The comparison report and the exported bundle of the best global model."""
+    from .export import export_run
+    from .report import make_report
     rep = make_report(run_dir)
-    console.print(f"report: {rep}")
-    try:
-        from .export import export_run
-    except ImportError:
-        return
+    console.print(f"report: {rep / 'report.html'}")
     # the demo owns its work directory and starts a fresh run each time: so is its bundle
     out = export_run(run_dir, work / "bundle", key=prov.ca_key, overwrite=True)
-    console.print(f"exported MONAI bundle: {out}")
+    console.print(f"exported MONAI bundle: {out} ({exported_model(run_dir)})")
+
+
+def exported_model(run_dir: Path) -> str:
+    """Which model the bundle holds, in words: its round and held-out score."""
+    rec = RunRecord.open(run_dir)
+    r, score = rec.best()
+    what = "the initial model" if r == 0 else f"the global model after round {r}"
+    val = f"{score:.3f}" if score == score else "not measured"
+    return f"best: {what}, held-out {rec.best_metric} {val}"

@@ -13,19 +13,30 @@ from .config import example_federation_path, load_federation
 console = Console(stderr=True)
 
 
-def prepare_sites(fed: dict, cache_base: Path) -> dict:
-    """Build each site's (and the coordinator's) cache; returns SiteData by name."""
+def prepare_sites(fed: dict, cache_base: Path, workers: int = 0) -> dict:
+    """Build each site's (and the coordinator's) cache; returns SiteData by name.
+
+    ``workers`` > 1 builds that many sites' caches at once (threads: the work is
+    file I/O and numpy, which release the GIL; each site has its own cache directory).
+    """
+    from concurrent.futures import ThreadPoolExecutor
     from imaging_core.data.site_data import SiteData
     sites = list(fed["sites"]) + ([fed["coordinator"]] if "coordinator" in fed else [])
-    out = {}
+    out = {site["name"]: SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"],
+                                  fed["sampling"], fed["augment"], site["modality"], fed["federation"]["seed"])
+           for site in sites}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as prog:
-        for site in sites:
-            sd = SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"],
-                          fed["sampling"], fed["augment"], site["modality"], fed["federation"]["seed"])
-            task = prog.add_task(f"cache {site['name']}", total=len(sd.datalist.cases))
-            sd.prepare(progress=lambda _cid, t=task: prog.advance(t))
-            out[site["name"]] = sd
+        def build(name: str) -> None:
+            sd = out[name]
+            task = prog.add_task(f"cache {name}", total=len(sd.datalist.cases))
+            sd.prepare(progress=lambda _cid: prog.advance(task))
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
+                list(pool.map(build, out))  # list(): re-raises the first failure here
+        else:
+            for name in out:
+                build(name)
     return out
 
 
@@ -42,6 +53,8 @@ def cache_table(site_data: dict) -> Table:
 
 def prepare_example(out: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0,
                     workers: int = 0) -> dict:
+    """Generate sites_example under ``out``/sites and build every cache under ``out``/cache
+    (``workers`` sites at a time)."""
     from sites_example.generate import generate
     out = Path(out)
     t0 = time.perf_counter()
@@ -49,7 +62,7 @@ def prepare_example(out: str | Path, zoom: float = 1.0, cases: float = 1.0, seed
         generate(out / "sites", zoom=zoom, cases=cases, seed=seed)
     console.print(f"generated sites_example in {time.perf_counter() - t0:.1f} s -> {out / 'sites'}")
     fed = load_federation(example_federation_path(), data_base=out / "sites")
-    site_data = prepare_sites(fed, out / "cache")
+    site_data = prepare_sites(fed, out / "cache", workers=workers)
     console.print(cache_table(site_data))
     for name, sd in site_data.items():
         for cid, err in sd.report.failed.items():

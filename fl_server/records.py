@@ -3,110 +3,291 @@
     run.json                  config, mode (secure aggregation, threshold), status
     rounds.json / rounds.csv  one row per round: central (held-out) metrics, sites, failures
     sites.json / sites.csv    one row per round and site: training and validation scalars
+    final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
     state.json                the last completed round (written last, atomically)
+    report/                   what `fedvox report` writes
+    site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
+
+This module is the only code that knows these names and what the rows mean;
+report, export and demo read a run through ``RunRecord.open``.
 
 Every file is written atomically, and state.json only after the round's
 checkpoint, so a crash at any point resumes from a complete round.
+
+Which model a number belongs to: rounds.json's round-t central metrics are
+for the global model after round t (round 0 = the initial model); a round-t
+row of sites.json evaluates the global model the round started from (after
+round t-1, ``site_row_model_round``) and the site's local-only model after t
+rounds; final_sites.json has both models after the last round.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from pathlib import Path
 
-import numpy as np
-
+from fl_common.keys import CENTRAL, GLOBAL, LOCAL, TRAIN, VAL
 from imaging_core.errors import ImagingError
-from imaging_core.io.atomic import write_bytes_atomic
+from imaging_core.io.tables import read_json, write_csv, write_json
+
+__all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_round",
+           "CENTRAL", "TRAIN", "VAL", "GLOBAL", "LOCAL", "DEFAULT_BEST_METRIC"]
+
+DEFAULT_BEST_METRIC = "dice_fg_mean"
+RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
+MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
+PSEUDONYMS = "site_pseudonyms.json"
+REPORT_DIR = "report"
+COORDINATOR_CACHE = "coordinator-cache"
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
+def site_row_model_round(row_round: int) -> int:
+    """The global model a round-``t`` site row evaluates: the one round t started from."""
+    return int(row_round) - 1
 
 
-def read_json(path: Path, default=None):
-    """A run-directory JSON file; ``default`` if absent (an error if no default)."""
-    if not path.is_file():
-        if default is not None:
-            return default
-        raise ImagingError(path, "missing from the run directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ImagingError(path, f"not valid JSON ({e})") from None
+def strip_prefix(row: dict, prefix: str) -> dict:
+    """The ``prefix``-ed entries of a row, without the prefix."""
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
 
 
-def write_json(path: Path, obj) -> None:
-    # NaN stays NaN (json allows it as an extension; Python and pandas read it back)
-    write_bytes_atomic(path, json.dumps(obj, indent=1, default=_json_default).encode())
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (dict, list))]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k, "") for k in keys})
-    write_bytes_atomic(path, buf.getvalue().encode())
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class RunRecord:
-    def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.rounds: list[dict] = self._read("rounds.json", [])
-        self.sites: list[dict] = self._read("sites.json", [])
-        self.info: dict = self._read("run.json", {})
+    """Writer (the server's round loop: ``RunRecord(dir)``) and read-only view
+    (``RunRecord.open(dir)``) of one run directory."""
 
-    def _read(self, name: str, default):
-        p = self.dir / name
-        if not p.exists():
-            return default
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ImagingError(p, f"run record is not valid JSON ({e})") from None
+    def __init__(self, run_dir: str | Path, _read_only: bool = False):
+        self.dir = Path(run_dir)
+        self.read_only = _read_only
+        if not _read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict] = read_json(self.dir / ROUNDS, [])
+        self.sites: list[dict] = read_json(self.dir / SITES, [])
+        self.info: dict = read_json(self.dir / RUN, {})
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "RunRecord":
+        """An existing run directory, read only (an error naming it if it is none).
+        The one file a reader adds is the pseudonym map (``pseudonyms``), kept by export."""
+        d = Path(run_dir)
+        if not d.is_dir():
+            raise ImagingError(d, "run directory not found")
+        if not (d / RUN).is_file():
+            raise ImagingError(d / RUN, "missing: not a run directory")
+        return cls(d, _read_only=True)
+
+    # ----- writing (the round loop) ----------------------------------------
+    def _writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.dir}: opened read only")
 
     @property
     def last_round(self) -> int:
-        return int(self._read("state.json", {}).get("last_round", 0))
+        """The last committed round (what a restarted server resumes after)."""
+        return int(read_json(self.dir / STATE, {}).get("last_round", 0))
 
     def start(self, info: dict) -> None:
+        self._writable()
         self.info = {**self.info, **info, "status": "running"}
-        write_json(self.dir / "run.json", self.info)
+        write_json(self.dir / RUN, self.info)
 
     def finish(self, status: str = "completed", **extra) -> None:
+        self._writable()
         self.info.update(status=status, **extra)
-        write_json(self.dir / "run.json", self.info)
+        write_json(self.dir / RUN, self.info)
 
     def add_round(self, row: dict, site_rows: list[dict]) -> None:
+        self._writable()
         # a replayed round (after a restart) replaces what the interrupted try wrote
         r = row["round"]
         self.rounds = [x for x in self.rounds if x["round"] != r] + [row]
         self.sites = [x for x in self.sites if x["round"] != r] + site_rows
-        write_json(self.dir / "rounds.json", self.rounds)
+        write_json(self.dir / ROUNDS, self.rounds)
         write_csv(self.dir / "rounds.csv", self.rounds)
-        write_json(self.dir / "sites.json", self.sites)
+        write_json(self.dir / SITES, self.sites)
         write_csv(self.dir / "sites.csv", self.sites)
 
+    def add_final_sites(self, rows: list[dict], failures: list[dict]) -> None:
+        """Each site's evaluation of the final global model."""
+        self._writable()
+        write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
+        write_csv(self.dir / "final_sites.csv", rows)
+
     def commit_round(self, r: int) -> None:
-        write_json(self.dir / "state.json", {"last_round": r})
+        self._writable()
+        write_json(self.dir / STATE, {"last_round": r})
 
     def checkpoint_path(self, r: int) -> Path:
+        """Global weights (flat) + server state after round ``r``: what a resume loads."""
         return self.dir / "checkpoints" / f"round-{r:04d}.pt"
 
-    def best(self, metric: str) -> tuple[int, float]:
-        vals = [(x["round"], x.get(f"central/{metric}", float("nan"))) for x in self.rounds]
-        vals = [(r, v) for r, v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-        return max(vals, key=lambda t: t[1]) if vals else (0, float("nan"))
+    def model_file(self, which: str) -> Path:
+        """Where the state dict of the best or final global model is written."""
+        if which not in MODEL_FILES:
+            raise ValueError(f"which must be one of {sorted(MODEL_FILES)}, got {which!r}")
+        return self.dir / MODEL_FILES[which]
+
+    # ----- what the run says --------------------------------------------------
+    @property
+    def best_metric(self) -> str:
+        return str(self.info.get("best_metric") or DEFAULT_BEST_METRIC)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self.info.get("labels") or {"0": "background",
+                                                                        "1": "foreground"}).items()}
+
+    @property
+    def federation_path(self) -> str | None:
+        return self.info.get("federation_path")
+
+    @property
+    def data_base(self) -> str | None:
+        return self.info.get("data_base")
+
+    @property
+    def run_id(self) -> str:
+        return str(self.info.get("run_id") or self.dir.name)
+
+    @property
+    def final_sites(self) -> dict:
+        return read_json(self.dir / FINAL_SITES, {"sites": [], "failures": []})
+
+    @property
+    def site_names(self) -> list[str]:
+        return sorted({r["site"] for r in self.sites})
+
+    def ok_rounds(self) -> list[int]:
+        """Rounds that produced a global model (round 0, the initial one, included)."""
+        return sorted(r["round"] for r in self.rounds if r.get("status", "ok") == "ok")
+
+    def failed_rounds(self) -> list[dict]:
+        return [r for r in self.rounds if r.get("status") == "failed"]
+
+    @property
+    def final_round(self) -> int:
+        """The round after which the final global model was taken (0: no round succeeded)."""
+        ok = self.ok_rounds()
+        return ok[-1] if ok else 0
+
+    def round_row(self, r: int) -> dict:
+        return next((x for x in self.rounds if x["round"] == r), {})
+
+    def central(self, r: int) -> dict:
+        """The coordinator's held-out metrics of the global model after round ``r``."""
+        return strip_prefix(self.round_row(r), CENTRAL)
+
+    def central_series(self, metric: str) -> list[tuple[int, float]]:
+        """(round, held-out ``metric``) for every round that has a finite value."""
+        pts = [(x["round"], x.get(f"{CENTRAL}{metric}")) for x in sorted(self.rounds, key=lambda x: x["round"])]
+        return [(r, float(v)) for r, v in pts if _finite(v)]
+
+    def best(self, metric: str | None = None) -> tuple[int, float]:
+        """(round, held-out score) of the best global model; always defined.
+
+        Round 0 (the initial model) competes like any other round, ties go to the
+        earlier round; without a held-out metric the best is the final model (score NaN).
+        A finished run's choice (run.json best_round) is kept as it was made.
+        """
+        metric = metric or self.best_metric
+        if (metric == self.best_metric and self.info.get("best_round") is not None
+                and self.info.get("status") != "running"):
+            r = int(self.info["best_round"])
+            v = self.round_row(r).get(f"{CENTRAL}{metric}")
+            return r, float(v) if _finite(v) else math.nan
+        vals = self.central_series(metric)
+        if not vals:
+            return self.final_round, math.nan
+        best = max(v for _, v in vals)
+        return next((r, v) for r, v in vals if v == best)
+
+    def model_round(self, which: str | int) -> int:
+        """The round after which the ``which`` ("best", "final" or a round) global model was taken."""
+        if which == "best":
+            return self.best()[0]
+        if which == "final":
+            return self.final_round
+        return int(which)
+
+    def model_path(self, which: str | int = "best") -> Path:
+        """The state dict of the ``which`` global model.
+
+        "best" after the final round is the final model's file; a round number
+        resolves to the best or final file when it is one of them, else to
+        that round's checkpoint (flat weights + server state).
+        """
+        if isinstance(which, int) and not isinstance(which, bool):
+            for name in ("best", "final"):
+                if which == self.model_round(name) and self.model_file(name).is_file():
+                    return self.model_file(name)
+            return self.checkpoint_path(which)
+        p = self.model_file(which)
+        if p.is_file():
+            return p
+        if which == "best" and self.best()[0] == self.final_round and self.model_file("final").is_file():
+            return self.model_file("final")  # the same model
+        r = self.model_round(which)
+        raise ImagingError(p, f"missing: the {which} global model (after round {r}) was not written "
+                           "(the run did not finish, or it predates the round-0 best model)")
+
+    def site_rows_evaluating(self, r: int) -> list[dict]:
+        """The per-round site rows whose global-model figures are for the model after round ``r``."""
+        return [x for x in self.sites if site_row_model_round(x.get("round", 0)) == r]
+
+    def site_metrics_after(self, r: int) -> dict[str, dict]:
+        """Each site's validation metrics ({GLOBAL}... and {LOCAL}..., num_val) for the
+        global model after round ``r``.
+
+        For r before the final round the local-only figures are one round further
+        (see the module doc); the final evaluation has both models after the last round.
+        """
+        if r >= self.final_round:
+            return {x["site"]: {k: v for k, v in x.items() if k != "site"}
+                    for x in self.final_sites.get("sites", [])}
+        return {x["site"]: strip_prefix(x, VAL) for x in self.site_rows_evaluating(r)}
+
+    def site_series(self, site: str, key: str, model: str = GLOBAL) -> list[tuple[int, float]]:
+        """(model round, value) of ``key`` for one site: the global model's validation
+        figures (model after round t-1 for a round-t row) or the local-only
+        model's (after t rounds), the final evaluation included, finite values only."""
+        rows = sorted((x for x in self.sites if x["site"] == site), key=lambda x: x["round"])
+        if model == GLOBAL:
+            pts = [(site_row_model_round(x["round"]), x.get(f"{VAL}{GLOBAL}{key}")) for x in rows]
+        else:
+            pts = [(x["round"], x.get(f"{VAL}{LOCAL}{key}")) for x in rows]
+        fin = next((x for x in self.final_sites.get("sites", []) if x["site"] == site), None)
+        if fin is not None and self.ok_rounds():
+            last = self.final_round
+            pts = [p for p in pts if p[0] != last] + [(last, fin.get(f"{model}{key}"))]
+        return [(r, float(v)) for r, v in pts if _finite(v)]
+
+    def train_series(self, site: str, key: str) -> list[tuple[int, float]]:
+        """(round, value) of a site's training scalar ``key`` (without the train/ prefix)."""
+        rows = sorted((x for x in self.sites if x["site"] == site), key=lambda x: x["round"])
+        return [(x["round"], float(x[f"{TRAIN}{key}"])) for x in rows if _finite(x.get(f"{TRAIN}{key}"))]
+
+    # ----- files beside the records (their locations live here too) -----------
+    @property
+    def report_dir(self) -> Path:
+        return self.dir / REPORT_DIR
+
+    @property
+    def coordinator_cache(self) -> Path:
+        return self.dir / COORDINATOR_CACHE
+
+    def pseudonyms(self, names: list[str]) -> dict[str, str]:
+        """Real site name -> "site-N", stable across exports (new sites get the next numbers).
+        The mapping stays with the coordinator (0600): it re-identifies sites."""
+        path = self.dir / PSEUDONYMS
+        mapping = read_json(path, {}) if path.exists() else {}
+        n = len(mapping)
+        for s in names:
+            if s not in mapping:
+                n += 1
+                mapping[s] = f"site-{n}"
+        write_json(path, mapping, mode=0o600)
+        return mapping

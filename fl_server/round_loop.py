@@ -31,7 +31,7 @@ from fl_common import keys as K
 
 from .aggregation import Aggregation, RoundFailed
 from .exchange import Stage
-from .records import RunRecord, write_csv, write_json
+from .records import RunRecord
 from .strategy import ServerOptimizer
 
 log = logging.getLogger("fedvox.server")
@@ -96,10 +96,10 @@ class RoundLoop:
         log.info("resuming after round %d", last)
         return last + 1
 
-    def _save_weights(self, name: str) -> None:
+    def _save_weights(self, which: str) -> None:
         import torch
         self._ckpt.save_checkpoint({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()},
-                                   self.record.dir / name)
+                                   self.record.model_file(which))
 
     # ----- messaging --------------------------------------------------------
     def _messages(self, nodes, kind: str, r: int, extra: dict) -> list[Message]:
@@ -132,6 +132,7 @@ class RoundLoop:
         if start == 1 and self.central is not None and not self.record.rounds:
             scores, _, _ = self.central.evaluate(self.weights)
             self.record.add_round({"round": 0, **{f"{K.CENTRAL}{k}": v for k, v in scores.items()}}, [])
+            self._save_weights("best")  # round 0 competes for best: a best model always exists
         return start
 
     def run(self) -> None:
@@ -185,7 +186,7 @@ class RoundLoop:
         self.record.add_round(row, list(site_rows.values()))
         best_round, _ = self.record.best(self.cfg.best_metric)
         if best_round == r:
-            self._save_weights("global_best.pt")
+            self._save_weights("best")
         self.record.commit_round(r)
         log.info("round %d: %s", r, json.dumps({k: v for k, v in row.items() if k != "failures"}, default=str))
         return row
@@ -193,10 +194,9 @@ class RoundLoop:
     def final_evaluation(self, nodes: list[int]) -> None:
         """Every site evaluates the final global model once more (its last local-only
         model too), so the comparison table is like for like."""
-        self._save_weights("global_final.pt")
+        self._save_weights("final")
         if not nodes:
             return
         ok, failed = self._send(nodes, K.MSG_EVALUATE, self.cfg.rounds + 1, {}, self.cfg.eval_timeout)
         rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
-        write_json(self.record.dir / "final_sites.json", {"sites": rows, "failures": failed})
-        write_csv(self.record.dir / "final_sites.csv", rows)
+        self.record.add_final_sites(rows, failed)

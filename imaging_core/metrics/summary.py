@@ -21,9 +21,6 @@ is counted in ``n_inf`` instead.)
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from pathlib import Path
@@ -143,34 +140,15 @@ def summarize(per_case: list[dict], num_classes: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- files
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _csv_bytes(fieldnames: list[str], rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def write_summary(summary: dict, per_case: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write metrics.json (summary + per case), per_case.csv (one row per case and
     class) and summary.csv (one row per class), each atomically."""
-    from ..io.atomic import write_bytes_atomic
+    from ..io.tables import write_csv, write_json
 
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "metrics.json", "per_case": out_dir / "per_case.csv",
              "summary": out_dir / "summary.csv"}
-    write_bytes_atomic(paths["json"], json.dumps({"summary": summary, "per_case": per_case}, indent=1,
-                                                 default=_json_default).encode())
+    write_json(paths["json"], {"summary": summary, "per_case": per_case})
     rows = []
     for i, m in enumerate(per_case):
         for k in (m.get("dice") or {}):
@@ -182,8 +160,8 @@ def write_summary(summary: dict, per_case: list[dict], out_dir: str | os.PathLik
             row["missed"] = int(int(k) in m.get("missed", ()))
             row["spurious"] = int(int(k) in m.get("spurious", ()))
             rows.append(row)
-    write_bytes_atomic(paths["per_case"], _csv_bytes(
-        ["case_id", "class", *PER_CASE_METRICS, "gt_voxels", "pred_voxels", "missed", "spurious"], rows))
+    write_csv(paths["per_case"], rows,
+              ["case_id", "class", *PER_CASE_METRICS, "gt_voxels", "pred_voxels", "missed", "spurious"])
     counts = ["n_cases", "n_present", "n_missed", "n_spurious", "n_both_empty"]
     cols = [f"{m}_{s}" for m in SUMMARY_METRICS for s in STAT_KEYS]
     srows = []
@@ -193,7 +171,7 @@ def write_summary(summary: dict, per_case: list[dict], out_dir: str | os.PathLik
             for st in STAT_KEYS:
                 row[f"{m}_{st}"] = (s.get(m) or {}).get(st, "")
         srows.append(row)
-    write_bytes_atomic(paths["summary"], _csv_bytes(["class", *counts, *cols], srows))
+    write_csv(paths["summary"], srows, ["class", *counts, *cols])
     return paths
 
 

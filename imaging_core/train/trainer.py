@@ -7,8 +7,6 @@ from the global weights, with ``prox_mu > 0`` for FedProx.
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import random
 import time
@@ -21,7 +19,6 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..inference.evaluate import evaluate_cases
-from ..io.atomic import write_bytes_atomic
 from ..metrics.summary import summarize
 from .amp import autocast, grad_scaler, resolve_amp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -135,18 +132,12 @@ class Trainer:
     def _write_metrics(self) -> None:
         if not self.run_dir:
             return
+        from ..io.tables import write_csv, write_json
         rows = self.history.epochs
-        write_bytes_atomic(self.run_dir / "metrics.json",
-                           json.dumps({"epochs": rows, "best": self.history.best,
-                                       "best_epoch": self.history.best_epoch}, indent=1).encode())
-        keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))})
-        import io
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in keys})
-        write_bytes_atomic(self.run_dir / "metrics.csv", buf.getvalue().encode())
+        write_json(self.run_dir / "metrics.json",
+                   {"epochs": rows, "best": self.history.best, "best_epoch": self.history.best_epoch})
+        write_csv(self.run_dir / "metrics.csv", rows, sorted(
+            {k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))}))
 
     # ----- training ----------------------------------------------------------
     def _prox(self) -> torch.Tensor:

@@ -1,0 +1,167 @@
+"""The report as text: terminal tables (rich), report.md (PNGs by relative
+path) and report.html (one self-contained page, PNGs embedded as base64).
+
+Both files are rendered from one list of blocks, so they say the same thing.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+from ..records import RunRecord
+from .reading import HELD_OUT, eval_sets, foreground
+from .titles import fmt, metric_title, signed
+
+CAPTIONS = {"learning_curves.png": "Learning curves: Dice per round (global on held-out and on each "
+            "site; local-only dashed) and training losses.",
+            "local_vs_global.png": "Local-only vs global model on each site's validation cases.",
+            "hd95_box.png": "HD95 per structure and model."}
+
+
+def columns(rows: list[dict], labels: dict) -> list[tuple[str, int]]:
+    """(key, decimals) of the metric columns present in ``rows``."""
+    cols = [("cases", 0), ("dice_fg_mean", 3)]
+    for c in foreground(labels):
+        cols += [(f"dice_{c}", 3), (f"hd95_{c}", 1), (f"assd_{c}", 2), (f"missed_{c}", 0)]
+    return [col for col in cols if any(col[0] in r for r in rows)]
+
+
+def gain_keys(gains: list[dict]) -> list[str]:
+    return [k for k in gains[0] if k.startswith(("gain_", "delta_"))] if gains else []
+
+
+def _cells(r: dict, cols) -> list[str]:
+    return [fmt(r.get(k), d) if k in r else "" for k, d in cols]
+
+
+def _gain_cells(g: dict, keys) -> list[str]:
+    return [signed(g[k], 3 if "dice" in k else 1) for k in keys]
+
+
+def print_tables(rows: list[dict], gains: list[dict], labels: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped: rich would wrap at 80 columns
+            console = Console(width=200)
+    cols = columns(rows, labels)
+    for es in eval_sets(rows):
+        t = Table(title=f"evaluation set: {es}", title_justify="left")
+        t.add_column("model", no_wrap=True)
+        for k, _ in cols:
+            t.add_column(metric_title(k, labels, short=True), justify="right")
+        for r in (r for r in rows if r["eval_set"] == es):
+            t.add_row(r["model"], *_cells(r, cols))
+        console.print(t)
+    if gains:
+        t = Table(title="gain of the global model over each site's local-only model "
+                        "(Dice: + is better; HD95 mm: - is better)", title_justify="left")
+        keys = gain_keys(gains)
+        t.add_column("site", no_wrap=True)
+        t.add_column("model", no_wrap=True)
+        for k in keys:
+            t.add_column(metric_title(k, labels, short=True), justify="right")
+        for g in gains:
+            t.add_row(g["site"], g["model"], *_gain_cells(g, keys))
+        console.print(t)
+
+
+def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: list[str], baselines,
+           per_case=None) -> list[tuple]:
+    """The report's content: ("h", level, text) | ("p", text) | ("table", header, body) | ("img", file, caption)."""
+    info = run.info
+    sa = info.get("secure_aggregation")
+    sa_txt = (", ".join(f"{k}={v}" for k, v in sa.items() if not isinstance(v, (dict, list)))
+              if isinstance(sa, dict) else str(sa or "off"))
+    best, score = run.best()
+    done = len([r for r in run.ok_rounds() if r > 0])
+    B: list[tuple] = [("h", 1, f"Federated run {run.run_id}"), ("p",
+        f"Federation **{info.get('federation', '?')}**, strategy **{info.get('strategy', '?')}**, "
+        f"{done} of {info.get('rounds', '?')} rounds completed ({len(run.failed_rounds())} failed), "
+        f"status **{info.get('status', '?')}**. Secure aggregation: {sa_txt}. "
+        f"Best model by held-out {metric_title(run.best_metric, labels)}: after round {best}"
+        f" ({fmt(score)}).")]
+    if baselines:
+        B.append(("p", "Baselines: " + ", ".join(f"`{b['model']}` ({b['dir']})" for b in baselines) + "."))
+    B.append(("p", "Metrics follow MONAI's semantics (Dice with ignore_empty, symmetric HD95 in mm). "
+              "A structure a model missed entirely has no HD95; it is counted under *missed* instead "
+              "of silently dropping out of the mean."
+              + (" Held-out case counts and ASSD come from this report's re-evaluation of the saved "
+                 "models on the coordinator's cases (`held_out_cases.csv`); the other figures from the run "
+                 "records." if per_case else "")))
+    cols = columns(rows, labels)
+    B.append(("h", 2, "Every evaluation set x every model"))
+    for es in eval_sets(rows):
+        B.append(("h", 3, es if es != HELD_OUT else "held-out (the coordinator's cases)"))
+        B.append(("table", ["model"] + [metric_title(k, labels) for k, _ in cols],
+                  [[r["model"]] + _cells(r, cols) for r in rows if r["eval_set"] == es]))
+    if gains:
+        keys = gain_keys(gains)
+        B += [("h", 2, "Gain of the global model over each site's local-only model"),
+              ("p", "On each site's own validation cases; Dice: + is better, HD95 (mm): - is better."),
+              ("table", ["site", "model"] + [metric_title(k, labels) for k in keys],
+               [[g["site"], g["model"]] + _gain_cells(g, keys) for g in gains])]
+    B.append(("h", 2, "Plots"))
+    B += [("img", name, CAPTIONS.get(name, name)) for name in figures]
+    if overlays:
+        B.append(("h", 2, "Held-out cases: image, ground truth and prediction"))
+        B += [("img", name, "") for name in overlays]
+    B += [("h", 2, "Files"), ("p", "`summary.csv` / `summary.json` (the tables above), `gains.csv`, "
+          "`figures.json` (what each plot contains)"
+          + (", `held_out_cases.csv` (per-case metrics on the held-out cases)" if per_case else "")
+          + ", `report.md` and this page as `report.html`.")]
+    return B
+
+
+def render_markdown(B: list[tuple]) -> str:
+    out: list[str] = []
+    for b in B:
+        if b[0] == "h":
+            out += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            out += [b[1], ""]
+        elif b[0] == "table":
+            header, body = b[1], b[2]
+            out += (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+                    + ["| " + " | ".join(r) + " |" for r in body] + [""])
+        elif b[0] == "img":
+            out += [f"![{b[1]}]({b[1]})", ""] + ([f"*{b[2]}*", ""] if b[2] else [])
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """The little markdown the paragraphs use (**bold**, *italic*, `code`), as HTML."""
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    t = re.sub(r"\*(.+?)\*", r"<i>\1</i>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}"
+        "td{text-align:right}td:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%}figcaption{font-style:italic;color:#555;margin-bottom:1.5em}")
+
+
+def render_html(B: list[tuple], image_dir: Path, title: str) -> str:
+    """One self-contained page: every PNG is inlined as a data: URI."""
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>"]
+    for b in B:
+        if b[0] == "h":
+            out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "table":
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b[1]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                 for r in b[2]) + "</table>")
+        elif b[0] == "img":
+            data = base64.b64encode((image_dir / b[1]).read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'>"
+                       + (f"<figcaption>{html.escape(b[2])}</figcaption>" if b[2] else "") + "</figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
