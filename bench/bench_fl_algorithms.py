@@ -61,7 +61,7 @@ def pooled_cached(fed: dict, data: dict, work: Path):
     import hashlib
     import torch
     from fl_server.baseline import baseline_trainer
-    from imaging_core.train.task import build_net
+    from imaging_core.task import build_net
     fl = fed["federation"]
     epochs = int(fl["rounds"]) * int(fl["local_epochs"])
     key = hashlib.sha256(json.dumps(fed, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -82,7 +82,7 @@ def federated(fed: dict, work: Path):
     from fl_client.tensors import flatten, unflatten
     from fl_client.worker import SiteWorker
     from fl_server.strategy import ServerOptimizer, site_lr, site_round_config, weighted_mean
-    from imaging_core.train.task import build_net, float_state
+    from imaging_core.task import build_net, float_state
     fl = fed["federation"]
     rounds, epochs = int(fl["rounds"]), int(fl["local_epochs"])
     workers = [SiteWorker(fed, s, work / s["name"]) for s in fed["sites"]]
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["fedavg"])
     a = ap.parse_args()
     from fl_server.baseline import evaluate_on_sets, load_site_data
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
 
     from fl_server.strategy import STRATEGIES
     configs = {c: parse_config(c) for c in a.configs}  # bad input fails before any training
@@ -126,7 +126,7 @@ def main() -> None:
         base = load_federation(a.federation, data_base=a.data_base)
     except ImagingError as e:  # one line naming the file, not a traceback
         raise SystemExit(str(e)) from None
-    from imaging_core.train.task import train_config
+    from imaging_core.task import train_config
     for c, (_, opts) in configs.items():
         try:
             train_config({**base["train"], **split_opts(opts)[1]})

@@ -15,13 +15,13 @@ import torch
 
 
 def main(run_dir: str) -> None:
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
     from imaging_core.data.site_data import SiteData
     from imaging_core.inference.sliding_window import sliding_window_inference
     from imaging_core.metrics import case_metrics, summarize
     from imaging_core.postprocess.chain import postprocess_probs
     from imaging_core.train.checkpoint import load_checkpoint
-    from imaging_core.train.task import build_net
+    from imaging_core.task import build_net
     from imaging_core.train.trainer import flat_scores
 
     run = Path(run_dir)

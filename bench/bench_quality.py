@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _load(fed: dict, path: Path):
     from imaging_core.train.checkpoint import load_checkpoint
-    from imaging_core.train.task import build_net
+    from imaging_core.task import build_net
     net = build_net(fed["model"], len(fed["labels"]), seed=0)
     state = load_checkpoint(path)
     state = state.get("net", state)
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a finished federation run directory to reuse")
     a = ap.parse_args()
     from fl_server.baseline import evaluate_on_sets, load_site_data, run_baseline
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
     from fl_server.records import read_json
 
     work = a.work.resolve()

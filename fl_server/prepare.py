@@ -8,24 +8,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .config import example_federation_path, load_federation
+from fl_common.config import example_federation_path, load_federation
 
 console = Console(stderr=True)
 
 
-def prepare_sites(fed: dict, cache_base: Path) -> dict:
+def prepare_sites(fed, cache_base: Path) -> dict:
     """Build each site's (and the coordinator's) cache; returns SiteData by name."""
-    from imaging_core.data.site_data import SiteData
-    sites = list(fed["sites"]) + ([fed["coordinator"]] if "coordinator" in fed else [])
+    from imaging_core.task import Task
+    task = Task(fed)
     out = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as prog:
-        for site in sites:
-            sd = SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"],
-                          fed["sampling"], fed["augment"], site["modality"], fed["federation"]["seed"])
-            task = prog.add_task(f"cache {site['name']}", total=len(sd.datalist.cases))
-            sd.prepare(progress=lambda _cid, t=task: prog.advance(t))
-            out[site["name"]] = sd
+        for site in fed.all_sites:
+            sd = task.site_data(site, cache_base / site.name, fed.federation.seed)
+            bar = prog.add_task(f"cache {site.name}", total=len(sd.datalist.cases))
+            sd.prepare(progress=lambda _cid, t=bar: prog.advance(t))
+            out[site.name] = sd
     return out
 
 

@@ -440,7 +440,7 @@ def held_out_evaluation(run_dir: str | os.PathLike, baselines: Sequence[str | os
     from imaging_core.metrics import case_metrics
     from imaging_core.nets.unet3d import unet_from_config
     from imaging_core.train.checkpoint import load_checkpoint
-    from .config import load_federation
+    from fl_common.config import load_federation
 
     run = load_run(run_dir)
     say = (console.print if console is not None else print)
@@ -450,18 +450,19 @@ def held_out_evaluation(run_dir: str | os.PathLike, baselines: Sequence[str | os
             "(pass --federation)")
         return [], []
     fed = load_federation(fpath, data_base=data_base)
-    if "coordinator" not in fed:
+    if fed.coordinator is None:
         return [], []
-    co = fed["coordinator"]
-    data = SiteData(co["datalist_path"], run["dir"] / "coordinator-cache", fed["preprocess"], fed["sampling"],
-                    fed["augment"], co["modality"], int(fed["federation"].get("seed", 0)))
+    co = fed.coordinator
+    data = SiteData(co.datalist_path, run["dir"] / "coordinator-cache", fed.preprocess, fed.sampling,
+                    fed.augment, co.modality, fed.federation.seed)
     rep = data.prepare(prune=False)
     cases = sorted((c for c in rep.cases), key=lambda c: c.case_id)
     labels = run["labels"]
     k = len(labels)
-    model_cfg = {kk: v for kk, v in dict(run["info"].get("model") or fed["model"]).items() if kk != "name"}
-    tc = fed["train"]
-    roi = tuple(fed["sampling"]["patch_size"])
+    model_cfg = {kk: v for kk, v in dict(run["info"].get("model") or fed.model.model_dump()).items()
+                 if kk != "name"}
+    tc = fed.train
+    roi = fed.roi
     models = []
     for which, name in (("best", GLOBAL_BEST), ("final", GLOBAL_FINAL)):
         p = run["dir"] / f"global_{which}.pt"
@@ -483,8 +484,7 @@ def held_out_evaluation(run_dir: str | os.PathLike, baselines: Sequence[str | os
             item = cc.load(mmap=False)  # writable arrays: torch warns on read-only memmaps
             if "label" not in item:
                 continue
-            pred = predict_labels(net, item["image"].array, roi, dev, None, float(tc.get("overlap", 0.5)),
-                                  int(tc.get("sw_batch_size", 4)))
+            pred = predict_labels(net, item["image"].array, roi, dev, None, tc.overlap, tc.sw_batch_size)
             gt = np.asarray(item["label"].array[0])
             sp = tuple(float(s) for s in item["image"].spacing)
             rows.append(_case_row(name, kind, cc.case_id, case_metrics(pred, gt, k, spacing=sp), labels))

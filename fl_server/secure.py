@@ -25,10 +25,10 @@ log = logging.getLogger("fedvox.server")
 class SecureAggregation:
     def __init__(self, spec: dict, fed: dict):
         self.roster = json.loads(Path(spec["roster"]).read_text())
-        fl = fed["federation"]
-        self.threshold = spec.get("threshold") or fl.get("secagg_threshold") or min_threshold(len(self.roster))
-        self.clip_range = float(fl.get("secagg_clip", 4.0))
-        self.max_weight = float(fl.get("secagg_max_weight", 1000.0))
+        fl = fed.federation
+        self.threshold = spec.get("threshold") or fl.secagg_threshold or min_threshold(len(self.roster))
+        self.clip_range = fl.secagg_clip
+        self.max_weight = fl.secagg_max_weight
         self.timeout = float(spec.get("setup_timeout", 300))
         self.session = None
         self.proto: ServerSecAgg | None = None

@@ -37,31 +37,31 @@ class FederatedServer:
     def __init__(self, spec: dict, grid: Grid):
         import torch
         from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
-        from imaging_core.train.task import build_net, float_state
-        from .config import load_federation
+        from fl_common.config import load_federation
+        from imaging_core.task import build_net, float_state
         self._torch, self._save, self._load = torch, save_checkpoint, load_checkpoint
         self.spec, self.grid = spec, grid
         self.fed = load_federation(spec["federation"], data_base=spec.get("data_base"))
-        fl = self.fed["federation"]
-        self.rounds = int(spec.get("rounds", fl.get("rounds", 3)))
-        self.min_sites = int(spec.get("min_sites", fl.get("min_sites", 2)))
-        self.train_timeout = float(spec.get("train_timeout", fl.get("train_timeout", 900)))
-        self.eval_timeout = float(spec.get("eval_timeout", fl.get("eval_timeout", 600)))
+        fl = self.fed.federation
+        self.rounds = int(spec.get("rounds", fl.rounds))
+        self.min_sites = int(spec.get("min_sites", fl.min_sites))
+        self.train_timeout = float(spec.get("train_timeout", fl.train_timeout))
+        self.eval_timeout = float(spec.get("eval_timeout", fl.eval_timeout))
         self.connect_timeout = float(spec.get("connect_timeout", 300))
-        self.best_metric = str(fl.get("best_metric", "dice_fg_mean"))
-        self.num_classes = len(self.fed["labels"])
+        self.best_metric = fl.best_metric
+        self.num_classes = self.fed.num_classes
         self.record = RunRecord(spec["run_dir"])
-        seed = int(fl.get("seed", 0))
+        seed = fl.seed
         self.template = {k: v.numpy() for k, v in
-                         float_state(build_net(self.fed["model"], self.num_classes, seed=seed)).items()}
+                         float_state(build_net(self.fed.model, self.num_classes, seed=seed)).items()}
         self.weights = {k: v.copy() for k, v in self.template.items()}
         self.opt = ServerOptimizer.from_federation(fl)
         self.site_cfg = site_round_config(fl)
         self.aggregation = make_aggregation(spec, self.fed)
         self.central = None
-        if "coordinator" in self.fed:
+        if self.fed.coordinator is not None:
             from .central_eval import CentralEvaluator
-            self.central = CentralEvaluator(self.fed, self.fed["coordinator"],
+            self.central = CentralEvaluator(self.fed, self.fed.coordinator,
                                             Path(spec["run_dir"]) / "coordinator-cache",
                                             spec.get("device", "cpu"))
         self.node_site: dict[int, str] = {}
@@ -88,7 +88,7 @@ class FederatedServer:
         return {k: self._torch.from_numpy(v.copy()) for k, v in self.weights.items()}
 
     def round_lr(self, r: int) -> float:
-        return site_lr(self.fed["train"], self.rounds, self.site_cfg["local_epochs"], r)
+        return site_lr(self.fed.train, self.rounds, self.site_cfg["local_epochs"], r)
 
     # ----- messaging --------------------------------------------------------
     def _wait_for_nodes(self) -> list[int]:
@@ -145,15 +145,15 @@ class FederatedServer:
     def run(self) -> None:
         start = self._resume()
         run_id = self.record.info.get("run_id") or time.strftime("%Y%m%d-%H%M%S")
-        self.record.start({"run_id": run_id, "federation": self.fed["federation"].get("name"),
+        self.record.start({"run_id": run_id, "federation": self.fed.federation.name,
                            "federation_path": str(Path(self.spec["federation"]).resolve()),
                            "data_base": self.spec.get("data_base"),
                            "rounds": self.rounds, "strategy": self.opt.name, "min_sites": self.min_sites,
                            "server_optimizer": self.opt.settings(), "site_round": self.site_cfg,
                            "secure_aggregation": self.aggregation.describe(),
-                           "labels": {str(k): v for k, v in self.fed["labels"].items()},
-                           "model": self.fed["model"], "best_metric": self.best_metric,
-                           "postprocess": self.fed.get("postprocess")})
+                           "labels": {str(k): v for k, v in self.fed.labels.items()},
+                           "model": self.fed.model.model_dump(), "best_metric": self.best_metric,
+                           "postprocess": self.fed.postprocess.chain_config()})
         nodes = self._wait_for_nodes()
         self.aggregation.setup(self, nodes)
         if start == 1 and self.central is not None and not self.record.rounds:
