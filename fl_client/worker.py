@@ -64,7 +64,7 @@ class SiteWorker:
         return {"site": self.name, "num_train": len(self.data.cases("training")),
                 "num_val": len(self.data.cases("validation")),
                 "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
-                "model": self.fed.model.model_dump()}
+                "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}
 
     def _load(self, net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
         ref = net.state_dict()

@@ -108,6 +108,14 @@ class Task:
             self._eval_amp = (resolve_amp(self.cfg.train.amp, self.device),)
         return self._eval_amp[0]
 
+    def amp_record(self) -> dict:
+        """What the run records about evaluation precision: the setting, the choice
+        and, for "auto", how it was made (imaging_core.train.amp.amp_choice)."""
+        from .train.amp import amp_choice
+        setting = self.cfg.train.amp
+        how = amp_choice(self.device) if setting == "auto" else {"source": "config"}
+        return {**how, "setting": setting, "amp": self.eval_amp}
+
     def predict(self, net: torch.nn.Module, image: np.ndarray, progress=None) -> np.ndarray:
         """``image`` (C, X, Y, Z), preprocessed -> uint8 labels (X, Y, Z) after the
         [postprocess] chain; what evaluate scores."""
