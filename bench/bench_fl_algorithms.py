@@ -24,7 +24,6 @@ adds pooled training with another recipe. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -54,20 +53,20 @@ def split_opts(opts: dict) -> tuple[dict, dict]:
             {k[len("train."):]: v for k, v in opts.items() if k.startswith("train.")})
 
 
-def pooled_cached(fed: dict, data: dict, work: Path):
+def pooled_cached(fed, data: dict, work: Path):
     """Pooled training of rounds x local_epochs epochs. It is deterministic given
     the federation (seed included), so its model is saved under a hash of the
     whole config and reused."""
     import hashlib
     import torch
     from fl_server.baseline import baseline_trainer
-    from imaging_core.train.task import build_net
-    fl = fed["federation"]
-    epochs = int(fl["rounds"]) * int(fl["local_epochs"])
-    key = hashlib.sha256(json.dumps(fed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    from imaging_core.task import build_net
+    fl = fed.federation
+    epochs = fl.rounds * fl.local_epochs
+    key = hashlib.sha256(json.dumps(fed.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
     saved = work / f"pooled-{key}-{epochs}ep.pt"
     if saved.exists():
-        net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
+        net = build_net(fed.model, fed.num_classes, seed=fl.seed)
         net.load_state_dict(torch.load(saved, weights_only=True))
         return net
     trainer = baseline_trainer(fed, data, list(data), epochs, validate=False)  # final model only
@@ -76,22 +75,22 @@ def pooled_cached(fed: dict, data: dict, work: Path):
     return trainer.net
 
 
-def federated(fed: dict, work: Path):
+def federated(fed, work: Path):
     """FedAvg-family rounds with the sites' and the server's own code, in process."""
     import torch
     from fl_client.tensors import flatten, unflatten
     from fl_client.worker import SiteWorker
     from fl_server.strategy import ServerOptimizer, site_lr, site_round_config, weighted_mean
-    from imaging_core.train.task import build_net, float_state
-    fl = fed["federation"]
-    rounds, epochs = int(fl["rounds"]), int(fl["local_epochs"])
-    workers = [SiteWorker(fed, s, work / s["name"]) for s in fed["sites"]]
-    net = build_net(fed["model"], len(fed["labels"]), seed=int(fl["seed"]))
+    from imaging_core.task import build_net, float_state
+    fl = fed.federation
+    rounds, epochs = fl.rounds, fl.local_epochs
+    workers = [SiteWorker(fed, s, work / s.name) for s in fed.sites]
+    net = build_net(fed.model, fed.num_classes, seed=fl.seed)
     weights = {k: v.numpy() for k, v in float_state(net).items()}
     opt = ServerOptimizer.from_federation(fl)
     site_cfg = {**site_round_config(fl), "local_baseline": False}  # only the global model is compared
     for r in range(1, rounds + 1):
-        cfg = {**site_cfg, "lr": site_lr(fed["train"], rounds, epochs, r)}
+        cfg = {**site_cfg, "lr": site_lr(fed.train, rounds, epochs, r)}
         deltas, ws = [], []
         for w in workers:
             delta, n, _ = w.train(r, weights, cfg)
@@ -111,9 +110,9 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["fedavg"])
     a = ap.parse_args()
     from fl_server.baseline import evaluate_on_sets, load_site_data
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
 
-    from fl_server.strategy import STRATEGIES
+    from fl_common.config import STRATEGIES
     configs = {c: parse_config(c) for c in a.configs}  # bad input fails before any training
     for c, (name, _) in configs.items():
         if c == "pooled":
@@ -126,34 +125,31 @@ def main() -> None:
         base = load_federation(a.federation, data_base=a.data_base)
     except ImagingError as e:  # one line naming the file, not a traceback
         raise SystemExit(str(e)) from None
-    from imaging_core.train.task import train_config
     for c, (_, opts) in configs.items():
+        fl_opts, train_opts = split_opts(opts)
         try:
-            train_config({**base["train"], **split_opts(opts)[1]})
-        except (TypeError, ValueError) as e:
+            base.updated({"federation": fl_opts, "train": train_opts})
+        except ImagingError as e:
             raise SystemExit(f"--configs {c!r}: {e}") from None
     cache = a.work.resolve() / "cache"
     data = load_site_data(base, cache)
     seeds = [int(s) for s in a.seeds.split(",")]
-    labels = [c for c in base["labels"] if int(c)]
+    labels = [c for c in base.labels if c]
     rows, times = [], {}
     for seed in seeds:
-        fed = copy.deepcopy(base)
-        fed["federation"]["seed"] = seed
+        fed = base.updated({"federation": {"seed": seed}})
         for label, (name, opts) in [("pooled", ("pooled", {})), *configs.items()]:
             t0 = time.perf_counter()
-            f = copy.deepcopy(fed)
             fl_opts, train_opts = split_opts(opts)
-            f["federation"].update(fl_opts)
-            f["train"].update(train_opts)
+            if name != "pooled":
+                fl_opts = {**fl_opts, "strategy": name}
+            f = fed.updated({"federation": fl_opts, "train": train_opts})
             if name == "pooled":
                 net = pooled_cached(f, data, a.work.resolve())
             else:
-                f["federation"]["strategy"] = name
                 net = federated(f, a.work.resolve() / "sites")  # the sites' caches are reused
             times[(label, seed)] = time.perf_counter() - t0
-            for row in evaluate_on_sets(fed, net.eval(), data, cache, model=label,
-                                        overlap=float(fed["train"].get("overlap", 0.25))):
+            for row in evaluate_on_sets(fed, net.eval(), data, cache, model=label):
                 rows.append({**row, "seed": seed})
             print(f"seed {seed} {label}: {times[(label, seed)]:.0f} s " + "  ".join(
                 f"{r['eval_set']} " + "/".join(f"{r[f'dice_{c}']:.3f}" for c in labels)

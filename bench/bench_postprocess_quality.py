@@ -15,25 +15,22 @@ import torch
 
 
 def main(run_dir: str) -> None:
-    from fl_server.config import load_federation
-    from imaging_core.data.site_data import SiteData
+    from fl_common.config import load_federation
     from imaging_core.inference.sliding_window import sliding_window_inference
-    from imaging_core.metrics import case_metrics, summarize
+    from imaging_core.metrics import case_metrics, flat_scores, summarize
     from imaging_core.postprocess.chain import postprocess_probs
     from imaging_core.train.checkpoint import load_checkpoint
-    from imaging_core.train.task import build_net
-    from imaging_core.train.trainer import flat_scores
+    from imaging_core.task import Task
 
     run = Path(run_dir)
     info = json.loads((run / "run.json").read_text())
     fed = load_federation(info["federation_path"], data_base=info.get("data_base"))
-    nc = len(fed["labels"])
-    net = build_net(fed["model"], nc)
-    net.load_state_dict(load_checkpoint(run / "global_final.pt"), strict=False)
-    net.eval()
-    coord = fed["coordinator"]
-    sd = SiteData(coord["datalist_path"], run / "coordinator-cache", fed["preprocess"], fed["sampling"],
-                  fed["augment"], coord["modality"])
+    task = Task(fed)
+    nc = task.num_classes
+    net = task.net_from_state(load_checkpoint(run / "global_final.pt"))
+    # one sliding window per case, every chain on its probabilities (Task.evaluate would
+    # run the window once per chain)
+    sd = task.site_data(fed.coordinator, run / "coordinator-cache")
     cases = sd.prepare().cases
     chains = {"none": [], "largest": ["largest_component"], "crf": ["crf"],
               "crf+largest": ["crf", "largest_component"]}
@@ -42,7 +39,7 @@ def main(run_dir: str) -> None:
         item = cc.load(mmap=True)
         img = np.array(item["image"].array, np.float32)
         with torch.inference_mode():
-            logits = sliding_window_inference(torch.from_numpy(img)[None], tuple(fed["sampling"]["patch_size"]),
+            logits = sliding_window_inference(torch.from_numpy(img)[None], task.roi,
                                               net, overlap=0.5)
         probs = torch.softmax(logits[0], 0).numpy()
         gt = np.asarray(item["label"].array[0])

@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _load(fed: dict, path: Path):
+def _load(fed, path: Path):
     from imaging_core.train.checkpoint import load_checkpoint
-    from imaging_core.train.task import build_net
-    net = build_net(fed["model"], len(fed["labels"]), seed=0)
+    from imaging_core.task import build_net
+    net = build_net(fed.model, fed.num_classes, seed=0)
     state = load_checkpoint(path)
     state = state.get("net", state)
     missing, unexpected = net.load_state_dict(state, strict=False)
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a finished federation run directory to reuse")
     a = ap.parse_args()
     from fl_server.baseline import evaluate_on_sets, load_site_data, run_baseline
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
     from fl_server.records import read_json
 
     work = a.work.resolve()
@@ -64,9 +64,9 @@ def main() -> None:
     spec = read_json(run / "spec.json")
     fed = load_federation(spec["federation"], data_base=spec.get("data_base"))
     rounds = int(read_json(run / "state.json")["last_round"])
-    local_epochs = int(fed["federation"].get("local_epochs", 1))
+    local_epochs = fed.federation.local_epochs
     epochs = rounds * local_epochs
-    names = [s["name"] for s in fed["sites"]]
+    names = [s.name for s in fed.sites]
 
     models = {"global": run / "global_final.pt"}
     for which in ["pooled", *names]:
@@ -81,11 +81,10 @@ def main() -> None:
     data = load_site_data(fed, cache)
     rows = []
     for name, path in models.items():
-        rows += evaluate_on_sets(fed, _load(fed, path), data, cache, model=name,
-                                 overlap=float(fed["train"].get("overlap", 0.25)))
+        rows += evaluate_on_sets(fed, _load(fed, path), data, cache, model=name)
     by = {(r["model"], r["eval_set"]): r for r in rows}
     sets = list(dict.fromkeys(r["eval_set"] for r in rows))
-    labels = {int(k): v for k, v in fed["labels"].items() if int(k)}
+    labels = {k: v for k, v in fed.labels.items() if k}
 
     print(f"\n{rounds} rounds x {local_epochs} local epochs = {epochs} epochs per baseline\n")
     for metric in [*(f"dice_{c}" for c in labels), "dice_fg_mean", *(f"hd95_{c}" for c in labels)]:

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imaging_core.data.site_data import SiteData
+from fl_common import keys as K
+from fl_common.config import Federation, SiteConfig
+from imaging_core.task import Task, float_state
 from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
-from imaging_core.train.task import build_loss, build_net, float_state, train_config
-from imaging_core.train.trainer import Trainer, flat_scores, seed_everything
-from imaging_core.metrics import summarize
+from imaging_core.train.trainer import Trainer, seed_everything
 
 log = logging.getLogger("fedvox.worker")
 
@@ -39,30 +39,32 @@ def _scalars(prefix: str, d: dict) -> dict[str, float]:
 
 
 class SiteWorker:
-    def __init__(self, fed: dict, site: dict, work_dir: str | Path, device: str | None = None):
+    def __init__(self, fed: Federation, site: SiteConfig, work_dir: str | Path, device: str | None = None):
         self.fed, self.site = fed, site
-        self.name = site["name"]
+        self.name = site.name
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device or site.get("device", "cpu"))
-        self.seed = int(fed["federation"].get("seed", 0))
-        self.data = SiteData(site["datalist_path"], self.work_dir / "cache", fed["preprocess"],
-                             fed["sampling"], fed["augment"], site["modality"], self.seed)
+        self.device = torch.device(device or site.device)
+        self.seed = fed.federation.seed
+        self.task = Task(fed, self.device)
+        self.data = self.task.site_data(site, self.work_dir / "cache", self.seed)
         t0 = time.perf_counter()
         self.report = self.data.prepare()
         log.info("%s: cache ready in %.1f s (%d cases, %d skipped)", self.name,
                  time.perf_counter() - t0, len(self.report.cases), len(self.report.failed))
-        self.num_classes = self.data.num_classes
-        self.roi = tuple(fed["sampling"]["patch_size"])
-        self.net = build_net(fed["model"], self.num_classes, seed=self.seed).to(self.device)
-        self.loss_fn = build_loss(fed["train"])
+        if self.data.num_classes != self.task.num_classes:
+            raise ValueError(f"{self.name}: the datalist has {self.data.num_classes} labels, the federation's "
+                             f"[labels] {self.task.num_classes}")
+        self.num_classes = self.task.num_classes
+        self.net = self.task.build_net(seed=self.seed)
+        self.loss_fn = self.task.loss()
 
     # ----- introspection ----------------------------------------------------
     def status(self) -> dict:
         return {"site": self.name, "num_train": len(self.data.cases("training")),
                 "num_val": len(self.data.cases("validation")),
                 "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
-                "model": self.fed["model"]}
+                "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}
 
     def _load(self, net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
         ref = net.state_dict()
@@ -77,14 +79,13 @@ class SiteWorker:
         seed = round_seed(self.seed, self.name, server_round)
         seed_everything(seed)
         self.data.seed = seed  # fresh, reproducible patches every round
-        loader, sampler = self.data.train_loader(int(cfg.get("cases_per_batch", 1)),
-                                                 int(self.site.get("num_workers", 0)))
-        tc = train_config(self.fed["train"], epochs=int(cfg.get("local_epochs", 1)),
-                          schedule="constant", warmup_epochs=0, seed=seed,
-                          prox_mu=float(cfg.get("prox_mu", 0.0)),
-                          lr=float(cfg.get("lr", self.fed["train"].get("lr", 1e-3))))
-        return Trainer(net, self.loss_fn, loader, sampler, [], self.roi, self.num_classes, tc,
-                       device=self.device, global_weights=anchor)
+        train = self.fed.train
+        loader, sampler = self.data.train_loader(int(cfg.get("cases_per_batch", train.cases_per_batch)),
+                                                 self.site.num_workers)
+        # ``cfg`` is the server's round config (the wire), bounded by the site's own [train]
+        tc = train.with_(epochs=int(cfg.get("local_epochs", 1)), schedule="constant", warmup_epochs=0, seed=seed,
+                         prox_mu=float(cfg.get("prox_mu", 0.0)), lr=float(cfg.get(K.LR, train.lr)))
+        return Trainer(net, self.loss_fn, loader, sampler, tc, device=self.device, global_weights=anchor)
 
     def _opt_path(self, server_round: int) -> Path:
         return self.work_dir / "optimizer" / f"round-{server_round:04d}.pt"
@@ -138,7 +139,7 @@ class SiteWorker:
     def _train_local_only(self, server_round: int, init_weights: dict, cfg: dict) -> dict:
         """The site's local-only baseline gets the same epochs per round as the global
         model, from its own previous state; only its metrics ever leave the site."""
-        net = build_net(self.fed["model"], self.num_classes).to(self.device)
+        net = self.task.build_net()
         prev = self._local_path(server_round - 1)
         if server_round > 1 and prev.exists():
             net.load_state_dict(load_checkpoint(prev)["net"])
@@ -150,22 +151,17 @@ class SiteWorker:
 
     def evaluate(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float]:
         """Validation metrics of the global model (and of the local-only baseline)."""
-        from imaging_core.inference.evaluate import evaluate_cases
         val = self.data.cases("validation")
         if not val:
             return {"num_val": 0.0}, 0.0
-        tc = train_config(self.fed["train"])
         self._load(self.net, weights)
         out: dict[str, float] = {"num_val": float(len(val))}
-        models = [("global/", self.net)]
+        models = [(K.GLOBAL, self.net)]
         local = self._latest_local(server_round)
         if cfg.get("local_baseline", True) and local is not None:
-            net = build_net(self.fed["model"], self.num_classes).to(self.device)
+            net = self.task.build_net()
             net.load_state_dict(load_checkpoint(local)["net"])
-            models.append(("local/", net))
-        for prefix, net in models:
-            per_case = evaluate_cases(net, val, self.roi, self.num_classes, self.device,
-                                      tc.amp if tc.amp != "auto" else None, tc.overlap, tc.sw_batch_size,
-                                      postprocess=self.fed.get("postprocess"))
-            out.update(_scalars(prefix, flat_scores(summarize(per_case, self.num_classes), self.num_classes)))
+            models.append((K.LOCAL, net))
+        for prefix, net in models:  # the same evaluation path (and precision) as the coordinator's
+            out.update(_scalars(prefix, self.task.evaluate(net, val).scores))
         return out, float(len(val))

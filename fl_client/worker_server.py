@@ -105,18 +105,17 @@ def main(argv=None) -> int:
     ap.add_argument("--ready-file", default=None, help="written once the worker serves")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from fl_server.config import load_federation, load_site
+    from fl_common.config import load_federation, load_site
     from imaging_core.errors import ImagingError
     from .worker import SiteWorker
     fed = load_federation(a.federation, data_base=a.data_base, require_sites=False)
     site = load_site(a.site, data_base=a.data_base)
     if a.data_root:
-        root = Path(a.data_root).resolve()
-        site.update(data_root=str(root), datalist_path=str(root / site["datalist"]))
+        site = site.with_root(Path(a.data_root).resolve())
     try:
         worker = SiteWorker(fed, site, a.work, a.device)
     except ImagingError as e:  # e.g. the datalist is missing: one line, not a traceback
-        print(f"fedvox site worker {site['name']}: {e}", file=sys.stderr)
+        print(f"fedvox site worker {site.name}: {e}", file=sys.stderr)
         return 2
     serve_until_signalled(worker, a.socket, a.ready_file)
     return 0

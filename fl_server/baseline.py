@@ -14,73 +14,66 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_federation
+from fl_common.config import Federation, SiteConfig, load_federation
+
 from .records import write_csv, write_json
 
 console = Console(stderr=True)
 
 
-def _site_data(fed: dict, site: dict, cache_base: Path):
-    from imaging_core.data.site_data import SiteData
-    sd = SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"], fed["sampling"],
-                  fed["augment"], site["modality"], int(fed["federation"].get("seed", 0)))
+def _task(fed: Federation, device: str = "cpu"):
+    from imaging_core.task import Task
+    return Task(fed, device)
+
+
+def _site_data(fed: Federation, site: SiteConfig, cache_base: Path):
+    sd = _task(fed).site_data(site, cache_base / site.name, fed.federation.seed)
     rep = sd.prepare()
     for cid, err in rep.failed.items():
-        console.print(f"[yellow]{site['name']}: skipped {cid}: {err}")
+        console.print(f"[yellow]{site.name}: skipped {cid}: {err}")
     return sd
 
 
-def evaluation_sets(fed: dict, data: dict, cache_base: Path) -> dict:
+def evaluation_sets(fed: Federation, data: dict, cache_base: Path) -> dict:
     """Every site's validation cases and the coordinator's held-out cases, by name."""
     sets = {n: sd.cases("validation") for n, sd in data.items()}
-    if "coordinator" in fed:
-        sets["held-out"] = list(_site_data(fed, fed["coordinator"], cache_base).report.cases)
+    if fed.coordinator is not None:
+        sets["held-out"] = list(_site_data(fed, fed.coordinator, cache_base).report.cases)
     return {k: v for k, v in sets.items() if v}
 
 
-def evaluate_on_sets(fed: dict, net, data: dict, cache_base: Path, device: str = "cpu", overlap: float = 0.25,
-                     sw_batch_size: int = 4, model: str = "model") -> list[dict]:
-    """One row per evaluation set: the summary metrics of ``net`` there."""
-    import torch
-    from imaging_core.inference.evaluate import evaluate_cases
-    from imaging_core.metrics import summarize
-    from imaging_core.train.trainer import flat_scores
-    num_classes = len(fed["labels"])
-    rows = []
-    for name, cases in evaluation_sets(fed, data, cache_base).items():
-        per_case = evaluate_cases(net, cases, tuple(fed["sampling"]["patch_size"]), num_classes,
-                                  torch.device(device), None, overlap, sw_batch_size,
-                                  postprocess=fed.get("postprocess"))
-        rows.append({"model": model, "eval_set": name, "cases": len(cases),
-                     **flat_scores(summarize(per_case, num_classes), num_classes)})
-    return rows
+def evaluate_on_sets(fed: Federation, net, data: dict, cache_base: Path, device: str = "cpu",
+                     model: str = "model") -> list[dict]:
+    """One row per evaluation set: the summary metrics of ``net`` there, through the
+    task's one evaluation path (the federation's overlap, sw_batch_size, chain, AMP)."""
+    task = _task(fed, device)
+    return [{"model": model, "eval_set": name, "cases": len(cases), **task.evaluate(net, cases).scores}
+            for name, cases in evaluation_sets(fed, data, cache_base).items()]
 
 
-def load_site_data(fed: dict, cache_base: Path) -> dict:
+def load_site_data(fed: Federation, cache_base: Path) -> dict:
     """Every site's prepared (cached) data, by site name."""
-    return {s["name"]: _site_data(fed, s, cache_base) for s in fed["sites"]}
+    return {s.name: _site_data(fed, s, cache_base) for s in fed.sites}
 
 
-def baseline_trainer(fed: dict, data: dict, sites: list[str], epochs: int | None = None,
+def baseline_trainer(fed: Federation, data: dict, sites: list[str], epochs: int | None = None,
                      run_dir: str | Path | None = None, device: str = "cpu", validate: bool = True):
     """A Trainer on the training cases of ``sites`` (all of them: pooled), with the
     federation's model, loss, [train] settings and seed; ``validate``: score
     the same sites' validation cases each epoch (best.pt)."""
     from imaging_core.data.patch_dataset import PatchDataset, patch_loader
-    from imaging_core.train.task import build_loss, build_net, train_config
     from imaging_core.train.trainer import Trainer
     train_cases = [c for n in sites for c in data[n].cases("training")]
     val_cases = [c for n in sites for c in data[n].cases("validation")] if validate else []
     if not train_cases:
         raise ValueError(f"{'+'.join(sites)}: no usable training cases")
-    seed = int(fed["federation"].get("seed", 0))
-    num_classes = len(fed["labels"])
+    seed = fed.federation.seed
+    task = _task(fed, device)
     loader, sampler = patch_loader(PatchDataset(train_cases, data[sites[0]].train_transforms, seed),
-                                   num_workers=int(fed["sites"][0].get("num_workers", 0)), seed=seed)
-    cfg = train_config(fed["train"], **({"epochs": epochs} if epochs else {}), seed=seed)
-    return Trainer(build_net(fed["model"], num_classes, seed=seed), build_loss(fed["train"]), loader, sampler,
-                   val_cases, tuple(fed["sampling"]["patch_size"]), num_classes, cfg, run_dir=run_dir,
-                   device=device)
+                                   num_workers=fed.sites[0].num_workers, seed=seed)
+    cfg = fed.train.with_(**({"epochs": epochs} if epochs else {}), seed=seed)
+    return Trainer(task.build_net(seed=seed), task.loss(), loader, sampler, cfg, val_cases=val_cases,
+                   evaluate=task.evaluate, run_dir=run_dir, device=device)
 
 
 def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_base: str | Path | None = None,
@@ -90,13 +83,13 @@ def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_b
     fed = load_federation(federation, data_base=data_base)
     out_dir = Path(out_dir)
     cache_base = Path(cache_base) if cache_base else out_dir / "cache"
-    names = [s["name"] for s in fed["sites"]]
+    names = [s.name for s in fed.sites]
     if which != "pooled" and which not in names:
         raise ValueError(f"unknown site {which!r}: one of {', '.join(names)} or 'pooled'")
     data = load_site_data(fed, cache_base)
     chosen = names if which == "pooled" else [which]
     trainer = baseline_trainer(fed, data, chosen, epochs, run_dir=out_dir, device=device)
-    net, cfg = trainer.net, trainer.cfg
+    net = trainer.net
     if trainer.resume():
         console.print(f"resuming {which} from epoch {trainer.start_epoch}")
     trainer.fit(show_progress=show_progress)
@@ -105,7 +98,7 @@ def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_b
     from imaging_core.train.checkpoint import load_checkpoint
     best = out_dir / ("best.pt" if (out_dir / "best.pt").exists() else "last.pt")
     net.load_state_dict(load_checkpoint(best)["net"])
-    rows = evaluate_on_sets(fed, net, data, cache_base, device, cfg.overlap, cfg.sw_batch_size, model=which)
+    rows = evaluate_on_sets(fed, net, data, cache_base, device, model=which)
     write_json(out_dir / "final.json", {"model": which, "checkpoint": best.name, "rows": rows})
     write_csv(out_dir / "final.csv", rows)
     table = Table(title=f"{which} model ({best.name}) on each evaluation set")

@@ -53,7 +53,7 @@ def _cmd_demo(a) -> int:
 
 def _cmd_train(a) -> int:
     from fl_server.baseline import run_baseline
-    from fl_server.config import example_federation_path
+    from fl_common.config import example_federation_path
     fed = a.federation or example_federation_path()
     run_baseline(fed, a.site, a.run_dir, data_base=a.data_base, epochs=a.epochs, device=a.device)
     return 0

@@ -17,11 +17,11 @@ from rich.live import Live
 from rich.table import Table
 
 from fl_common.keys import CENTRAL, GLOBAL, LOCAL
+from fl_common.config import example_federation_path, load_federation
 from imaging_core.errors import ImagingError
 
 from . import deploy
 from . import launch as L
-from .config import example_federation_path, load_federation
 from .prepare import console
 from .records import RunRecord
 
@@ -83,31 +83,31 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
             generate(work / "sites", zoom=zoom, cases=cases, seed=seed)
         federation, data_base = example_federation_path(), work / "sites"
     fed = load_federation(federation, data_base=data_base)
-    for site in fed["sites"] + ([fed["coordinator"]] if "coordinator" in fed else []):
-        if not Path(site["datalist_path"]).is_file():  # before any process starts
-            raise ImagingError(site["datalist_path"], f"{site['name']}: datalist not found "
+    for site in fed.all_sites:
+        if not Path(site.datalist_path).is_file():  # before any process starts
+            raise ImagingError(site.datalist_path, f"{site.name}: datalist not found "
                                "(check --data-base and the site's data_root)")
     work.mkdir(parents=True, exist_ok=True)
-    names = [s["name"] for s in fed["sites"]]
-    prov = provision(work / "provision", names, federation=fed["federation"]["name"].replace("_", "-"),
+    names = [s.name for s in fed.sites]
+    prov = provision(work / "provision", names, federation=fed.federation.name.replace("_", "-"),
                      force=True)
     run_dir = work / "run"
     if run_dir.exists():  # a demo always starts a fresh run
         import shutil
         shutil.rmtree(run_dir)
-    labels = {int(k): v for k, v in fed["labels"].items()}
+    labels = dict(fed.labels)
     t0 = time.monotonic()
     with L.ProcessGroup("fedvox-demo") as group:
         with console.status("starting SuperLink (TLS + node authentication)"):
             sl, cli = deploy.start_superlink(group, prov, work / "server", None, insecure=False)
         console.print(f"SuperLink on {sl.address}: TLS, SuperNode auth, {len(names)} site keys registered")
         from .provision import read_kit
-        for s in fed["sites"]:
-            with console.status(f"starting {s['name']}: worker (cache) + SuperNode"):
-                kit = read_kit(prov.site_kits[s["name"]])
-                deploy.start_site(group, kit, Path(federation), Path(s["config_path"]), work / "sites-work" / s["name"],
+        for s in fed.sites:
+            with console.status(f"starting {s.name}: worker (cache) + SuperNode"):
+                kit = read_kit(prov.site_kits[s.name])
+                deploy.start_site(group, kit, Path(federation), Path(s.config_path), work / "sites-work" / s.name,
                                   sl.address, data_base=Path(data_base) if data_base else None)
-            console.print(f"  {s['name']}: worker ready, SuperNode connected")
+            console.print(f"  {s.name}: worker ready, SuperNode connected")
         spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,
                                  prov.roster_path, rounds=rounds, min_sites=min(len(names), 2))
         result: dict = {}

@@ -26,21 +26,16 @@ def site_pseudonyms(run_dir: str | os.PathLike, names: list[str]) -> dict[str, s
     return RunRecord.open(run_dir).pseudonyms(names)
 
 
-def data_contract(fed: dict) -> dict:
+def data_contract(fed) -> dict:
     """What an input must go through, from the federation config (imaging_core.bundle.contract)."""
-    mods = [s["modality"] for s in fed["sites"]]
-    default = fed["coordinator"]["modality"] if "coordinator" in fed else Counter(mods).most_common(1)[0][0]
-    pre = fed["preprocess"]
+    mods = [s.modality for s in fed.sites]
+    default = fed.coordinator.modality if fed.coordinator is not None else Counter(mods).most_common(1)[0][0]
+    pre = fed.preprocess.model_dump()
     used = sorted(set(mods) | {default})
-    return {"orientation": pre.get("orientation", "RAS"), "pixdim": list(pre["pixdim"]),
-            "intensity": {m: dict(pre["intensity"][m]) for m in used if m in pre["intensity"]},
-            "modality": default, "crop_foreground": bool(pre.get("crop_foreground", True)),
-            "foreground_threshold": float(pre.get("foreground_threshold", 0.05)),
-            "margin": int(pre.get("margin", 0)),
-            "labels": {str(k): v for k, v in fed["labels"].items()}, "in_channels": 1,
-            "roi_size": list(fed["sampling"]["patch_size"]),
-            "overlap": float(fed["train"].get("overlap", 0.5)),
-            "sw_batch_size": int(fed["train"].get("sw_batch_size", 4))}
+    pre["intensity"] = {m: pre["intensity"][m] for m in used if m in pre["intensity"]}
+    return {**pre, "modality": default, "labels": {str(k): v for k, v in fed.labels.items()}, "in_channels": 1,
+            "roi_size": list(fed.sampling.patch_size), "overlap": fed.train.overlap,
+            "sw_batch_size": fed.train.sw_batch_size}
 
 
 def _finite(d: dict) -> dict:
@@ -58,7 +53,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     Returns ``out_dir``."""
     from imaging_core.bundle.export import export_bundle
     from imaging_core.train.checkpoint import load_checkpoint
-    from .config import load_federation
+    from fl_common.config import load_federation
 
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
@@ -73,26 +68,26 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
         state = state["net"]
 
-    names = [s["name"] for s in fed["sites"]]
+    names = [s.name for s in fed.sites]
     names += [n for n in run.site_names if n not in names]
     pseud = run.pseudonyms(names)
     r = run.model_round(which)
     per_site = run.site_metrics_after(r)
-    fl = fed["federation"]
+    fl = fed.federation
     provenance = {
-        "run_id": info.get("run_id"), "federation": info.get("federation", fl.get("name")),
+        "run_id": info.get("run_id"), "federation": info.get("federation", fl.name),
         "rounds": info.get("rounds"), "rounds_completed": len([x for x in run.ok_rounds() if x > 0]),
-        "strategy": info.get("strategy", fl.get("strategy")),
+        "strategy": info.get("strategy", fl.strategy),
         "secure_aggregation": info.get("secure_aggregation"),
         "min_sites": info.get("min_sites"), "best_metric": info.get("best_metric"),
         "which": which, "round": r, "status": info.get("status"),
-        "sites": [pseud[n] for n in names if n in {s["name"] for s in fed["sites"]}],
+        "sites": [pseud[n] for n in names if n in {s.name for s in fed.sites}],
         "metrics": {"held_out": _finite(run.central(r)),
                     "sites": {pseud.get(s, s): _finite(m) for s, m in sorted(per_site.items(),
                                                                            key=lambda t: pseud.get(t[0], t[0]))}},
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    model_cfg = dict(info.get("model") or fed["model"])
+    model_cfg = dict(info.get("model") or fed.model.model_dump())
     ver = version or f"1.0.{max(r, 0)}"
     from fl_client.secagg.crypto import MANIFEST_SIGNATURES
     return export_bundle(state, model_cfg, data_contract(fed), provenance, out_dir,

@@ -8,29 +8,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .config import example_federation_path, load_federation
+from fl_common.config import example_federation_path, load_federation
 
 console = Console(stderr=True)
 
 
-def prepare_sites(fed: dict, cache_base: Path, workers: int = 0) -> dict:
+def prepare_sites(fed, cache_base: Path, workers: int = 0) -> dict:
     """Build each site's (and the coordinator's) cache; returns SiteData by name.
 
     ``workers`` > 1 builds that many sites' caches at once (threads: the work is
     file I/O and numpy, which release the GIL; each site has its own cache directory).
     """
     from concurrent.futures import ThreadPoolExecutor
-    from imaging_core.data.site_data import SiteData
-    sites = list(fed["sites"]) + ([fed["coordinator"]] if "coordinator" in fed else [])
-    out = {site["name"]: SiteData(site["datalist_path"], cache_base / site["name"], fed["preprocess"],
-                                  fed["sampling"], fed["augment"], site["modality"], fed["federation"]["seed"])
-           for site in sites}
+    from imaging_core.task import Task
+    task = Task(fed)
+    out = {site.name: task.site_data(site, cache_base / site.name, fed.federation.seed)
+           for site in fed.all_sites}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as prog:
         def build(name: str) -> None:
             sd = out[name]
-            task = prog.add_task(f"cache {name}", total=len(sd.datalist.cases))
-            sd.prepare(progress=lambda _cid: prog.advance(task))
+            bar = prog.add_task(f"cache {name}", total=len(sd.datalist.cases))
+            sd.prepare(progress=lambda _cid: prog.advance(bar))
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
                 list(pool.map(build, out))  # list(): re-raises the first failure here

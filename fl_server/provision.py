@@ -210,24 +210,21 @@ def load_provision(out_dir) -> Provision:
 
 def read_kit(kit_dir) -> SiteKit:
     """A site's startup kit (as written by ``provision``), paths resolved."""
-    import tomllib
+    from fl_common.config import read_site_file
     d = Path(kit_dir).absolute()
     toml_path = d / "site.toml"
     if not toml_path.is_file():
         raise ProvisionError(f"{d} is not a site startup kit (no site.toml)")
-    doc = tomllib.loads(toml_path.read_text())
-    sl = doc.get("superlink", {})
+    doc = read_site_file(toml_path)  # the one site.toml parser: a bad key is one error naming it
+    sl = doc.superlink
 
     def _p(v):
         p = Path(v).expanduser()
         return p if p.is_absolute() else d / p
 
-    return SiteKit(dir=d, name=doc["site"]["name"],
-                  federation=doc.get("federation", {}).get("name", ""),
-                  superlink_address=sl.get("address", ""),
-                  ca_cert=_p(sl.get("root_certificates", "ca.crt")),
-                  auth_key=_p(sl.get("auth_key", "auth.key")),
-                  auth_pub=_p(sl.get("auth_key", "auth.key") + ".pub"),
+    return SiteKit(dir=d, name=doc.site.name, federation=doc.federation.name,
+                  superlink_address=sl.address, ca_cert=_p(sl.root_certificates),
+                  auth_key=_p(sl.auth_key), auth_pub=_p(sl.auth_key + ".pub"),
                   roster=json.loads((d / "roster.json").read_text()), site_toml=toml_path)
 
 

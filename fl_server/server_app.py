@@ -25,44 +25,44 @@ app = ServerApp()
 def build_server(spec: dict, grid) -> RoundLoop:
     """The round loop for run ``spec`` (run_dir, federation, data_base, secure_aggregation,
     roster, threshold, device, timeouts) over ``grid``."""
-    from imaging_core.train.task import build_net, float_state
-    from .config import load_federation
+    from fl_common.config import load_federation
+    from imaging_core.task import Task, float_state
     fed = load_federation(spec["federation"], data_base=spec.get("data_base"))
-    fl = fed["federation"]
-    rounds = int(spec.get("rounds", fl.get("rounds", 3)))
+    fl = fed.federation
+    rounds = int(spec.get("rounds", fl.rounds))
     site_cfg = site_round_config(fl)
     settings = RoundSettings(
-        rounds=rounds, min_sites=int(spec.get("min_sites", fl.get("min_sites", 2))),
-        train_timeout=float(spec.get("train_timeout", fl.get("train_timeout", 900))),
-        eval_timeout=float(spec.get("eval_timeout", fl.get("eval_timeout", 600))),
+        rounds=rounds, min_sites=int(spec.get("min_sites", fl.min_sites)),
+        train_timeout=float(spec.get("train_timeout", fl.train_timeout)),
+        eval_timeout=float(spec.get("eval_timeout", fl.eval_timeout)),
         connect_timeout=float(spec.get("connect_timeout", 300)), site_round=site_cfg,
-        lr=lambda r: site_lr(fed["train"], rounds, site_cfg["local_epochs"], r),
-        best_metric=str(fl.get("best_metric", "dice_fg_mean")))
+        lr=lambda r: site_lr(fed.train, rounds, site_cfg["local_epochs"], r),
+        best_metric=fl.best_metric)
     record = RunRecord(spec["run_dir"])
-    net = build_net(fed["model"], len(fed["labels"]), seed=int(fl.get("seed", 0)))
-    template = {k: v.numpy() for k, v in float_state(net).items()}
+    task = Task(fed, spec.get("device", "cpu"))
+    template = {k: v.numpy() for k, v in float_state(task.build_net(seed=fl.seed)).items()}
     central = None
-    if "coordinator" in fed:
+    if fed.coordinator is not None:
         from .central_eval import CentralEvaluator
-        central = CentralEvaluator(fed, fed["coordinator"], Path(spec["run_dir"]) / "coordinator-cache",
+        central = CentralEvaluator(fed, fed.coordinator, Path(spec["run_dir"]) / "coordinator-cache",
                                    spec.get("device", "cpu"))
-    run_info = {"federation": fl.get("name"), "federation_path": str(Path(spec["federation"]).resolve()),
+    run_info = {"federation": fl.name, "federation_path": str(Path(spec["federation"]).resolve()),
                 "data_base": spec.get("data_base"),
-                "labels": {str(k): v for k, v in fed["labels"].items()},
-                "model": fed["model"], "postprocess": fed.get("postprocess")}
+                "labels": {str(k): v for k, v in fed.labels.items()},
+                "model": fed.model.model_dump(), "postprocess": fed.postprocess.chain_config(),
+                "evaluation_amp": task.amp_record()}
     return RoundLoop(grid, record, _aggregation(spec, fl, record), ServerOptimizer.from_federation(fl),
                      template, settings, central=central, run_info=run_info, stage=Stage(grid))
 
 
-def _aggregation(spec: dict, fl: dict, record: RunRecord):
+def _aggregation(spec: dict, fl, record: RunRecord):
     mode = spec.get("secure_aggregation", "off")
     if mode in ("off", False, None):
         return PlainAggregation()
     from .secure import SecureAggregation, next_session
     return SecureAggregation(json.loads(Path(spec["roster"]).read_text()), lambda: next_session(record),
-                             threshold=spec.get("threshold") or fl.get("secagg_threshold"),
-                             clip_range=float(fl.get("secagg_clip", 4.0)),
-                             max_weight=float(fl.get("secagg_max_weight", 1000.0)),
+                             threshold=spec.get("threshold") or fl.secagg_threshold,
+                             clip_range=fl.secagg_clip, max_weight=fl.secagg_max_weight,
                              setup_timeout=float(spec.get("setup_timeout", 300)))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+from fl_common.config import STRATEGIES  # the names the [federation] schema accepts
 
 
 @dataclass
@@ -50,11 +50,9 @@ class ServerOptimizer:
         return (weights + self.eta * self.m / (np.sqrt(self.v) + self.tau)).astype(np.float32)
 
     @classmethod
-    def from_federation(cls, fl: dict) -> "ServerOptimizer":
-        """The [federation] table's strategy and whichever of its knobs it sets."""
-        return cls(name=str(fl.get("strategy", "fedavg")),
-                   **{k: float(fl[k]) for k in ("server_lr", "momentum", "eta", "beta1", "beta2", "tau")
-                      if k in fl})
+    def from_federation(cls, fl) -> "ServerOptimizer":
+        """The [federation] table's strategy and its knobs (fl_common.config.FederationTable)."""
+        return cls(name=fl.strategy, **fl.optimizer_knobs())
 
     def settings(self) -> dict:
         """What the run record states: the knobs that act for this strategy."""
@@ -99,23 +97,22 @@ def weighted_mean(deltas: list[np.ndarray], weights: list[float]) -> np.ndarray:
     return out.reshape(shape)
 
 
-def site_round_config(fl: dict) -> dict:
+def site_round_config(fl) -> dict:
     """What every site's train/evaluate message carries from the [federation]
     table (the round's learning rate is added per round: site_lr)."""
-    return {"local_epochs": int(fl.get("local_epochs", 1)),
-            "prox_mu": float(fl.get("prox_mu", 0.0)) if fl.get("strategy", "fedavg") == "fedprox" else 0.0,
-            "local_baseline": bool(fl.get("local_baseline", True)),
-            "keep_site_optimizer": bool(fl.get("keep_site_optimizer", False))}
+    return {"local_epochs": fl.local_epochs,
+            "prox_mu": fl.prox_mu if fl.strategy == "fedprox" else 0.0,
+            "local_baseline": fl.local_baseline,
+            "keep_site_optimizer": fl.keep_site_optimizer}
 
 
-def site_lr(train: dict, rounds: int, local_epochs: int, r: int) -> float:
+def site_lr(train, rounds: int, local_epochs: int, r: int) -> float:
     """The sites' learning rate in round ``r``: the federation's [train] schedule
     (poly, cosine, constant, warm-up) laid over all ``rounds * local_epochs``
     epochs and read at the middle of round r's epochs, so a federation decays
     like a pooled run of the same length (a constant rate each round would leave
     the last rounds at the starting rate, and compare badly at equal compute)."""
-    from imaging_core.train.task import train_config
     from imaging_core.train.trainer import lr_factor
     e = max(int(local_epochs), 1)
-    cfg = train_config(train, epochs=max(int(rounds), 1) * e)
+    cfg = train.with_(epochs=max(int(rounds), 1) * e)
     return float(cfg.lr * lr_factor(cfg, (min(max(r, 1), rounds) - 0.5) * e))

@@ -44,13 +44,9 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
     and ``data_base`` default to what run.json records. Returns ``([], [])`` when
     the run does not say where its federation config is, or it has no coordinator.
     """
-    import torch
-    from imaging_core.data.site_data import SiteData
-    from imaging_core.inference.evaluate import predict_labels
-    from imaging_core.metrics import case_metrics
-    from imaging_core.nets.unet3d import unet_from_config
+    from fl_common.config import load_federation
+    from imaging_core.task import Task
     from imaging_core.train.checkpoint import load_checkpoint
-    from ..config import load_federation
 
     run = run if isinstance(run, RunRecord) else RunRecord.open(run)
     say = (console.print if console is not None else print)
@@ -60,18 +56,14 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
             "(pass --federation)")
         return [], []
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
-    if "coordinator" not in fed:
+    if fed.coordinator is None:
         return [], []
-    co = fed["coordinator"]
-    data = SiteData(co["datalist_path"], run.coordinator_cache, fed["preprocess"], fed["sampling"],
-                    fed["augment"], co["modality"], int(fed["federation"].get("seed", 0)))
+    # the one evaluation path (sliding window, [postprocess] chain, AMP policy), as the server scored it
+    task = Task(fed, device)
+    data = task.site_data(fed.coordinator, run.coordinator_cache, fed.federation.seed)
     rep = data.prepare(prune=False)
-    cases = sorted((c for c in rep.cases), key=lambda c: c.case_id)
+    cases = sorted((c for c in rep.cases if (c.path / "label.npy").exists()), key=lambda c: c.case_id)
     labels = run.labels
-    k = len(labels)
-    model_cfg = {kk: v for kk, v in dict(run.info.get("model") or fed["model"]).items() if kk != "name"}
-    tc = fed["train"]
-    roi = tuple(fed["sampling"]["patch_size"])
     models = []
     for which, name in (("best", GLOBAL_BEST), ("final", GLOBAL_FINAL)):
         try:
@@ -87,24 +79,17 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
             st = load_checkpoint(ck)
             models.append((f"{load_baseline(bd)['model']} (baseline)", "baseline", st.get("net", st)))
     rows, preds = [], {}
-    dev = torch.device(device)
+    keep_from = GLOBAL_BEST if any(m[0] == GLOBAL_BEST for m in models) else GLOBAL_FINAL
     for name, kind, state in models:
-        net = unet_from_config({**model_cfg, "in_channels": 1, "out_channels": k})
-        net.load_state_dict({kk: torch.as_tensor(v) for kk, v in state.items()}, strict=False)
-        net.to(dev).eval()
-        for cc in cases:
-            item = cc.load(mmap=False)  # writable arrays: torch warns on read-only memmaps
-            if "label" not in item:
-                continue
-            pred = predict_labels(net, item["image"].array, roi, dev, None, float(tc.get("overlap", 0.5)),
-                                  int(tc.get("sw_batch_size", 4)))
-            gt = np.asarray(item["label"].array[0])
-            sp = tuple(float(s) for s in item["image"].spacing)
-            rows.append(_case_row(name, kind, cc.case_id, case_metrics(pred, gt, k, spacing=sp), labels))
-            if kind == "global" and (name == GLOBAL_BEST or not any(m[0] == GLOBAL_BEST for m in models)):
-                preds[cc.case_id] = (item, pred, sp)
+        net = task.net_from_state(state, run.info.get("model"))
+
+        def keep(cc, item, pred, name=name):
+            if name == keep_from:
+                preds[cc.case_id] = (item, pred, tuple(float(s) for s in item["image"].spacing))
+        ev = task.evaluate(net, cases, on_prediction=keep)
+        rows += [_case_row(name, kind, m["case_id"], m, labels) for m in ev.per_case]
     # representative cases: best, median and worst held-out Dice of the chosen global model
-    chosen = GLOBAL_BEST if any(m[0] == GLOBAL_BEST for m in models) else GLOBAL_FINAL
+    chosen = keep_from
     ranked = sorted((r for r in rows if r["model"] == chosen and r["case_id"] in preds),
                     key=lambda r: -_num(r["dice_fg_mean"]) if math.isfinite(_num(r["dice_fg_mean"])) else 1e9)
     pick = list(dict.fromkeys([ranked[i]["case_id"] for i in

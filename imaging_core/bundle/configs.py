@@ -31,26 +31,26 @@ def _version(pkg: str, fallback: str) -> str:
 
 def crop_threshold(contract: dict, modality: str) -> float | None:
     """The foreground threshold fedvox's preprocessing uses for this modality (None: no crop)."""
-    from ..transforms.crop_pad import CropForeground
-    from ..transforms.presets import build_preprocess
-    last = build_preprocess(contract, modality).transforms[-1]
-    return float(last.threshold) if isinstance(last, CropForeground) else None
+    from .contract import contract_preprocess
+    pre = contract_preprocess(contract)
+    return pre.crop_threshold(modality) if pre.crop_foreground else None
 
 
 def _monai_intensity(rule: dict) -> dict:
-    kind = rule.get("kind", "window")
+    """MONAI's transform for a normalised contract's rule (every option filled in)."""
+    kind = rule["kind"]
     if kind == "window":
         return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(rule["a_min"]),
-                "a_max": float(rule["a_max"]), "b_min": float(rule.get("b_min", 0.0)),
-                "b_max": float(rule.get("b_max", 1.0)), "clip": bool(rule.get("clip", True))}
+                "a_max": float(rule["a_max"]), "b_min": float(rule["b_min"]),
+                "b_max": float(rule["b_max"]), "clip": bool(rule["clip"])}
     if kind == "zscore":
         # fedvox's z-score is channel-wise by default; with one input channel it is the same thing
-        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(rule.get("nonzero", True)),
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(rule["nonzero"]),
                 "channel_wise": True}
-    return {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(rule.get("lower", 0.5)),
-            "upper": float(rule.get("upper", 99.5)), "b_min": float(rule.get("b_min", 0.0)),
-            "b_max": float(rule.get("b_max", 1.0)), "clip": bool(rule.get("clip", True)),
-            "relative": bool(rule.get("relative", False))}
+    return {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(rule["lower"]),
+            "upper": float(rule["upper"]), "b_min": float(rule["b_min"]),
+            "b_max": float(rule["b_max"]), "clip": bool(rule["clip"]),
+            "relative": bool(rule["relative"])}
 
 
 def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
@@ -78,11 +78,11 @@ def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
     for m in mods:
         cfg[f"intensity_{m}"] = _monai_intensity(contract["intensity"][m])
     cfg["intensity"] = "${" + ", ".join(f"'{m}': @intensity_{m}" for m in mods) + "}[@modality]"
-    if contract.get("crop_foreground", True):
+    if contract["crop_foreground"]:
         thr = {m: crop_threshold(contract, m) for m in mods}
         cfg["crop_threshold"] = "${" + ", ".join(f"'{m}': {thr[m]!r}" for m in mods) + "}[@modality]"
         pre.append({"_target_": "CropForegroundd", "keys": "image", "source_key": "image",
-                    "select_fn": "$lambda x: x > @crop_threshold", "margin": int(contract.get("margin", 0)),
+                    "select_fn": "$lambda x: x > @crop_threshold", "margin": int(contract["margin"]),
                     "allow_smaller": False})
     pre.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
     cfg.update({
@@ -172,10 +172,10 @@ def _value_range(rule):
 
 
 def _rule_text(rule: dict) -> str:
-    kind = rule.get("kind", "window")
+    kind = rule["kind"]
     if kind == "window":
-        return (f"window [{rule['a_min']}, {rule['a_max']}] -> [{rule.get('b_min', 0.0)}, "
-                f"{rule.get('b_max', 1.0)}]")
+        return (f"window [{rule['a_min']}, {rule['a_max']}] -> [{rule['b_min']}, "
+                f"{rule['b_max']}]")
     if kind == "zscore":
-        return "z-score normalised" + (" over non-zero voxels" if rule.get("nonzero", True) else "")
-    return f"percentiles {rule.get('lower', 0.5)}-{rule.get('upper', 99.5)} -> [0, 1]"
+        return "z-score normalised" + (" over non-zero voxels" if rule["nonzero"] else "")
+    return f"percentiles {rule['lower']}-{rule['upper']} -> [{rule['b_min']}, {rule['b_max']}]"

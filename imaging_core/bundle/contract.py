@@ -2,7 +2,7 @@
 the network sees it, and what the network's output channels mean.
 
 It has the same shape as the federation's ``[preprocess]`` table (so
-``imaging_core.transforms.presets.build_preprocess`` runs it unchanged) plus the
+``contract_preprocess`` reads it with that table's schema and defaults) plus the
 label map, the default modality and the sliding-window settings::
 
     {"orientation": "RAS", "pixdim": [4, 4, 4],
@@ -15,40 +15,55 @@ from __future__ import annotations
 
 import copy
 
+from ..config import ImagingConfig, PreprocessTable, SamplingTable, TrainTable, parse
 from ..errors import ImagingError
 
-DEFAULTS = {"orientation": "RAS", "modality": "CT", "crop_foreground": True, "foreground_threshold": 0.05,
-            "margin": 0, "in_channels": 1, "roi_size": [96, 96, 96], "overlap": 0.5, "sw_batch_size": 4}
 REQUIRED = ("pixdim", "intensity", "labels")
-_KINDS = ("window", "zscore", "percentile")
+PREPROCESS_KEYS = ("orientation", "pixdim", "crop_foreground", "foreground_threshold", "margin", "intensity")
+
+
+def contract_preprocess(c: dict) -> PreprocessTable:
+    """The contract's [preprocess] part, typed (what build_preprocess runs)."""
+    pre = parse(PreprocessTable, {k: c[k] for k in PREPROCESS_KEYS if k in c}, None, "data_contract")
+    # exactly the modalities the contract names (the schema would add the default ones)
+    return pre.model_copy(update={"intensity": {m: pre.intensity[m] for m in c["intensity"]}})
 
 
 def normalize_contract(contract: dict) -> dict:
-    """Defaults filled in, labels keyed by str(int), intensity per modality; ValueError if unusable."""
+    """Defaults (imaging_core.config) filled in, labels keyed by str(int), intensity
+    per modality; ValueError if unusable."""
     missing = [k for k in REQUIRED if k not in contract]
     if missing:
         raise ValueError(f"data contract lacks {missing}")
-    c = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(contract)}
-    inten = c["intensity"]
-    if "kind" in inten:  # a single intensity rule: it belongs to the default modality
-        inten = {c["modality"]: inten}
-    for mod, rule in inten.items():
-        if rule.get("kind", "window") not in _KINDS:
-            raise ValueError(f"intensity[{mod}]: unknown kind {rule.get('kind')!r} (one of {_KINDS})")
-    c["intensity"] = inten
-    if c["modality"] not in inten:
-        raise ValueError(f"default modality {c['modality']!r} has no intensity rule ({sorted(inten)})")
+    c = copy.deepcopy(contract)
+    c.setdefault("modality", "CT")
+    if isinstance(c["intensity"], dict) and "kind" in c["intensity"]:
+        c["intensity"] = {c["modality"]: c["intensity"]}  # a single rule: the default modality's
+    pre = contract_preprocess(c)
+    if c["modality"] not in pre.intensity:
+        raise ValueError(f"default modality {c['modality']!r} has no intensity rule ({sorted(pre.intensity)})")
     try:
-        labels = {int(k): str(v) for k, v in c["labels"].items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"labels must map integers to names, got {c['labels']!r}") from None
-    if sorted(labels) != list(range(len(labels))):
-        raise ValueError(f"label values must be 0..K-1, got {sorted(labels)}")
-    c["labels"] = {str(k): labels[k] for k in sorted(labels)}
-    c["pixdim"] = [float(p) for p in c["pixdim"]]
-    c["roi_size"] = [int(r) for r in c["roi_size"]]
-    c["orientation"] = str(c["orientation"]).upper()
-    return c
+        labels = ImagingConfig.model_validate({"labels": c["labels"]}).labels
+    except ValueError:
+        raise ValueError(f"labels must map integers 0..K-1 to names, got {c['labels']!r}") from None
+    train = TrainTable()
+    out = pre.model_dump()
+    out.update(modality=c["modality"], labels={str(k): v for k, v in labels.items()},
+               in_channels=int(c.get("in_channels", 1)),
+               roi_size=[int(r) for r in c.get("roi_size", SamplingTable().patch_size)],
+               overlap=float(c.get("overlap", train.overlap)),
+               sw_batch_size=int(c.get("sw_batch_size", train.sw_batch_size)))
+    return out
+
+
+def contract_config(contract: dict, amp: str | None = None) -> ImagingConfig:
+    """The imaging config a (normalised) contract amounts to: what a bundle's
+    inference hands to imaging_core.task.Task (no post-processing; ``amp`` None: fp32)."""
+    return ImagingConfig(labels={int(k): v for k, v in contract["labels"].items()},
+                         preprocess=contract_preprocess(contract),
+                         sampling=SamplingTable(patch_size=list(contract["roi_size"])),
+                         train=TrainTable(overlap=float(contract["overlap"]),
+                                          sw_batch_size=int(contract["sw_batch_size"]), amp=amp or "none"))
 
 
 def num_classes(contract: dict) -> int:
@@ -64,7 +79,8 @@ def modality_or_default(contract: dict, modality: str | None, path=None) -> str:
 
 
 def input_value_range(rule: dict) -> list[float]:
-    """What the network input spans after intensity normalisation ([] = unbounded)."""
-    if rule.get("kind", "window") in ("window", "percentile") and rule.get("clip", True):
-        return [float(rule.get("b_min", 0.0)), float(rule.get("b_max", 1.0))]
+    """What the network input spans after intensity normalisation ([] = unbounded);
+    ``rule``: a normalised contract's intensity rule."""
+    if rule["kind"] in ("window", "percentile") and rule["clip"]:
+        return [float(rule["b_min"]), float(rule["b_max"])]
     return []

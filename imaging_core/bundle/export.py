@@ -47,7 +47,7 @@ for research use only and is not a medical device.
 def build_bundle_net(state_dict: dict, model_cfg: dict, contract: dict) -> torch.nn.Module:
     """Our UNet3D for this contract with ``state_dict`` loaded (ours or MONAI's key names)."""
     from ..nets.unet3d import load_monai_state_dict, monai_key_map, unet_from_config
-    # the same construction as imaging_core.train.task.build_net (minus the seeded init)
+    # the same construction as imaging_core.task.build_net (minus the seeded init)
     cfg = {k: v for k, v in model_cfg.items() if k != "name"}
     cfg.update(in_channels=int(contract["in_channels"]), out_channels=num_classes(contract))
     net = unet_from_config(cfg)

@@ -19,14 +19,14 @@ import torch
 from ..errors import ImagingError
 from ..io import Volume, load_volume, save_volume
 from ..io.nifti import is_nifti
-from .contract import modality_or_default
+from .contract import contract_config, contract_preprocess, modality_or_default
 
 
 def _split_preprocess(contract: dict, modality: str):
     from ..transforms.base import Compose
     from ..transforms.crop_pad import CropForeground
     from ..transforms.presets import build_preprocess
-    ts = build_preprocess(contract, modality).transforms
+    ts = build_preprocess(contract_preprocess(contract), modality).transforms
     if ts and isinstance(ts[-1], CropForeground):
         return Compose(ts[:-1]), ts[-1]
     return Compose(ts), None
@@ -38,7 +38,7 @@ def segment(net: torch.nn.Module, contract: dict, vol: Volume, device: str | tor
 
     ``progress(done, total)`` is called after every batch of windows.
     """
-    from ..inference.sliding_window import sliding_window_inference
+    from ..task import Task
     from ..transforms.crop_pad import crop_or_pad_array
     src = vol.source
     mod = modality_or_default(contract, modality, src)
@@ -57,14 +57,8 @@ def segment(net: torch.nn.Module, contract: dict, vol: Volume, device: str | tor
     else:
         start, size = box[0], box[1] - box[0]
     x = crop_or_pad_array(full.array, start, size, pad_value=0)
-    device = torch.device(device)
-    net = net.to(device).eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
-    with torch.no_grad():
-        logits = sliding_window_inference(xt, contract["roi_size"], net, int(contract["sw_batch_size"]),
-                                          float(contract["overlap"]), mode="gaussian", amp=amp,
-                                          out_device="cpu", progress=progress)
-    pred = logits[0].argmax(0).to(torch.uint8).numpy()
+    # the same prediction as every evaluation: Task.predict on the contract's settings
+    pred = Task(contract_config(contract, amp), device).predict(net.eval(), x, progress=progress)
     # paste the crop back (boxes may extend past the grid: only the overlap is kept)
     shape = np.asarray(full.spatial_shape)
     lo, hi = np.clip(start, 0, shape), np.clip(start + size, 0, shape)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import AugmentTable, PreprocessTable, SamplingTable
 from ..transforms.presets import build_preprocess, build_train_transforms
 from .cache import CacheReport, CachedCase, SiteCache
 from .datalist import load_datalist
@@ -15,7 +16,7 @@ from .patch_dataset import PatchDataset, patch_loader
 
 class SiteData:
     def __init__(self, datalist_path: str | os.PathLike, cache_dir: str | os.PathLike,
-                 preprocess: dict, sampling: dict, augment: dict, modality: str = "CT",
+                 preprocess: PreprocessTable, sampling: SamplingTable, augment: AugmentTable, modality: str = "CT",
                  seed: int = 0):
         self.datalist = load_datalist(datalist_path)
         self.num_classes = self.datalist.num_classes

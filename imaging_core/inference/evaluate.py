@@ -13,19 +13,20 @@ from .sliding_window import sliding_window_inference
 
 def _logits(net: torch.nn.Module, image: np.ndarray, roi: Sequence[int], device: torch.device,
             amp: str | None, overlap: float, sw_batch_size: int, flip_tta: bool = False,
-            out_device: str = "cpu") -> torch.Tensor:
+            out_device: str = "cpu", progress=None) -> torch.Tensor:
     """Sliding-window logits (K, X, Y, Z) of one (C, X, Y, Z) image."""
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)  # copy: cache arrays are read-only memmaps
     net.eval()
     return sliding_window_inference(x, roi, net, sw_batch_size=sw_batch_size, overlap=overlap,
-                                    mode="gaussian", amp=amp, flip_tta=flip_tta, out_device=out_device)[0]
+                                    mode="gaussian", amp=amp, flip_tta=flip_tta, out_device=out_device,
+                                    progress=progress)[0]
 
 
 def predict_labels(net: torch.nn.Module, image: np.ndarray, roi: Sequence[int], device: torch.device,
                    amp: str | None = None, overlap: float = 0.5, sw_batch_size: int = 4,
-                   flip_tta: bool = False, out_device: str = "cpu") -> np.ndarray:
+                   flip_tta: bool = False, out_device: str = "cpu", progress=None) -> np.ndarray:
     """``image`` (C, X, Y, Z) -> uint8 label map (X, Y, Z)."""
-    logits = _logits(net, image, roi, device, amp, overlap, sw_batch_size, flip_tta, out_device)
+    logits = _logits(net, image, roi, device, amp, overlap, sw_batch_size, flip_tta, out_device, progress)
     return logits.argmax(0).to(torch.uint8).numpy()
 
 
@@ -36,13 +37,14 @@ def has_chain(postprocess) -> bool:
 
 def predict_postprocessed(net: torch.nn.Module, image: np.ndarray, roi: Sequence[int], device: torch.device,
                           cfg: Mapping, amp: str | None = None, overlap: float = 0.5,
-                          sw_batch_size: int = 4) -> np.ndarray:
+                          sw_batch_size: int = 4, progress=None) -> np.ndarray:
     """``image`` (C, X, Y, Z) -> uint8 labels after the post-processing chain ``cfg``
     (imaging_core.postprocess.chain): a "crf" step refines the softmax
     probabilities against the first image channel scaled to [0, 1] (the scale
     its colour sigma assumes), then argmax and the label steps."""
     from ..postprocess.chain import postprocess_probs
-    probs = torch.softmax(_logits(net, image, roi, device, amp, overlap, sw_batch_size), 0).numpy()
+    logits = _logits(net, image, roi, device, amp, overlap, sw_batch_size, progress=progress)
+    probs = torch.softmax(logits, 0).numpy()
     ch = np.asarray(image[0], dtype=np.float32)
     image01 = (ch - ch.min()) / max(float(np.ptp(ch)), 1e-6)
     return postprocess_probs(probs, image01[None], cfg)
@@ -50,11 +52,13 @@ def predict_postprocessed(net: torch.nn.Module, image: np.ndarray, roi: Sequence
 
 def evaluate_cases(net: torch.nn.Module, cases, roi: Sequence[int], num_classes: int,
                    device: torch.device, amp: str | None = None, overlap: float = 0.5,
-                   sw_batch_size: int = 4, postprocess: Callable | Mapping | None = None) -> list[dict]:
+                   sw_batch_size: int = 4, postprocess: Callable | Mapping | None = None,
+                   on_prediction: Callable | None = None) -> list[dict]:
     """Per-case metrics for cached cases (``CachedCase``), in the preprocessed space.
 
     ``postprocess``: a label-map callable, or a chain config for
-    predict_postprocessed (an empty chain is plain argmax)."""
+    predict_postprocessed (an empty chain is plain argmax). ``on_prediction(case,
+    item, pred)``: sees each scored prediction (the report keeps some for overlays)."""
     results = []
     for cc in cases:
         item = cc.load(mmap=True)
@@ -68,4 +72,6 @@ def evaluate_cases(net: torch.nn.Module, cases, roi: Sequence[int], num_classes:
         gt = np.asarray(item["label"].array[0])
         m = case_metrics(pred, gt, num_classes, spacing=tuple(float(s) for s in item["image"].spacing))
         results.append({"case_id": cc.case_id, **m})
+        if on_prediction is not None:
+            on_prediction(cc, item, pred)
     return results

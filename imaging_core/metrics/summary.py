@@ -139,7 +139,24 @@ def summarize(per_case: list[dict], num_classes: int) -> dict:
     return out
 
 
+def flat_scores(summary: dict, num_classes: int) -> dict:
+    """Scalar headline figures from a summary (for tables and best-model choice)."""
+    out = {}
+    fg = [c for c in range(1, num_classes)]
+    dices = [summary[str(c)]["dice"]["mean"] for c in fg if str(c) in summary]
+    out["dice_fg_mean"] = float(np.nanmean(dices)) if dices and not np.all(np.isnan(dices)) else float("nan")
+    for c in fg:
+        s = summary.get(str(c))
+        if s:
+            out[f"dice_{c}"] = s["dice"]["mean"]
+            out[f"hd95_{c}"] = s["hd95"]["mean"]
+            out[f"missed_{c}"] = s.get("n_missed", 0)
+    return out
+
+
 # ---------------------------------------------------------------------------- files
+
+
 def write_summary(summary: dict, per_case: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write metrics.json (summary + per case), per_case.csv (one row per case and
     class) and summary.csv (one row per class), each atomically."""

@@ -6,55 +6,20 @@ from the global weights, with ``prox_mu > 0`` for FedProx.
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..inference.evaluate import evaluate_cases
-from ..metrics.summary import summarize
+from ..config import TrainTable as TrainConfig  # the [train] schema is the trainer's config
 from .amp import autocast, grad_scaler, resolve_amp
 from .checkpoint import load_checkpoint, save_checkpoint
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    optimizer: str = "adamw"          # adamw | sgd
-    schedule: str = "poly"            # poly | cosine | constant
-    warmup_epochs: int = 0
-    amp: str | None = "auto"          # auto | bf16 | fp16 | none
-    grad_accum: int = 1
-    cases_per_batch: int = 1          # each case yields samples_per_case patches
-    patches_per_step: int = 0         # >0: split each batch into optimizer steps of this many patches
-    val_every: int = 1
-    overlap: float = 0.5
-    sw_batch_size: int = 4
-    seed: int = 0
-    prox_mu: float = 0.0              # FedProx proximal term weight
-    best_metric: str = "dice_fg_mean"
-    num_workers: int = 0
-    clip_grad: float | None = 12.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown [train] keys: {sorted(unknown)}")
-        cfg = cls(**d)
-        if int(cfg.patches_per_step) < 0 or (cfg.patches_per_step and cfg.grad_accum != 1):
-            raise ValueError("[train] patches_per_step must be >= 0, and cannot be combined with grad_accum")
-        return cfg
 
 
 def seed_everything(seed: int) -> None:
@@ -82,16 +47,19 @@ class History:
 
 
 class Trainer:
-    def __init__(self, net: torch.nn.Module, loss_fn, loader, sampler, val_cases: Sequence,
-                 roi: Sequence[int], num_classes: int, cfg: TrainConfig, run_dir: str | Path | None = None,
+    def __init__(self, net: torch.nn.Module, loss_fn, loader, sampler, cfg: TrainConfig,
+                 val_cases: Sequence = (), evaluate: Callable | None = None, run_dir: str | Path | None = None,
                  device: str | torch.device = "cpu", global_weights: dict | None = None):
+        """``evaluate(net, cases) -> Evaluation``: the task's one evaluation path
+        (imaging_core.task.Task.evaluate), needed when there are ``val_cases``."""
+        if val_cases and evaluate is None:
+            raise ValueError("validation cases need an evaluate function (Task.evaluate)")
         self.device = torch.device(device)
         self.cfg = cfg
         self.net = net.to(self.device)
         self.loss_fn = loss_fn
         self.loader, self.sampler = loader, sampler
-        self.val_cases = list(val_cases)
-        self.roi, self.num_classes = tuple(roi), num_classes
+        self.val_cases, self.evaluate = list(val_cases), evaluate
         self.amp = resolve_amp(cfg.amp, self.device)
         self.scaler = grad_scaler(self.device, self.amp)
         self.run_dir = Path(run_dir) if run_dir else None
@@ -113,7 +81,7 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "history": asdict(self.history),
-                "cfg": asdict(self.cfg), "torch_rng": torch.get_rng_state()}
+                "cfg": self.cfg.model_dump(), "torch_rng": torch.get_rng_state()}
 
     def resume(self) -> bool:
         """Continue from run_dir/last.pt if present; returns True if resumed."""
@@ -197,10 +165,7 @@ class Trainer:
         return float(loss.detach())
 
     def validate(self) -> dict:
-        per_case = evaluate_cases(self.net, self.val_cases, self.roi, self.num_classes, self.device,
-                                  self.amp, self.cfg.overlap, self.cfg.sw_batch_size)
-        summ = summarize(per_case, self.num_classes)
-        return {"per_case": per_case, "summary": summ, **flat_scores(summ, self.num_classes)}
+        return self.evaluate(self.net, self.val_cases).row()
 
     def fit(self, show_progress: bool = True) -> History:
         cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
@@ -223,21 +188,3 @@ class Trainer:
                     self._write_metrics()
         return self.history
 
-
-def flat_scores(summary: dict, num_classes: int) -> dict:
-    """Scalar headline figures from a metrics summary (for tables and best-model choice)."""
-    out = {}
-    fg = [c for c in range(1, num_classes)]
-    dices = [summary[str(c)]["dice"]["mean"] for c in fg if str(c) in summary]
-    out["dice_fg_mean"] = float(np.nanmean(dices)) if dices and not np.all(np.isnan(dices)) else float("nan")
-    for c in fg:
-        s = summary.get(str(c))
-        if s:
-            out[f"dice_{c}"] = s["dice"]["mean"]
-            out[f"hd95_{c}"] = s["hd95"]["mean"]
-            out[f"missed_{c}"] = s.get("n_missed", 0)
-    return out
-
-
-def clone_state(net: torch.nn.Module) -> dict:
-    return copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})

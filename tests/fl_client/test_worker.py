@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fl_server.config import example_federation_path, load_federation
+from fl_common.config import example_federation_path, load_federation
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +18,15 @@ def worker(tmp_path_factory):
     from fl_client.worker import SiteWorker
     base = tmp_path_factory.mktemp("worker")
     generate(base / "data", zoom=0.7, cases=0.5, seed=0)
-    fed = load_federation(example_federation_path(), data_base=base / "data")
-    fed["model"].update(channels=[4, 8, 16], strides=[2, 2])
-    fed["sampling"].update(patch_size=[24, 24, 24], samples_per_case=2)
-    site = fed["sites"][0]
+    fed = load_federation(example_federation_path(), data_base=base / "data").updated(
+        {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
+         "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
+    site = fed.sites[0]
     return SiteWorker(fed, site, base / "work")
 
 
 def _weights(w):
-    from imaging_core.train.task import float_state
+    from imaging_core.task import float_state
     return {k: v.numpy() for k, v in float_state(w.net).items()}
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from fl_server.config import example_federation_path, load_federation
+from fl_common.config import example_federation_path, load_federation
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +32,12 @@ def tiny(tmp_path_factory):
 def test_pooled_baseline_table_covers_every_set_and_reproduces(tiny):
     from fl_server.baseline import evaluate_on_sets, load_site_data, run_baseline
     from imaging_core.train.checkpoint import load_checkpoint
-    from imaging_core.train.task import build_net
+    from imaging_core.task import build_net
     fed_path, data_base, base = tiny
     out = base / "pooled"
     res = run_baseline(fed_path, "pooled", out, data_base=data_base, epochs=1, show_progress=False)
     fed = load_federation(fed_path, data_base=data_base)
-    names = [s["name"] for s in fed["sites"]]
+    names = [s.name for s in fed.sites]
     final = json.loads((out / "final.json").read_text())
     assert [r["eval_set"] for r in final["rows"]] == names + ["held-out"]
     assert json.dumps(final["rows"]) == json.dumps(res["rows"])  # NaN-safe equality
@@ -45,11 +45,10 @@ def test_pooled_baseline_table_covers_every_set_and_reproduces(tiny):
         assert r["model"] == "pooled" and r["cases"] > 0 and 0.0 <= r["dice_1"] <= 1.0
     assert (out / "final.csv").read_text().count("\n") == len(names) + 2  # header + rows
 
-    net = build_net(fed["model"], len(fed["labels"]), seed=0)
+    net = build_net(fed.model, fed.num_classes, seed=0)
     net.load_state_dict(load_checkpoint(out / final["checkpoint"])["net"])
     cache = out / "cache"
-    again = evaluate_on_sets(fed, net, load_site_data(fed, cache), cache, overlap=fed["train"]["overlap"],
-                             model="pooled")
+    again = evaluate_on_sets(fed, net, load_site_data(fed, cache), cache, model="pooled")
     assert json.dumps(again, sort_keys=True) == json.dumps(final["rows"], sort_keys=True)
 
 
@@ -63,17 +62,16 @@ def test_unknown_site_is_one_clear_error(tiny):
 def test_postprocess_chain_reaches_every_evaluation_and_a_bad_one_fails_early(tiny):
     from fl_server.baseline import evaluate_on_sets, load_site_data
     from fl_server.central_eval import CentralEvaluator
-    from imaging_core.train.task import build_net
+    from imaging_core.task import build_net
     fed_path, data_base, base = tiny
     fed = load_federation(fed_path, data_base=data_base)
-    assert fed["postprocess"] == {"chain": []}  # the example's default: off
-    net = build_net(fed["model"], len(fed["labels"]), seed=0)
+    assert fed.postprocess.chain_config() == {"chain": []}  # the example's default: off
+    net = build_net(fed.model, fed.num_classes, seed=0)
     cache = base / "pp-cache"
     data = load_site_data(fed, cache)
     plain = evaluate_on_sets(fed, net, data, cache)
-    fed["postprocess"] = {"chain": ["largest_component"]}
-    kept = evaluate_on_sets(fed, net, data, cache)
+    kept = evaluate_on_sets(fed.updated({"postprocess": {"chain": ["largest_component"]}}), net, data, cache)
     # an untrained net predicts scattered blobs: keeping the largest changes the figures
     assert json.dumps(plain) != json.dumps(kept)
     with pytest.raises(ValueError, match="unknown"):
-        CentralEvaluator({**fed, "postprocess": {"chain": ["no_such_step"]}}, fed["coordinator"], base / "cc")
+        CentralEvaluator(fed.updated({"postprocess": {"chain": ["no_such_step"]}}), fed.coordinator, base / "cc")

@@ -122,11 +122,11 @@ def test_device_names_are_checked():
 
 
 def test_prepare_workers_builds_sites_in_parallel(tmp_path, fab):
-    from fl_server.config import load_federation
+    from fl_common.config import load_federation
     from fl_server.prepare import prepare_sites
     fed = load_federation(fab.mini_federation(tmp_path / "fed"), data_base=tmp_path / "fed")
-    co = fed["coordinator"]
-    fed = {**fed, "sites": [dict(co, name=n) for n in ("one", "two")]}
+    co = fed.coordinator
+    fed = fed.model_copy(update={"sites": [co.model_copy(update={"name": n}) for n in ("one", "two")]})
     got = prepare_sites(fed, tmp_path / "cache", workers=3)
     assert set(got) == {"one", "two", "coordinator"}
     for name, sd in got.items():

@@ -66,7 +66,7 @@ def test_server_and_site_with_a_wrong_kit_give_one_line(cli, tmp_path):
 def test_demo_and_worker_with_missing_site_data_give_one_line(cli, tmp_path):
     """A wrong --data-base is found before anything is provisioned or started."""
     import sys
-    from fl_server.config import example_federation_path
+    from fl_common.config import example_federation_path
     fed, work = example_federation_path(), tmp_path / "demo"
     r = cli("demo", "--work", work, "--federation", fed, "--data-base", tmp_path / "nodata")
     lines = r.stderr.strip().splitlines()

@@ -21,7 +21,7 @@ import pytest
 
 from fl_server import deploy
 from fl_server import launch as L
-from fl_server.config import example_federation_path
+from fl_common.config import example_federation_path
 from fl_server.provision import provision, read_kit
 
 pytestmark = [pytest.mark.timeout(420)]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fl_client.secagg import crypto as pki
-from fl_server.config import load_site
+from fl_common.config import load_site
 from fl_server.provision import (ProvisionError, load_provision, provision, read_kit,
                                  reissue_server_cert)
 
@@ -127,8 +127,8 @@ def test_site_toml_is_a_valid_site_config(prov):
     assert kit.superlink_address == "fl.example.org:8000"
     assert kit.ca_cert.is_file() and kit.auth_key.is_file() and kit.auth_pub.is_file()
     site = load_site(kit.site_toml)
-    assert site["name"] == "hospital_b"
-    assert site["data_root"] == "/path/to/hospital_b/data"
+    assert site.name == "hospital_b"
+    assert site.data_root == "/path/to/hospital_b/data"
 
 
 def test_refuses_to_overwrite_then_force_replaces(tmp_path):

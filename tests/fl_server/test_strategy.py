@@ -69,14 +69,15 @@ def test_unknown_strategy_is_refused():
 
 def test_site_lr_follows_the_train_schedule_over_the_whole_federation():
     from fl_server.strategy import site_lr
-    from imaging_core.train.task import train_config
+    from imaging_core.config import TrainTable
     from imaging_core.train.trainer import lr_factor
     rounds, e = 5, 2
-    poly = [site_lr({"lr": 0.01, "schedule": "poly"}, rounds, e, r) for r in range(1, rounds + 1)]
-    cfg = train_config({"lr": 0.01, "schedule": "poly"}, epochs=rounds * e)
+    poly_t, const_t = TrainTable(lr=0.01, schedule="poly"), TrainTable(lr=0.01, schedule="constant")
+    poly = [site_lr(poly_t, rounds, e, r) for r in range(1, rounds + 1)]
+    cfg = poly_t.with_(epochs=rounds * e)
     # round r is read at the middle of its epochs, as a pooled run of rounds*e epochs would be
     assert poly == pytest.approx([0.01 * lr_factor(cfg, (r - 0.5) * e) for r in range(1, rounds + 1)])
     assert all(a > b > 0 for a, b in zip(poly, poly[1:]))
-    assert site_lr({"lr": 0.01, "schedule": "constant"}, rounds, e, 4) == pytest.approx(0.01)
+    assert site_lr(const_t, rounds, e, 4) == pytest.approx(0.01)
     # the final evaluation asks for round R + 1: no rate beyond the last round's
-    assert site_lr({"lr": 0.01, "schedule": "poly"}, rounds, e, rounds + 1) == pytest.approx(poly[-1])
+    assert site_lr(poly_t, rounds, e, rounds + 1) == pytest.approx(poly[-1])

@@ -66,7 +66,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, keys):
     from imaging_core.bundle.export import export_bundle
-    from imaging_core.train.task import float_state
+    from imaging_core.task import float_state
     out = tmp_path_factory.mktemp("bundles") / "fedvox_bundle"
     net = _net()
     export_bundle(float_state(net), MODEL, CONTRACT, PROVENANCE, out, signing_key_path=keys[1],
@@ -261,7 +261,7 @@ def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
     from fl_client.secagg import crypto as pki
     from imaging_core.bundle.export import export_bundle
     from imaging_core.bundle.verify import verify_bundle
-    from imaging_core.train.task import float_state
+    from imaging_core.task import float_state
     ca_key = pki.new_key()
     (tmp_path / "ca.key").write_bytes(pki.openssh_private(ca_key))
     (tmp_path / "ca.crt").write_bytes(pki.cert_pem(pki.make_ca(ca_key, "fed CA")))
@@ -276,7 +276,7 @@ def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
 
 def test_export_refuses_bad_inputs(tmp_path):
     from imaging_core.bundle.export import export_bundle
-    from imaging_core.train.task import float_state
+    from imaging_core.task import float_state
     sd = float_state(_net())
     with pytest.raises(ValueError, match="lacks"):
         export_bundle({k: v for k, v in list(sd.items())[1:]}, MODEL, CONTRACT, PROVENANCE, tmp_path / "a")
@@ -327,10 +327,11 @@ def test_infer_reproduces_evaluation_pipeline(bundle, tmp_path):
     from imaging_core.bundle.load import load_bundle
     from imaging_core.inference.evaluate import predict_labels
     from imaging_core.io import load_volume
+    from imaging_core.bundle.contract import contract_preprocess
     from imaging_core.transforms.presets import build_preprocess
     img = _phantom_nifti(tmp_path / "c.nii.gz", _lps_affine((2.5, 2.5, 5.0)))
     net, contract = load_bundle(bundle[0], scheme=SIG)
-    item = build_preprocess(contract, "CT")({"image": load_volume(img),
+    item = build_preprocess(contract_preprocess(contract), "CT")({"image": load_volume(img),
                                              "label": load_volume(tmp_path / "c_label.nii.gz")})
     ev = predict_labels(net, item["image"].array, contract["roi_size"], torch.device("cpu"), None,
                         contract["overlap"], contract["sw_batch_size"])

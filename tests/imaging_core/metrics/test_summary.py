@@ -143,7 +143,7 @@ def test_summarize_counts_and_worst_case():
 
 
 def test_summary_feeds_trainer_flat_scores():
-    from imaging_core.train.trainer import flat_scores
+    from imaging_core.metrics import flat_scores
 
     pred, gt = two_blobs()
     summ = summarize([case_metrics(pred, gt, 3), case_metrics(gt, gt, 3)], 3)

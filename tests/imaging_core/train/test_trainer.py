@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from imaging_core.train.task import build_loss
+from imaging_core.task import build_loss
 from imaging_core.train.trainer import TrainConfig, Trainer
 
 
@@ -26,7 +26,7 @@ def _fit(batches: list[dict], **cfg) -> tuple[Trainer, dict]:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1))
     tc = TrainConfig.from_dict({"epochs": 1, "lr": 1e-2, "amp": "none", "schedule": "constant", **cfg})
-    tr = Trainer(net, build_loss({"loss": "dicece"}), batches, _Sampler(), [], (6, 6, 6), 3, tc)
+    tr = Trainer(net, build_loss(TrainConfig(loss="dicece")), batches, _Sampler(), tc)
     return tr, tr.train_epoch(0)
 
 

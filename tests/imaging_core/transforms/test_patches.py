@@ -8,6 +8,7 @@ from imaging_core.data.cache import class_index
 from imaging_core.io.volume import Volume
 from imaging_core.transforms.base import Compose
 from imaging_core.transforms.patches import RandCropByLabelClasses, RandCropByPosNeg, patch_start
+from imaging_core.config import AugmentTable, PreprocessTable, SamplingTable
 from imaging_core.transforms.presets import build_preprocess, build_train_transforms
 
 
@@ -217,14 +218,14 @@ def synthetic_pair(shape=(24, 22, 10)):
 ])
 @pytest.mark.parametrize("mode", ["classes", "posneg"])
 def test_presets_end_to_end(kind, mode):
-    pre = build_preprocess({"pixdim": [1.5, 1.5, 2.0], "intensity": {"CT": kind}}, "CT")
+    pre = build_preprocess(PreprocessTable(pixdim=[1.5, 1.5, 2.0], intensity={"CT": kind}), "CT")
     item = pre(synthetic_pair())
     assert item["image"].orientation == ("R", "A", "S") and item["image"].array.dtype == np.float32
     assert item["label"].spatial_shape == item["image"].spatial_shape
     item["label_index"] = class_index(np.asarray(item["label"].array), 3)
-    train = build_train_transforms({"patch_size": [16, 16, 8], "samples_per_case": 3, "mode": mode},
-                                   {"flip_prob": 0.5, "rot90_prob": 0.5, "affine_prob": 0.5,
-                                    "intensity_prob": 0.5, "noise_prob": 0.5}, num_classes=3)
+    train = build_train_transforms(SamplingTable(patch_size=[16, 16, 8], samples_per_case=3, mode=mode),
+                                   AugmentTable(flip_prob=0.5, rot90_prob=0.5, affine_prob=0.5,
+                                                intensity_prob=0.5, noise_prob=0.5), num_classes=3)
     assert len(train.deterministic_prefix().transforms) == 0
     a = train(item, np.random.default_rng(0))
     b = train(item, np.random.default_rng(0))

@@ -1,0 +1,177 @@
+"""Federation and site TOML files, read through one typed schema.
+
+Both federation sides read these, so they live here once: the imaging tables
+come from imaging_core.config (the only imaging defaults), the FL tables and
+site.toml are defined below. An unknown table or key, a wrong type or a bad
+value is one ConfigError naming the file, the table and the key.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from imaging_core.config import ImagingConfig, Table, parse
+from imaging_core.config_errors import ConfigError
+from imaging_core.errors import ImagingError
+
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class FederationTable(Table):
+    """[federation]: the round loop, the strategy and secure aggregation."""
+    name: str = "federation"
+    seed: int = 0
+    rounds: PosInt = 3
+    strategy: Literal[STRATEGIES] = "fedavg"
+    min_sites: PosInt = 2
+    local_epochs: PosInt = 1
+    prox_mu: Annotated[float, Field(ge=0)] = 0.01   # FedProx only
+    local_baseline: bool = True
+    keep_site_optimizer: bool = False
+    best_metric: str = "dice_fg_mean"
+    train_timeout: PosFloat = 900.0
+    eval_timeout: PosFloat = 600.0
+    # secure aggregation: None = the smallest safe threshold for the roster
+    secagg_threshold: Annotated[int, Field(ge=2)] | None = None
+    secagg_clip: PosFloat = 4.0
+    secagg_max_weight: PosFloat = 1000.0
+    # server optimiser (fl_server.strategy.ServerOptimizer); each acts for some strategies
+    server_lr: PosFloat = 1.0          # fedavg, fedprox, fedavgm
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9   # fedavgm
+    eta: PosFloat = 1e-2               # fedadam, fedyogi
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: PosFloat = 1e-3
+
+    def optimizer_knobs(self) -> dict:
+        return {k: getattr(self, k) for k in ("server_lr", "momentum", "eta", "beta1", "beta2", "tau")}
+
+
+class SiteRef(Table):
+    """A [[sites]] / [coordinator] entry: where that site's TOML is."""
+    config: str
+
+
+class SiteTable(Table):
+    """site.toml's [site] table."""
+    name: Annotated[str, Field(min_length=1)]
+    data_root: str | None = None        # default: the site's name; relative to the data base
+    datalist: str = "dataset.json"      # relative to data_root
+    modality: Literal["CT", "MR"] = "CT"
+    device: str = "cpu"
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class SiteFederationTable(Table):
+    """site.toml's [federation] table (a startup kit names its federation)."""
+    name: str = ""
+
+
+class SuperlinkTable(Table):
+    """site.toml's [superlink] table (a startup kit's connection; paths relative to the file)."""
+    address: str = ""
+    root_certificates: str = "ca.crt"
+    auth_key: str = "auth.key"
+
+
+class SiteFile(Table):
+    """A whole site.toml."""
+    site: SiteTable
+    federation: SiteFederationTable = SiteFederationTable()
+    superlink: SuperlinkTable = SuperlinkTable()
+
+
+class SiteConfig(Table):
+    """A site as the code uses it: the [site] table with its paths resolved."""
+    name: str
+    data_root: str
+    datalist: str
+    modality: Literal["CT", "MR"]
+    device: str
+    num_workers: int
+    config_path: str
+    datalist_path: str
+
+    def with_root(self, root: str | os.PathLike) -> "SiteConfig":
+        """The same site with its data somewhere else (``--data-root``)."""
+        root = Path(root)
+        return self.model_copy(update={"data_root": str(root), "datalist_path": str(root / self.datalist)})
+
+
+class Federation(ImagingConfig):
+    """A federation TOML: the imaging tables plus [federation], its sites and coordinator."""
+    federation: FederationTable = FederationTable()
+    sites: list[SiteConfig] = []
+    coordinator: SiteConfig | None = None
+    path: str = ""
+
+    @property
+    def all_sites(self) -> list[SiteConfig]:
+        """The training sites and (last) the coordinator."""
+        return [*self.sites, *([self.coordinator] if self.coordinator else [])]
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ImagingError(path, "config file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ImagingError(path, f"invalid TOML ({e})") from None
+
+
+def read_site_file(path: str | os.PathLike) -> SiteFile:
+    """site.toml, checked (the one parser of it: worker, startup kit, provisioning)."""
+    return parse(SiteFile, read_toml(path), path)
+
+
+def load_site(path: str | os.PathLike, data_base: str | os.PathLike | None = None) -> SiteConfig:
+    """A site config; ``data_root`` is resolved against ``data_base`` (default: the
+    file's directory) if relative."""
+    path = Path(path)
+    site = read_site_file(path).site
+    root = Path(site.data_root if site.data_root is not None else site.name)
+    if not root.is_absolute():
+        root = Path(data_base if data_base is not None else path.parent) / root
+    return SiteConfig(name=site.name, data_root=str(root), datalist=site.datalist, modality=site.modality,
+                      device=site.device, num_workers=site.num_workers, config_path=str(path),
+                      datalist_path=str(root / site.datalist))
+
+
+def _ref(path: Path, entry, table: str) -> str:
+    return parse(SiteRef, entry, path, table).config
+
+
+def load_federation(path: str | os.PathLike, data_base: str | os.PathLike | None = None,
+                    require_sites: bool = True) -> Federation:
+    """The federation TOML with defaults, its sites' configs loaded.
+
+    A site only needs the shared data contract and model (require_sites=False):
+    its startup kit's copy need not list the other sites."""
+    path = Path(path)
+    doc = read_toml(path)
+    sites = doc.pop("sites", [])
+    if not isinstance(sites, list):
+        raise ConfigError(path, "sites", None, "must be an array of tables ([[sites]] config = \"...\")")
+    coord = doc.pop("coordinator", None)
+    refs = [_ref(path, s, "sites") for s in sites]
+    coord_ref = _ref(path, coord, "coordinator") if coord is not None else None
+    fed = parse(Federation, doc, path)  # the tables themselves first: the common mistakes are here
+    if not refs and require_sites:
+        raise ConfigError(path, None, None, "no [[sites]] listed")
+    loaded = [load_site(path.parent / r, data_base) for r in refs]
+    coordinator = load_site(path.parent / coord_ref, data_base) if coord_ref else None
+    return fed.model_copy(update={"sites": loaded, "coordinator": coordinator, "path": str(path)})
+
+
+def example_federation_path() -> Path:
+    import sites_example
+    return Path(sites_example.__file__).parent / "federation.toml"

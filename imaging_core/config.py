@@ -1,0 +1,265 @@
+"""The typed schema of every imaging table of a federation TOML:
+[model], [train], [labels], [preprocess] (+ per-modality intensity rules),
+[sampling], [postprocess] and [augment].
+
+This is the ONLY place imaging defaults live: presets, the bundle contract,
+the trainer and the evaluation read these objects, never a ``.get(key, default)``.
+Every table refuses unknown keys, wrong types (strict: "three" is no int) and
+out-of-range values; ``parse`` turns the first problem into one ConfigError
+naming the file, the table and the key (imaging_core.config_errors).
+
+Torch-free on purpose: fl_common imports it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config_errors import ConfigError, from_validation
+
+AMP_MODES = ("auto", "bf16", "fp16", "none", "off")
+INTENSITY_KINDS = ("window", "zscore", "percentile")
+
+
+class Table(BaseModel):
+    """A TOML table: strict types, unknown keys refused, read-only once loaded."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+Vec3f = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+Vec3i = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=3, max_length=3)]
+
+
+class ModelTable(Table):
+    """[model]: the UNet3D (imaging_core.nets.unet3d) of the federation."""
+    name: Literal["unet3d", "unet", "UNet3D", "small", "small_unet"] = "unet3d"
+    channels: list[Annotated[int, Field(ge=1)]] = Field(default=[8, 16, 32, 64], min_length=2)
+    strides: list[Annotated[int, Field(ge=1)]] = Field(default=[2, 2, 2], min_length=1)
+    num_res_units: Annotated[int, Field(ge=0)] = 1
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    act: str = "prelu"
+    kernel_size: Annotated[int, Field(ge=1)] = 3
+    up_kernel_size: Annotated[int, Field(ge=1)] = 3
+    bias: bool = True
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(f"strides needs one entry fewer than channels ({len(self.channels)} channels, "
+                             f"{len(self.strides)} strides)")
+        return self
+
+    def net_kwargs(self) -> dict:
+        """The UNet3D keyword arguments (minus in/out channels)."""
+        return self.model_dump(exclude={"name"})
+
+
+class TrainTable(Table):
+    """[train]: the loss and the local trainer's settings (imaging_core.train.trainer)."""
+    loss: str = "dicece"
+    loss_args: dict[str, Any] = {}
+    epochs: Annotated[int, Field(ge=1)] = 10
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    amp: Literal["auto", "bf16", "fp16", "none", "off"] | None = "auto"
+    grad_accum: Annotated[int, Field(ge=1)] = 1
+    cases_per_batch: Annotated[int, Field(ge=1)] = 1   # each case yields samples_per_case patches
+    patches_per_step: Annotated[int, Field(ge=0)] = 0  # >0: optimizer steps of this many patches
+    val_every: Annotated[int, Field(ge=1)] = 1
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5   # sliding-window overlap (evaluation)
+    sw_batch_size: Annotated[int, Field(ge=1)] = 4
+    seed: int = 0
+    prox_mu: Annotated[float, Field(ge=0)] = 0.0          # FedProx proximal term weight
+    best_metric: str = "dice_fg_mean"
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    clip_grad: Annotated[float, Field(gt=0)] | None = 12.0
+
+    @model_validator(mode="after")
+    def _steps(self):
+        if self.patches_per_step and self.grad_accum != 1:
+            raise ValueError("patches_per_step cannot be combined with grad_accum")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict, path=None) -> "TrainTable":
+        return parse(cls, d, path, "train")
+
+    def with_(self, **override) -> "TrainTable":
+        """A copy with ``override`` applied and validated again."""
+        return parse(type(self), {**self.model_dump(), **override}, None, "train")
+
+
+class WindowRule(Table):
+    kind: Literal["window"] = "window"
+    a_min: float
+    a_max: float
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+
+
+class ZScoreRule(Table):
+    kind: Literal["zscore"] = "zscore"
+    nonzero: bool = True
+
+
+class PercentileRule(Table):
+    kind: Literal["percentile"] = "percentile"
+    lower: Annotated[float, Field(ge=0, le=100)] = 0.5
+    upper: Annotated[float, Field(ge=0, le=100)] = 99.5
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+    relative: bool = False
+
+
+IntensityRule = Annotated[Union[WindowRule, ZScoreRule, PercentileRule], Field(discriminator="kind")]
+DEFAULT_INTENSITY = {"CT": {"kind": "window", "a_min": -200.0, "a_max": 300.0}, "MR": {"kind": "zscore"}}
+
+
+class PreprocessTable(Table):
+    """[preprocess]: the deterministic, cached part of the pipeline (one data contract)."""
+    orientation: str = "RAS"
+    pixdim: Vec3f = [1.5, 1.5, 2.0]
+    crop_foreground: bool = True
+    foreground_threshold: float = 0.05
+    margin: Annotated[int, Field(ge=0)] = 2
+    intensity: dict[str, IntensityRule] = Field(default_factory=lambda: {
+        "CT": WindowRule(**DEFAULT_INTENSITY["CT"]), "MR": ZScoreRule(**DEFAULT_INTENSITY["MR"])})
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v: str) -> str:
+        v = v.upper()
+        axes = [{"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}.get(c) for c in v]
+        if len(v) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
+            raise ValueError("orientation must be 3 axis codes, one of L/R, P/A, I/S each (e.g. 'RAS')")
+        return v
+
+    @field_validator("intensity", mode="before")
+    @classmethod
+    def _rules(cls, v):
+        # a file's modality rule replaces that modality's default; the others stay;
+        # a rule without "kind" is a window (the CT convention)
+        if not isinstance(v, dict):
+            return v
+        out = {m: dict(r) for m, r in DEFAULT_INTENSITY.items()}
+        for mod, rule in v.items():
+            out[mod] = {"kind": "window", **rule} if isinstance(rule, dict) else rule
+        return out
+
+    def crop_threshold(self, modality: str) -> float:
+        """The foreground threshold for ``modality``: z-scored MR has its air well below 0."""
+        return -0.5 if self.intensity[modality].kind == "zscore" else float(self.foreground_threshold)
+
+
+class SamplingTable(Table):
+    """[sampling]: training patches (patch_size is also the sliding-window ROI)."""
+    patch_size: Vec3i = [96, 96, 96]
+    samples_per_case: Annotated[int, Field(ge=1)] = 4
+    mode: Literal["classes", "posneg"] = "classes"
+    class_ratios: list[Annotated[float, Field(ge=0)]] | None = None
+    pos: Annotated[float, Field(ge=0)] = 1.0
+    neg: Annotated[float, Field(ge=0)] = 1.0
+
+
+class PostprocessTable(Table):
+    """[postprocess]: the chain run before every evaluation (imaging_core.postprocess.chain
+    checks the steps and their options; here only the table's shape)."""
+    chain: list[str | dict[str, Any]] = []
+    classes: list[int] | None = None
+    connectivity: Literal[6, 18, 26] | None = None
+    crf: dict[str, Any] | None = None
+    largest_component: dict[str, Any] | None = None
+    keep_largest: dict[str, Any] | None = None
+    remove_small: dict[str, Any] | None = None
+
+    def chain_config(self) -> dict:
+        """The dict imaging_core.postprocess.chain takes."""
+        return self.model_dump(exclude_none=True)
+
+
+class AugmentTable(Table):
+    """[augment]: per-patch random augmentation probabilities."""
+    flip_prob: Prob = 0.5
+    rot90_prob: Prob = 0.25
+    affine_prob: Prob = 0.2
+    intensity_prob: Prob = 0.3
+    noise_prob: Prob = 0.15
+
+
+DEFAULT_LABELS = {0: "background", 1: "foreground"}
+
+
+class ImagingConfig(Table):
+    """Every imaging table of a federation, defaults filled in."""
+    model: ModelTable = ModelTable()
+    train: TrainTable = TrainTable()
+    labels: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_LABELS))
+    preprocess: PreprocessTable = PreprocessTable()
+    sampling: SamplingTable = SamplingTable()
+    postprocess: PostprocessTable = PostprocessTable()
+    augment: AugmentTable = AugmentTable()
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_keys(cls, v):
+        if not isinstance(v, dict):
+            return v
+        try:
+            labels = {int(k): v[k] for k in v}
+        except (TypeError, ValueError):
+            raise ValueError("keys must be integers (0 = background, 1, 2, ...)") from None
+        if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
+            raise ValueError(f"label values must be 0..K-1 with K >= 2, got {sorted(labels)}")
+        return {k: labels[k] for k in sorted(labels)}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def roi(self) -> tuple[int, int, int]:
+        return tuple(self.sampling.patch_size)
+
+    def updated(self, changes: dict):
+        """A copy with ``changes`` ({"model": {"channels": [...]}, ...}) merged in
+        table by table, validated again (the objects themselves are read-only)."""
+        return parse(type(self), _merge(self.model_dump(), changes), getattr(self, "path", None))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(cls: type[M], data: Any, path: str | os.PathLike | None = None, table: str | None = None) -> M:
+    """``cls`` from ``data``; the first problem as one ConfigError (file, table, key).
+    ``table`` None: ``data`` is a whole file whose first level are tables."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, path, cls, table) from None
+
+
+def imaging_config(doc: dict, path: str | os.PathLike | None = None) -> ImagingConfig:
+    """The imaging tables of a parsed TOML document (other tables are refused)."""
+    return parse(ImagingConfig, doc, path)
+
+
+__all__ = ["AMP_MODES", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
+           "PercentileRule", "PostprocessTable", "PreprocessTable", "SamplingTable", "Table", "TrainTable",
+           "WindowRule", "ZScoreRule", "imaging_config", "parse"]
