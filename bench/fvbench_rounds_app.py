@@ -143,7 +143,7 @@ def _per_site(entries) -> dict:
 # ------------------------------------------------- (a)/(b) fedvox-style rounds
 @server.main()
 def main(grid: Grid, context: Context) -> None:
-    from fl_client.secagg import ServerSecAgg
+    from fl_server.secagg import ServerSecAgg
     from fl_server.strategy import weighted_mean
 
     cfg = context.run_config

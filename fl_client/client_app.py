@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .tensors import flatten
+from fl_common.tensors import flatten
 from .worker_client import WorkerClient
 
 app = ClientApp()

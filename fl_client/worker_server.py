@@ -20,7 +20,7 @@ import grpc
 from protos import site_worker_pb2 as pb
 from protos import site_worker_pb2_grpc as pbg
 
-from .tensors import from_proto, to_proto
+from fl_common.tensors import from_proto, to_proto
 
 API_VERSION = 1
 MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits

@@ -8,7 +8,7 @@ Both modes have the same face, so the round loop does not care which runs:
 """
 from __future__ import annotations
 
-from fl_client.secagg import RoundFailed  # one failure type for both modes
+from fl_common.secagg import RoundFailed  # one failure type for both modes
 
 from .strategy import weighted_mean
 

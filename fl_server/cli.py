@@ -90,7 +90,7 @@ def _cmd_site(a) -> int:
 
 def _cmd_infer(a) -> int:
     from imaging_core.bundle.infer import infer_file
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     out = infer_file(a.bundle, a.input, a.out, device=a.device, progress=not a.quiet, modality=a.modality,
                      scheme=MANIFEST_SIGNATURES)
     print(str(out))
@@ -98,7 +98,7 @@ def _cmd_infer(a) -> int:
 
 
 def _cmd_verify(a) -> int:
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from imaging_core.bundle.verify import verify_bundle
     problems = verify_bundle(a.bundle, public_key=a.public_key, strict=a.strict, scheme=MANIFEST_SIGNATURES)
     for p in problems:

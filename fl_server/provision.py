@@ -15,8 +15,8 @@ the federation. ``ca.key`` is kept so the server certificate can be re-issued
 (new host name) without re-distributing kits. Paths inside ``site.toml`` are
 relative to the kit directory, so a kit can be copied anywhere.
 
-The key and certificate generation itself lives in ``fl_client.secagg.crypto``
-(all of fedvox's cryptography is in that one module).
+The key and certificate generation itself lives in ``fl_common.crypto.pki``
+(all of fedvox's cryptography is in that one package).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_client.secagg import crypto
+from fl_common.crypto import pki as crypto
 from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fl_client.secagg import RoundFailed, SecAggError, ServerSecAgg, min_threshold
+from fl_common.secagg import RoundFailed, SecAggError, min_threshold
+from fl_server.secagg import ServerSecAgg
 
 from .exchange import send_and_gather
 

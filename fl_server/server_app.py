@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_client.tensors import flatten, unflatten
+from fl_common.tensors import flatten, unflatten
 
 from .aggregation import RoundFailed, make_aggregation
 from .exchange import send_and_gather

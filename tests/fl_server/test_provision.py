@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fl_client.secagg import crypto as pki
+from fl_common.crypto import pki
 from fl_server.config import load_site
 from fl_server.provision import (ProvisionError, load_provision, provision, read_kit,
                                  reissue_server_cert)

@@ -212,7 +212,7 @@ def test_overlay_png(tmp_path):
 
 # ------------------------------------------------------------------------------ export
 def _ca_key(tmp_path) -> tuple[Path, Path]:
-    from fl_client.secagg import crypto as pki
+    from fl_common.crypto import pki
     key = pki.new_key()
     ca = pki.make_ca(key, "test federation CA")
     (tmp_path / "ca.key").write_bytes(pki.key_pem(key))
@@ -221,7 +221,7 @@ def _ca_key(tmp_path) -> tuple[Path, Path]:
 
 
 def test_export_run_builds_signed_bundle_with_pseudonyms(run_dir, tmp_path):
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from fl_server.export import PSEUDONYMS, export_run
     from imaging_core.bundle.load import load_bundle
     from imaging_core.bundle.verify import verify_bundle

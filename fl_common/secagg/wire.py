@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from protos import secagg_pb2 as pb
 
-from .errors import WireFormatError
+from fl_common.secagg.errors import WireFormatError
 
 VERSION = 1
 
