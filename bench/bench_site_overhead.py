@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fl_common import keys as K  # noqa: E402
 from fl_common.supervise import LaunchError, ProcessGroup  # noqa: E402
 from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
 
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
                 if not wp.alive() or time.monotonic() > deadline:
                     raise LaunchError(f"worker {s} not ready ({wp.returncode}):\n{wp.tail()}")
                 time.sleep(0.2)
-            return {"site-name": s, "worker-socket": str(sock), "data-npy": str(data)}
+            return {K.NODE_SITE_NAME: s, K.NODE_WORKER_SOCKET: str(sock), "data-npy": str(data)}
 
         _, cli = start_federation(work, sites, group, start_worker)
         app = make_app(work / "app-overhead", APP_MODULE, "fvbench-overhead",
