@@ -1,7 +1,8 @@
 """The deployment-engine scaffolding the Flower benches share: a throwaway
 Flower app directory for a bench module, and a federation on loopback
 (provisioned CA, SuperLink with TLS + SuperNode authentication, registered
-site keys, one SuperNode per site) started inside a launch.ProcessGroup.
+site keys, one SuperNode per site) started inside a
+fl_common.supervise.ProcessGroup.
 """
 from __future__ import annotations
 

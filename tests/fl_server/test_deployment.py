@@ -36,7 +36,7 @@ def fed(tmp_path_factory):
     """Provision 3 sites, run SuperLink (TLS + node auth), register only a and b."""
     work = tmp_path_factory.mktemp("fed")
     prov = provision(work / "prov", ["hospital_a", "hospital_b", "rogue"])
-    group = ProcessGroup("test-launch")
+    group = ProcessGroup("test-deployment")
     timings = {}
     try:
         t0 = time.monotonic()
