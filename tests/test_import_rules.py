@@ -118,6 +118,20 @@ def _modules(pkg: str) -> list[str]:
     return [m for m in sorted(G._first_party_files()) if m.split(".")[0] == pkg]
 
 
+def test_every_torch_free_module_imports_first_on_its_own():
+    """Each module of fl_common and of the site's secure aggregation, imported
+    first in a fresh interpreter: an import cycle between two of them shows
+    only in one order (fl_common.crypto.secagg first failed once)."""
+    mods = _modules("fl_common") + [m for m in _modules("fl_client") if m.startswith("fl_client.secagg")]
+    failed = {}
+    for m in mods:
+        r = subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+        if r.returncode:
+            failed[m] = r.stderr.strip().splitlines()[-1]
+    assert not failed, failed
+
+
 def test_fl_common_loads_no_torch_and_neither_side():
     res = _probe(_modules("fl_common"))
     assert not {"torch", "fl_client", "fl_server"} & set(res["roots"]), res["loaded"]

@@ -14,10 +14,10 @@ from fl_common.crypto import pki
 from fl_common.crypto import secagg as crypto
 from fl_common.secagg import wire
 from fl_common.secagg.checks import (advert_signed_bytes, check_advert, check_view_signature,
-                                     load_roster, min_threshold, vector_digest, view_digest,
-                                     view_signed_bytes)
+                                     load_roster, vector_digest, view_digest, view_signed_bytes)
 from fl_common.secagg.errors import ProtocolError, RevealRefused, RoundFailed, TamperedShare
 from fl_common.secagg.quantize import NUM_EXTRA, Quantizer
+from fl_common.secagg.threshold import min_threshold
 
 from .state import KEEP_ROUNDS, SiteState
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fl_common.secagg.errors import BadSignature, SecAggError
 
 # ---------------------------------------------------------- enrollment keys (EC)
-_SIG_HASH = hashes.SHA384()
+SIG_HASH = hashes.SHA384()
 
 
 def generate_enrollment_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
@@ -51,7 +51,7 @@ def _read_source(src: str | bytes | os.PathLike) -> tuple[bytes, str]:
         raise SecAggError(f"cannot read key file {p}: {e.strerror or e}") from e
 
 
-def _parse_private_key(data: bytes, password: bytes | None = None):
+def parse_private_key(data: bytes, password: bytes | None = None):
     """OpenSSH or PEM (PKCS#8/SEC1) private key bytes -> key (ValueError/TypeError if not)."""
     if b"OPENSSH PRIVATE KEY" in data:
         return serialization.load_ssh_private_key(data, password=password)
@@ -64,7 +64,7 @@ def load_enrollment_private_key(src: str | bytes | os.PathLike,
     PEM is accepted too)."""
     data, where = _read_source(src)
     try:
-        key = _parse_private_key(data, password)
+        key = parse_private_key(data, password)
     except (ValueError, TypeError) as e:
         raise SecAggError(f"{where}: not a readable enrollment private key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -90,13 +90,13 @@ def load_enrollment_public_key(src: str | bytes | os.PathLike
 
 def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ECDSA-SHA384 (DER) over `data` (always a pack() tuple)."""
-    return key.sign(data, ec.ECDSA(_SIG_HASH))
+    return key.sign(data, ec.ECDSA(SIG_HASH))
 
 
 def verify(pub: ec.EllipticCurvePublicKey, signature: bytes, data: bytes, what: str) -> None:
     """Raises BadSignature naming `what` (the site and the signed object)."""
     try:
-        pub.verify(signature, data, ec.ECDSA(_SIG_HASH))
+        pub.verify(signature, data, ec.ECDSA(SIG_HASH))
     except InvalidSignature:
         raise BadSignature(f"{what}: signature does not verify against the "
                            "site's enrolled public key") from None

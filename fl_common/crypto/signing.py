@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .pki import _SIG_HASH, CURVE, _parse_private_key, sign
+from .pki import CURVE, SIG_HASH, parse_private_key, sign
 
 class ManifestSignatures:
     """ECDSA P-384 / SHA-384 signatures of a bundle's manifest.json, handed to
@@ -30,7 +30,7 @@ class ManifestSignatures:
     def load_private(self, path: str | os.PathLike) -> ec.EllipticCurvePrivateKey:
         """An EC P-384 private key from a PEM (PKCS#8/SEC1) or OpenSSH file."""
         try:
-            key = _parse_private_key(Path(path).read_bytes())
+            key = parse_private_key(Path(path).read_bytes())
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: not a readable unencrypted private key ({e})") from None
         self._check_curve(key, path)
@@ -80,7 +80,7 @@ class ManifestSignatures:
     @staticmethod
     def verify(pub: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
         try:
-            pub.verify(signature, data, ec.ECDSA(_SIG_HASH))
+            pub.verify(signature, data, ec.ECDSA(SIG_HASH))
         except InvalidSignature:
             return False
         return True

@@ -32,12 +32,13 @@ Why a lying server learns nothing (beyond what an honest run shows):
 
 No torch import anywhere in this package.
 """
-# errors first: fl_common.crypto imports them while this package initialises
+# Nothing imported here may import fl_common.crypto: crypto imports .errors,
+# which runs this file first (checks.py and wire.py are imported by name).
 from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed,
                      RevealRefused, RoundFailed, SecAggError, StateError, TamperedShare,
                      WireFormatError)
-from .checks import min_threshold
 from .quantize import NUM_EXTRA, Quantizer
+from .threshold import min_threshold
 
 __all__ = [
     "BadSignature", "NUM_EXTRA", "ProtocolError", "QuantizationError", "Quantizer",

@@ -1,5 +1,5 @@
 """What both sides of secure aggregation compute and check the same way: the
-threshold rule, the roster of enrolled keys, signed key adverts, the signed
+roster of enrolled keys, signed key adverts, the signed
 participant view of a round and the digest of a masked vector.
 
 A site and the server must agree on these bytes exactly, so they are written
@@ -19,11 +19,6 @@ from .errors import ProtocolError
 DEFAULT_CLIP_RANGE = 4.0
 DEFAULT_MAX_WEIGHT = 1000.0
 KEY_BYTES = 32  # raw X25519 public keys
-
-
-def min_threshold(num_enrolled: int) -> int:
-    """Smallest allowed threshold: more than half the enrolled sites, and 2."""
-    return max(2, num_enrolled // 2 + 1)
 
 
 def load_roster(roster: Mapping[str, Any]) -> dict[str, Any]:

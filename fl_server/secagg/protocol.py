@@ -13,11 +13,12 @@ import numpy as np
 from fl_common.crypto import secagg as crypto
 from fl_common.secagg import wire
 from fl_common.secagg.checks import (DEFAULT_CLIP_RANGE, DEFAULT_MAX_WEIGHT, check_advert,
-                                     check_view_signature, load_roster, min_threshold,
-                                     vector_digest, view_digest)
+                                     check_view_signature, load_roster, vector_digest,
+                                     view_digest)
 from fl_common.secagg.errors import (ProtocolError, QuantizationError, ReconstructionFailed,
                                      RoundFailed, SecAggError)
 from fl_common.secagg.quantize import NUM_EXTRA, Quantizer
+from fl_common.secagg.threshold import min_threshold
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from fl_common.crypto import pki
 from fl_common.crypto.secagg import x25519_keypair
 from fl_common.secagg import BadSignature, ProtocolError
 from fl_common.secagg.checks import (advert_signed_bytes, check_advert, check_view_signature,
-                                     load_roster, min_threshold, vector_digest, view_digest,
-                                     view_signed_bytes)
+                                     load_roster, vector_digest, view_digest, view_signed_bytes)
+from fl_common.secagg.threshold import min_threshold
 
 
 def test_threshold_is_more_than_half_and_at_least_two():
