@@ -78,7 +78,7 @@ def pooled_cached(fed, data: dict, work: Path):
 def federated(fed, work: Path):
     """FedAvg-family rounds with the sites' and the server's own code, in process."""
     import torch
-    from fl_client.tensors import flatten, unflatten
+    from fl_common.tensors import flatten, unflatten
     from fl_client.worker import SiteWorker
     from fl_server.strategy import ServerOptimizer, site_lr, site_round_config, weighted_mean
     from imaging_core.task import build_net, float_state

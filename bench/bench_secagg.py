@@ -26,7 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_client.secagg import ServerSecAgg, SiteSecAgg, crypto  # noqa: E402
+from fl_client.secagg import SiteSecAgg  # noqa: E402
+from fl_common.crypto import pki as crypto  # noqa: E402
+from fl_server.secagg import ServerSecAgg  # noqa: E402
 
 
 def cpu(fn, *args):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_server import launch as L  # noqa: E402
+from fl_common.supervise import ProcessGroup  # noqa: E402
 from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     t_all = time.monotonic()
     result = {"bench": "secagg_rounds", "sites": len(SITES), "sizes": sizes, "rounds": a.rounds,
               "poll_s": a.poll, "tls": True, "node_auth": True}
-    with L.ProcessGroup("fvbench-rounds") as group:
+    with ProcessGroup("fvbench-rounds") as group:
         prov, cli = start_federation(work, SITES, group, lambda s, kit, sw: {
             "site-name": s, "auth-key": str(kit / "auth.key"), "roster": str(kit / "roster.json"),
             "state-dir": str(sw / "state")})

@@ -40,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_server import launch as L  # noqa: E402
+from fl_common import keys as K  # noqa: E402
+from fl_common.supervise import LaunchError, ProcessGroup  # noqa: E402
 from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sites = [f"site-{i + 1}" for i in range(a.sites)]
     t_all = time.monotonic()
-    with L.ProcessGroup("fvbench-overhead") as group:
+    with ProcessGroup("fvbench-overhead") as group:
 
         def start_worker(s: str, kit: Path, sw: Path) -> dict:
             """The site's worker first; its SuperNode's node config names the socket."""
@@ -94,9 +95,9 @@ def main(argv=None) -> int:
             deadline = time.monotonic() + 120
             while not ready.exists():
                 if not wp.alive() or time.monotonic() > deadline:
-                    raise L.LaunchError(f"worker {s} not ready ({wp.returncode}):\n{wp.tail()}")
+                    raise LaunchError(f"worker {s} not ready ({wp.returncode}):\n{wp.tail()}")
                 time.sleep(0.2)
-            return {"site-name": s, "worker-socket": str(sock), "data-npy": str(data)}
+            return {K.NODE_SITE_NAME: s, K.NODE_WORKER_SOCKET: str(sock), "data-npy": str(data)}
 
         _, cli = start_federation(work, sites, group, start_worker)
         app = make_app(work / "app-overhead", APP_MODULE, "fvbench-overhead",

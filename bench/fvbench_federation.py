@@ -1,7 +1,8 @@
 """The deployment-engine scaffolding the Flower benches share: a throwaway
 Flower app directory for a bench module, and a federation on loopback
 (provisioned CA, SuperLink with TLS + SuperNode authentication, registered
-site keys, one SuperNode per site) started inside a launch.ProcessGroup.
+site keys, one SuperNode per site) started inside a
+fl_common.supervise.ProcessGroup.
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_server import launch as L  # noqa: E402
+from fl_client.supernode import start_supernode  # noqa: E402
+from fl_common.kit import KIT_AUTH_KEY, KIT_CA  # noqa: E402
+from fl_common.supervise import ProcessGroup  # noqa: E402
+from fl_server.flwr_cli import flwr_run, register_sites, wait_for_nodes, write_cli_config  # noqa: E402
 from fl_server.provision import provision  # noqa: E402
+from fl_server.superlink import start_superlink  # noqa: E402
 
 FED = "fvbench"
 
@@ -65,24 +70,24 @@ def make_app(dst: Path, module: Path, name: str, description: str, server: str, 
     return dst
 
 
-def start_federation(work: Path, sites: list[str], group: L.ProcessGroup,
+def start_federation(work: Path, sites: list[str], group: ProcessGroup,
                      node_config: Callable[[str, Path, Path], dict]):
     """Provision ``sites`` under ``work``, start the SuperLink and one SuperNode
     a site, and wait until all are connected. ``node_config(site, kit, site_dir)``
     gives each SuperNode's node config. Returns (provision, cli config dir)."""
     t0 = time.monotonic()
     prov = provision(work / "prov", sites, federation=FED, force=True)
-    sl = L.start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
-                           auth=True, group=group, ready_timeout=90)
+    sl = start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
+                         auth=True, group=group, ready_timeout=90)
     cli = work / "cli"
-    L.write_cli_config(cli, FED, sl.address, prov.ca_cert)
-    L.register_sites(cli, FED, prov.roster)
+    write_cli_config(cli, FED, sl.address, prov.ca_cert)
+    register_sites(cli, FED, prov.roster)
     for s in sites:
         kit, sw = prov.site_kits[s], work / "sites" / s
         sw.mkdir(parents=True, exist_ok=True)
-        L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key", node_config(s, kit, sw),
-                          workdir=sw, group=group, wait_connected=90)
-    L.wait_for_nodes(cli, FED, len(sites), timeout=90)
+        start_supernode(s, sl.address, kit / KIT_CA, kit / KIT_AUTH_KEY, node_config(s, kit, sw),
+                        workdir=sw, group=group, wait_connected=90)
+    wait_for_nodes(cli, FED, len(sites), timeout=90)
     print(f"federation up in {time.monotonic() - t0:.1f} s ({work})", flush=True)
     return prov, cli
 
@@ -92,8 +97,8 @@ def run_app(app: Path, cli: Path, config: dict, work: Path, tag: str, timeout: f
     return what the app wrote there ({"status": "no output"} if nothing); a
     failed run prints Flower's reason and the tail of <work>/run-<tag>.log."""
     out = work / f"{tag}.json"
-    res = L.flwr_run(app, cli, FED, {**config, "out-file": str(out)}, timeout=timeout,
-                     log_path=work / f"run-{tag}.log")
+    res = flwr_run(app, cli, FED, {**config, "out-file": str(out)}, timeout=timeout,
+                   log_path=work / f"run-{tag}.log")
     print(f"{tag} run: {res.status} in {res.seconds:.1f} s", flush=True)
     rec = json.loads(out.read_text()) if out.exists() else {"status": "no output"}
     if not res.ok or rec.get("status") != "done":

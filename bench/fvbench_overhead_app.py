@@ -32,6 +32,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
+from fl_common import keys as K  # noqa: E402
+
 server = ServerApp()
 client = ClientApp()
 
@@ -75,9 +77,9 @@ def _proc_start_epoch() -> float:
 
 def _handle(msg: Message, context: Context) -> Message:
     t_h0 = time.time()
-    cfg = msg.content.config_records["config"]
+    cfg = msg.content.config_records[K.REC_CONFIG]
     mode = str(cfg["mode"])
-    flat = msg.content.array_records["arrays"]["w"].numpy()
+    flat = msg.content.array_records[K.REC_ARRAYS]["w"].numpy()
     extra = {}
     if mode == "plain":
         t = time.perf_counter()
@@ -96,13 +98,13 @@ def _handle(msg: Message, context: Context) -> Message:
     else:
         from fl_client.worker_client import WorkerClient
         t = time.perf_counter()
-        with WorkerClient(str(context.node_config["worker-socket"]), timeout=60.0) as w:
-            if msg.metadata.message_type.startswith("train"):
-                _delta, _n, metrics = w.train(str(cfg["run-id"]), int(cfg["server-round"]),
-                                              {"w": flat}, {"kind": "train"})
+        with WorkerClient(str(context.node_config[K.NODE_WORKER_SOCKET]), timeout=60.0) as w:
+            if msg.metadata.message_type.startswith(K.MSG_TRAIN):
+                _delta, _n, metrics = w.train(str(cfg[K.RUN_ID]), int(cfg[K.SERVER_ROUND]),
+                                              {"w": flat}, {"kind": K.MSG_TRAIN})
             else:
-                metrics, _n = w.evaluate(str(cfg["run-id"]), int(cfg["server-round"]),
-                                         {"w": flat}, {"kind": "evaluate"})
+                metrics, _n = w.evaluate(str(cfg[K.RUN_ID]), int(cfg[K.SERVER_ROUND]),
+                                         {"w": flat}, {"kind": K.MSG_EVALUATE})
         extra["rpc_s"] = time.perf_counter() - t
         compute_s = float(metrics["compute_s"])
     t_h1 = time.time()
@@ -110,9 +112,9 @@ def _handle(msg: Message, context: Context) -> Message:
          "module_t0": _T_MODULE0, "module_t1": _T_MODULE1,
          "handler_t0": t_h0, "handler_t1": t_h1, "torch_loaded": float("torch" in __import__("sys").modules),
          **extra}
-    return Message(RecordDict({"metrics": MetricRecord(m),
-                               "info": ConfigRecord({"site": str(context.node_config["site-name"]),
-                                                     "mode": mode})}), reply_to=msg)
+    return Message(RecordDict({K.REC_METRICS: MetricRecord(m),
+                               K.REC_INFO: ConfigRecord({K.SITE: str(context.node_config[K.NODE_SITE_NAME]),
+                                                         "mode": mode})}), reply_to=msg)
 
 
 @client.train()
@@ -150,10 +152,10 @@ def main(grid: Grid, context: Context) -> None:
     for rnd, mode in enumerate(modes, start=1):
         row = {"round": rnd, "mode": mode, "warmup": rnd <= 2, "stages": []}
         t_round0 = time.time()
-        for kind in ("train", "evaluate"):
-            msgs = [Message(RecordDict({"arrays": ArrayRecord({"w": Array(w)}),
-                                        "config": ConfigRecord({"mode": mode, "server-round": rnd,
-                                                                "run-id": str(context.run_id)})}),
+        for kind in (K.MSG_TRAIN, K.MSG_EVALUATE):
+            msgs = [Message(RecordDict({K.REC_ARRAYS: ArrayRecord({"w": Array(w)}),
+                                        K.REC_CONFIG: ConfigRecord({"mode": mode, K.SERVER_ROUND: rnd,
+                                                                    K.RUN_ID: str(context.run_id)})}),
                             dst_node_id=nd, message_type=kind, group_id=str(rnd)) for nd in nodes]
             t_sent = time.time()
             ids = {i for i in grid.push_messages(msgs) if i}
@@ -174,8 +176,8 @@ def main(grid: Grid, context: Context) -> None:
             for t_recv, m in recv.values():
                 if m.has_error():
                     raise RuntimeError(f"round {rnd} {kind} ({mode}): {m.error.reason}")
-                met = dict(m.content.metric_records["metrics"])
-                msgs_out.append({"site": str(m.content.config_records["info"]["site"]),
+                met = dict(m.content.metric_records[K.REC_METRICS])
+                msgs_out.append({"site": str(m.content.config_records[K.REC_INFO][K.SITE]),
                                  "t_sent": t_sent, "t_pushed": t_pushed, "t_recv": t_recv, **met})
             row["stages"].append({"kind": kind, "t_sent": t_sent,
                                   "t_done": max(x["t_recv"] for x in msgs_out), "msgs": msgs_out})

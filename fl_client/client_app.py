@@ -7,10 +7,11 @@ over its Unix socket, masks the delta when secure aggregation is on (state on
 disk under `state-dir`), and replies with the (masked) delta and scalar
 metrics only. No image, label or header ever passes through here.
 
-node-config keys: worker-socket, site-name, and for secure aggregation
-auth-key (the enrollment key), roster (roster.json) and state-dir. With
-`audit-dir` set, every reply's records are described (names, types, dtypes,
-sizes) in a JSON line there, so a test or an auditor can check what leaves.
+node-config keys (fl_common.keys.NODE_*): worker-socket, site-name, and for
+secure aggregation auth-key (the enrollment key), roster (roster.json) and
+state-dir. With `audit-dir` set, every reply's records are described (names,
+types, dtypes, sizes) in a JSON line there (keys.AUDIT_FILE), so a test or an
+auditor can check what leaves.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .tensors import flatten
+from fl_common import keys as K
+from fl_common.tensors import flatten
+
 from .worker_client import WorkerClient
 
 app = ClientApp()
@@ -41,14 +44,14 @@ def describe_reply(content: RecordDict) -> dict:
 
 
 def _reply(msg: Message, content: RecordDict, context: Context) -> Message:
-    audit = context.node_config.get("audit-dir")
+    audit = context.node_config.get(K.NODE_AUDIT_DIR)
     if audit:
         import os
         import time
         os.makedirs(str(audit), exist_ok=True)
         line = {"message_type": msg.metadata.message_type, "time": time.time(),
                 "records": describe_reply(content)}
-        with open(os.path.join(str(audit), "outgoing.jsonl"), "a") as f:
+        with open(os.path.join(str(audit), K.AUDIT_FILE), "a") as f:
             f.write(json.dumps(line) + "\n")
     return Message(content, reply_to=msg)
 
@@ -61,23 +64,23 @@ def _node(context: Context, key: str) -> str:
 
 
 def _worker(context: Context) -> WorkerClient:
-    return WorkerClient(_node(context, "worker-socket"))
+    return WorkerClient(_node(context, K.NODE_WORKER_SOCKET))
 
 
 def _secagg(context: Context, session: str):
     from .secagg import SiteSecAgg
-    roster = json.loads(Path(_node(context, "roster")).read_text())
-    state = Path(_node(context, "state-dir")) / "secagg" / session.replace("/", "_")
-    return SiteSecAgg(_node(context, "site-name"), session, _node(context, "auth-key"), roster, state)
+    roster = json.loads(Path(_node(context, K.NODE_ROSTER)).read_text())
+    state = Path(_node(context, K.NODE_STATE_DIR)) / "secagg" / session.replace("/", "_")
+    return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state)
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:
-    rec = msg.content.array_records["arrays"]
+    rec = msg.content.array_records[K.REC_ARRAYS]
     return {k: v.numpy() for k, v in rec.items()}
 
 
 def _config(msg: Message) -> dict:
-    cfg = msg.content.config_records.get("config")
+    cfg = msg.content.config_records.get(K.REC_CONFIG)
     return dict(cfg) if cfg is not None else {}
 
 
@@ -88,25 +91,25 @@ def metric_record(d: dict) -> MetricRecord:
 
 
 def _info(context: Context) -> ConfigRecord:
-    return ConfigRecord({"site": _node(context, "site-name")})
+    return ConfigRecord({K.SITE: _node(context, K.NODE_SITE_NAME)})
 
 
-@app.query("advertise")
+@app.query(K.SECAGG_ADVERTISE)
 def advertise(msg: Message, context: Context) -> Message:
     """Secure aggregation S1: signed public keys for this session."""
-    session = str(msg.content.config_records["secagg"]["session"])
+    session = str(msg.content.config_records[K.REC_SECAGG][K.SESSION])
     payload = _secagg(context, session).advertise()
-    return _reply(msg, RecordDict({"secagg": ConfigRecord({"site": _node(context, "site-name"),
-                                                           "payload": payload})}), context)
+    return _reply(msg, RecordDict({K.REC_SECAGG: ConfigRecord({K.SITE: _node(context, K.NODE_SITE_NAME),
+                                                               K.PAYLOAD: payload})}), context)
 
 
-@app.query("share")
+@app.query(K.SECAGG_SHARE)
 def share(msg: Message, context: Context) -> Message:
     """Secure aggregation S2: encrypted Shamir shares of this site's mask key."""
-    rec = msg.content.config_records["secagg"]
-    payload = _secagg(context, str(rec["session"])).receive_roster_and_share(bytes(rec["payload"]))
-    return _reply(msg, RecordDict({"secagg": ConfigRecord({"site": _node(context, "site-name"),
-                                                           "payload": payload})}), context)
+    rec = msg.content.config_records[K.REC_SECAGG]
+    payload = _secagg(context, str(rec[K.SESSION])).receive_roster_and_share(bytes(rec[K.PAYLOAD]))
+    return _reply(msg, RecordDict({K.REC_SECAGG: ConfigRecord({K.SITE: _node(context, K.NODE_SITE_NAME),
+                                                               K.PAYLOAD: payload})}), context)
 
 
 def _in_background(fn, *args):
@@ -132,40 +135,41 @@ def _in_background(fn, *args):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
-    rnd = int(cfg.get("server-round", 0))
+    rnd = int(cfg.get(K.SERVER_ROUND, 0))
     arrays = _arrays(msg)
-    sec = msg.content.config_records.get("secagg")
+    sec = msg.content.config_records.get(K.REC_SECAGG)
     prepared = None
     if sec is not None:
         # the masks do not depend on the update: sum them while the worker trains
-        sa = _secagg(context, str(sec["session"]))
-        prepared = _in_background(sa.prepare_mask, rnd, bytes(sec["payload"]),
+        sa = _secagg(context, str(sec[K.SESSION]))
+        prepared = _in_background(sa.prepare_mask, rnd, bytes(sec[K.PAYLOAD]),
                                   sum(int(np.asarray(a).size) for a in arrays.values()))
     with _worker(context) as w:
-        delta, weight, metrics = w.train(str(cfg.get("run-id", "")), rnd, arrays, cfg)
+        delta, weight, metrics = w.train(str(cfg.get(K.RUN_ID, "")), rnd, arrays, cfg)
     flat = flatten(delta)
     if sec is None:
-        content = RecordDict({"delta": ArrayRecord({"flat": Array(flat)}),
-                              "metrics": metric_record({**metrics, "num-examples": weight})})
+        content = RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(flat)}),
+                              K.REC_METRICS: metric_record({**metrics, K.NUM_EXAMPLES: weight})})
     else:
         # the weight and the delta leave the site only inside the masked vector
-        up = sa.mask(rnd, flat, weight, bytes(sec["payload"]), prepared=prepared())
-        content = RecordDict({"masked": ArrayRecord({"vector": Array(up.vector)}),
-                              "secagg": ConfigRecord({"payload": up.payload}),
-                              "metrics": metric_record({**metrics, "clipped": up.clipped})})
-    content["info"] = _info(context)
+        up = sa.mask(rnd, flat, weight, bytes(sec[K.PAYLOAD]), prepared=prepared())
+        content = RecordDict({K.REC_MASKED: ArrayRecord({K.VECTOR: Array(up.vector)}),
+                              K.REC_SECAGG: ConfigRecord({K.PAYLOAD: up.payload}),
+                              K.REC_METRICS: metric_record({**metrics, K.CLIPPED: up.clipped})})
+    content[K.REC_INFO] = _info(context)
     return _reply(msg, content, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = _config(msg)
-    rnd = int(cfg.get("server-round", 0))
+    rnd = int(cfg.get(K.SERVER_ROUND, 0))
     with _worker(context) as w:
-        metrics, n = w.evaluate(str(cfg.get("run-id", "")), rnd, _arrays(msg), cfg)
-    content = RecordDict({"metrics": metric_record({**metrics, "num-examples": n}), "info": _info(context)})
-    sec = msg.content.config_records.get("secagg")
+        metrics, n = w.evaluate(str(cfg.get(K.RUN_ID, "")), rnd, _arrays(msg), cfg)
+    content = RecordDict({K.REC_METRICS: metric_record({**metrics, K.NUM_EXAMPLES: n}),
+                          K.REC_INFO: _info(context)})
+    sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is not None:
-        content["secagg"] = ConfigRecord(
-            {"payload": _secagg(context, str(sec["session"])).reveal(rnd, bytes(sec["payload"]))})
+        content[K.REC_SECAGG] = ConfigRecord(
+            {K.PAYLOAD: _secagg(context, str(sec[K.SESSION])).reveal(rnd, bytes(sec[K.PAYLOAD]))})
     return _reply(msg, content, context)

@@ -9,10 +9,12 @@ import grpc
 from protos import site_worker_pb2 as pb
 from protos import site_worker_pb2_grpc as pbg
 
-from .tensors import from_proto, to_proto
+from fl_common.keys import WORKER_API_VERSION as API_VERSION
+from fl_common.keys import WORKER_MAX_MESSAGE
+from fl_common.tensors import from_proto, to_proto
 
-API_VERSION = 1
-_OPTS = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
+_OPTS = [("grpc.max_receive_message_length", WORKER_MAX_MESSAGE),
+         ("grpc.max_send_message_length", WORKER_MAX_MESSAGE)]
 
 
 class WorkerError(RuntimeError):

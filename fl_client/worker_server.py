@@ -20,10 +20,9 @@ import grpc
 from protos import site_worker_pb2 as pb
 from protos import site_worker_pb2_grpc as pbg
 
-from .tensors import from_proto, to_proto
-
-API_VERSION = 1
-MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits
+from fl_common.keys import WORKER_API_VERSION as API_VERSION
+from fl_common.keys import WORKER_MAX_MESSAGE as MAX_MESSAGE
+from fl_common.tensors import from_proto, to_proto
 
 log = logging.getLogger("fedvox.worker")
 

@@ -17,6 +17,7 @@ from pydantic import Field
 from imaging_core.config import ImagingConfig, Table, parse
 from imaging_core.config_errors import ConfigError
 from imaging_core.errors import ImagingError
+from .kit import KIT_AUTH_KEY, KIT_CA
 
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 
@@ -77,8 +78,8 @@ class SiteFederationTable(Table):
 class SuperlinkTable(Table):
     """site.toml's [superlink] table (a startup kit's connection; paths relative to the file)."""
     address: str = ""
-    root_certificates: str = "ca.crt"
-    auth_key: str = "auth.key"
+    root_certificates: str = KIT_CA
+    auth_key: str = KIT_AUTH_KEY
 
 
 class SiteFile(Table):

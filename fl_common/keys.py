@@ -25,6 +25,7 @@ FLAT = "flat"                # the one Array of a delta record
 VECTOR = "vector"            # the one Array of a masked record
 SESSION = "session"
 PAYLOAD = "payload"
+CLIPPED = "clipped"          # metric of a masked train reply: this site's clip events
 
 # ----- message types ----------------------------------------------------------
 MSG_TRAIN = "train"
@@ -40,6 +41,7 @@ NODE_ROSTER = "roster"
 NODE_STATE_DIR = "state-dir"
 NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"
+AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
 
 # ----- metric prefixes in the run record --------------------------------------
 CENTRAL = "central/"         # the coordinator's held-out evaluation of the global model

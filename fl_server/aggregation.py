@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fl_client.secagg import RoundFailed  # one failure type for both modes
+from fl_common.secagg import RoundFailed  # one failure type for both modes
 from fl_common import keys as K
 
 from .strategy import weighted_mean

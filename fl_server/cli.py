@@ -79,10 +79,11 @@ def _cmd_provision(a) -> int:
 
 def _cmd_server(a) -> int:
     from pathlib import Path
-    from fl_server import deploy, launch as L
+    from fl_common.supervise import ProcessGroup
+    from fl_server import deploy
     from fl_server.provision import load_provision
     prov = load_provision(a.provision)
-    with L.ProcessGroup("fedvox-server") as group:
+    with ProcessGroup("fedvox-server") as group:
         sl, cli = deploy.start_superlink(group, prov, Path(a.work), a.port, a.insecure)
         print(f"SuperLink on {sl.address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
               file=sys.stderr)
@@ -98,25 +99,14 @@ def _cmd_server(a) -> int:
 
 
 def _cmd_site(a) -> int:
-    import time
-    from pathlib import Path
-    from fl_server import deploy, launch as L
-    from fl_server.provision import read_kit
-    kit = read_kit(a.kit)
-    fed = Path(a.federation) if a.federation else kit.dir / "federation.toml"
-    with L.ProcessGroup("fedvox-site") as group:
-        sp = deploy.start_site(group, kit, fed, kit.site_toml, Path(a.work), a.superlink or kit.superlink_address,
-                               data_root=Path(a.data), insecure=a.insecure, device=a.device)
-        print(f"{kit.name}: worker on {sp.socket}, SuperNode connected; Ctrl-C to stop", file=sys.stderr)
-        while sp.worker.alive() and sp.supernode.alive():
-            time.sleep(2)
-        print(f"{kit.name}: a process exited; stopping", file=sys.stderr)
-        return 1
+    from fl_client.site import run_site  # lazy: only `fedvox site` starts a site
+    return run_site(a.kit, a.work, a.data, federation=a.federation, superlink=a.superlink,
+                    insecure=a.insecure, device=a.device)
 
 
 def _cmd_infer(a) -> int:
     from imaging_core.bundle.infer import infer_file
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     out = infer_file(a.bundle, a.input, a.out, device=a.device, progress=not a.quiet, modality=a.modality,
                      scheme=MANIFEST_SIGNATURES)
     print(str(out))
@@ -124,7 +114,7 @@ def _cmd_infer(a) -> int:
 
 
 def _cmd_verify(a) -> int:
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from imaging_core.bundle.verify import verify_bundle
     problems = verify_bundle(a.bundle, public_key=a.public_key, strict=a.strict, scheme=MANIFEST_SIGNATURES)
     for p in problems:

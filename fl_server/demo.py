@@ -16,12 +16,12 @@ from pathlib import Path
 from rich.live import Live
 from rich.table import Table
 
-from fl_common.keys import CENTRAL, GLOBAL, LOCAL
 from fl_common.config import example_federation_path, load_federation
+from fl_common.keys import CENTRAL, GLOBAL, LOCAL
+from fl_common.supervise import ProcessGroup
 from imaging_core.errors import ImagingError
 
 from . import deploy
-from . import launch as L
 from .prepare import console
 from .records import RunRecord
 
@@ -97,16 +97,17 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
         shutil.rmtree(run_dir)
     labels = dict(fed.labels)
     t0 = time.monotonic()
-    with L.ProcessGroup("fedvox-demo") as group:
+    with ProcessGroup("fedvox-demo") as group:
         with console.status("starting SuperLink (TLS + node authentication)"):
             sl, cli = deploy.start_superlink(group, prov, work / "server", None, insecure=False)
         console.print(f"SuperLink on {sl.address}: TLS, SuperNode auth, {len(names)} site keys registered")
-        from .provision import read_kit
+        from fl_client.site import start_site  # the demo starts the sites too
+        from fl_common.kit import read_kit
         for s in fed.sites:
             with console.status(f"starting {s.name}: worker (cache) + SuperNode"):
                 kit = read_kit(prov.site_kits[s.name])
-                deploy.start_site(group, kit, Path(federation), Path(s.config_path), work / "sites-work" / s.name,
-                                  sl.address, data_base=Path(data_base) if data_base else None)
+                start_site(group, kit, Path(federation), Path(s.config_path), work / "sites-work" / s.name,
+                           sl.address, data_base=Path(data_base) if data_base else None)
             console.print(f"  {s.name}: worker ready, SuperNode connected")
         spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,
                                  prov.roster_path, rounds=rounds, min_sites=min(len(names), 2))

@@ -89,7 +89,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     }
     model_cfg = dict(info.get("model") or fed.model.model_dump())
     ver = version or f"1.0.{max(r, 0)}"
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     return export_bundle(state, model_cfg, data_contract(fed), provenance, out_dir,
                          signing_key_path=key, version=ver, overwrite=overwrite,
                          signature_scheme=MANIFEST_SIGNATURES)

@@ -9,14 +9,14 @@ Layout of ``out_dir``::
     sites/<name>/             handed to that site only (0700)
       ca.crt  auth.key (0600)  auth.key.pub  roster.json  site.toml
 
-``roster.json`` maps every site name to its OpenSSH public key: the server
+The site kit's format and its reader: fl_common.kit. ``roster.json`` maps every site name to its OpenSSH public key: the server
 registers these with the SuperLink; sites get it so they can see who else is in
 the federation. ``ca.key`` is kept so the server certificate can be re-issued
 (new host name) without re-distributing kits. Paths inside ``site.toml`` are
 relative to the kit directory, so a kit can be copied anywhere.
 
-The key and certificate generation itself lives in ``fl_client.secagg.crypto``
-(all of fedvox's cryptography is in that one module).
+The key and certificate generation itself lives in ``fl_common.crypto.pki``
+(all of fedvox's cryptography is in that one package).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_client.secagg import crypto
+from fl_common.crypto import pki as crypto
+from fl_common.kit import KIT_AUTH_KEY, KIT_AUTH_PUB, KIT_CA, KIT_ROSTER, KIT_SITE_TOML
 from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
@@ -57,19 +58,6 @@ class Provision:
     roster_path: Path
     roster: dict[str, str]
     site_kits: dict[str, Path] = field(default_factory=dict)
-
-
-@dataclass
-class SiteKit:
-    dir: Path
-    name: str
-    federation: str
-    superlink_address: str
-    ca_cert: Path
-    auth_key: Path
-    auth_pub: Path
-    roster: dict[str, str]
-    site_toml: Path
 
 
 def _check_sites(sites) -> list[str]:
@@ -122,8 +110,8 @@ name = {_toml_str(federation)}
 
 [superlink]
 address = {_toml_str(address)}
-root_certificates = "ca.crt"
-auth_key = "auth.key"
+root_certificates = "{KIT_CA}"
+auth_key = "{KIT_AUTH_KEY}"
 """
 
 
@@ -172,11 +160,11 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
         for s, k in site_keys.items():
             d = tmp / "sites" / s
             d.mkdir(mode=0o700)
-            _write(d / "ca.crt", ca_pem)
-            _write(d / "auth.key", crypto.openssh_private(k), 0o600)
-            _write(d / "auth.key.pub", roster[s] + "\n")
-            _write(d / "roster.json", roster_json)
-            _write(d / "site.toml", _site_toml(s, federation, address))
+            _write(d / KIT_CA, ca_pem)
+            _write(d / KIT_AUTH_KEY, crypto.openssh_private(k), 0o600)
+            _write(d / KIT_AUTH_PUB, roster[s] + "\n")
+            _write(d / KIT_ROSTER, roster_json)
+            _write(d / KIT_SITE_TOML, _site_toml(s, federation, address))
 
         meta = {"federation": federation, "superlink_address": address, "hosts": san_hosts,
                 "sites": sites, "ca_sha256": crypto.fingerprint(ca),
@@ -206,26 +194,6 @@ def load_provision(out_dir) -> Provision:
                      server_key=s / "server.key", ca_key=s / "ca.key",
                      roster_path=s / "roster.json", roster=roster,
                      site_kits={n: out / "sites" / n for n in meta["sites"]})
-
-
-def read_kit(kit_dir) -> SiteKit:
-    """A site's startup kit (as written by ``provision``), paths resolved."""
-    from fl_common.config import read_site_file
-    d = Path(kit_dir).absolute()
-    toml_path = d / "site.toml"
-    if not toml_path.is_file():
-        raise ProvisionError(f"{d} is not a site startup kit (no site.toml)")
-    doc = read_site_file(toml_path)  # the one site.toml parser: a bad key is one error naming it
-    sl = doc.superlink
-
-    def _p(v):
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else d / p
-
-    return SiteKit(dir=d, name=doc.site.name, federation=doc.federation.name,
-                  superlink_address=sl.address, ca_cert=_p(sl.root_certificates),
-                  auth_key=_p(sl.auth_key), auth_pub=_p(sl.auth_key + ".pub"),
-                  roster=json.loads((d / "roster.json").read_text()), site_toml=toml_path)
 
 
 def reissue_server_cert(out_dir, hosts) -> Path:

@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fl_client.tensors import flatten, unflatten
+from fl_common.tensors import flatten, unflatten
 from fl_common import keys as K
 
 from .aggregation import Aggregation, RoundFailed

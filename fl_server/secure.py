@@ -14,8 +14,9 @@ from typing import Callable
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fl_client.secagg import RoundFailed, SecAggError, ServerSecAgg, min_threshold
 from fl_common import keys as K
+from fl_common.secagg import RoundFailed, SecAggError, min_threshold
+from fl_server.secagg import ServerSecAgg
 
 log = logging.getLogger("fedvox.server")
 SESSIONS = "secagg_sessions"  # run.json: how many sessions this run has opened

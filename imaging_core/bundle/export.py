@@ -97,13 +97,13 @@ def export_bundle(state_dict: dict, model_cfg: dict, data_contract: dict, proven
     ``state_dict``: float tensors (or arrays) of the UNet3D built from ``model_cfg``
     (the federation's [model] table) with ``in_channels``/number of labels from the contract.
     ``signing_key_path``: a private key that ``signature_scheme`` loads (fedvox:
-    fl_client.secagg.crypto.MANIFEST_SIGNATURES, EC P-384 PEM or OpenSSH);
+    fl_common.crypto.signing.MANIFEST_SIGNATURES, EC P-384 PEM or OpenSSH);
     without it the manifest is written unsigned.
     """
     from ..nets.unet3d import to_monai_state_dict
     contract = normalize_contract(data_contract)
     if signing_key_path and signature_scheme is None:
-        raise ValueError("signing a bundle needs a signature scheme (fl_client.secagg.crypto.MANIFEST_SIGNATURES)")
+        raise ValueError("signing a bundle needs a signature scheme (fl_common.crypto.signing.MANIFEST_SIGNATURES)")
     key = signature_scheme.load_private(signing_key_path) if signing_key_path else None  # fail before any work
     out = Path(out_dir)
     if out.exists() and not overwrite:

@@ -12,7 +12,7 @@ anyone who can edit the bundle can also replace the embedded key.
 
 The signature scheme (key loading, sign, verify) is passed in by the caller:
 imaging_core never imports `cryptography` (fedvox keeps all of it in one
-reviewed module, fl_client.secagg.crypto; its MANIFEST_SIGNATURES is the
+reviewed module, fl_common.crypto.signing; its MANIFEST_SIGNATURES is the
 scheme ``fedvox export`` and ``fedvox bundle verify`` use). Anything with the
 same methods works. No torch import here.
 """

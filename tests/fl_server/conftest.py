@@ -89,7 +89,7 @@ def fabricate_baseline(out: Path, model: str = "pooled", seed: int = 1) -> Path:
 
 
 def _ca_key(tmp_path) -> tuple[Path, Path]:
-    from fl_client.secagg import crypto as pki
+    from fl_common.crypto import pki
     key = pki.new_key()
     ca = pki.make_ca(key, "test federation CA")
     (tmp_path / "ca.key").write_bytes(pki.key_pem(key))

@@ -12,7 +12,7 @@ from fl_server.records import write_json
 
 
 def test_export_run_builds_signed_bundle_with_pseudonyms(run_dir, tmp_path, fab):
-    from fl_client.secagg.crypto import MANIFEST_SIGNATURES
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from fl_server.export import PSEUDONYMS, export_run
     from imaging_core.bundle.load import load_bundle
     from imaging_core.bundle.verify import verify_bundle

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fl_client.site import SiteProcs, start_site
+from fl_common.kit import read_kit
+from fl_common.supervise import ProcessGroup
 from fl_server import deploy
-from fl_server import launch as L
 from fl_common.config import example_federation_path
-from fl_server.provision import provision, read_kit
+from fl_server.flwr_cli import RunResult
+from fl_server.provision import provision
 
 pytestmark = [pytest.mark.timeout(420)]
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
@@ -54,8 +57,8 @@ class Federation:
     def __init__(self, work: Path, example: dict):
         self.work, self.ex = work, example
         self.prov = provision(work / "provision", SITES, federation="fedvox-test")
-        self.group = L.ProcessGroup("test-federation")
-        self.sites: dict[str, deploy.SiteProcs] = {}
+        self.group = ProcessGroup("test-federation")
+        self.sites: dict[str, SiteProcs] = {}
         self.run_dir = work / "run"
 
     def start_server(self, port=None):
@@ -64,12 +67,12 @@ class Federation:
     def start_sites(self, names=SITES):
         for n in names:
             kit = read_kit(self.prov.site_kits[n])
-            self.sites[n] = deploy.start_site(
+            self.sites[n] = start_site(
                 self.group, kit, self.ex["fed"], self.ex["fed"].parent / "sites" / f"{n}.toml",
                 self.work / "sites" / n, self.superlink.address, data_base=self.ex["data"],
                 audit_dir=self.work / "audit" / n)
 
-    def run(self, timeout=360.0, secure=True) -> L.RunResult:
+    def run(self, timeout=360.0, secure=True) -> RunResult:
         spec = deploy.write_spec(self.run_dir, self.ex["fed"], self.ex["data"], secure, self.prov.roster_path,
                                  connect_timeout=60)
         return deploy.run_federation(self.cli, self.prov.federation, spec, timeout,

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fl_client.secagg import crypto as pki
 from fl_common.config import load_site
-from fl_server.provision import (ProvisionError, load_provision, provision, read_kit,
-                                 reissue_server_cert)
+from fl_common.crypto import pki
+from fl_common.kit import KitError, read_kit
+from fl_server.provision import ProvisionError, load_provision, provision, reissue_server_cert
 
 pytestmark = pytest.mark.timeout(60)
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
@@ -129,6 +129,8 @@ def test_site_toml_is_a_valid_site_config(prov):
     site = load_site(kit.site_toml)
     assert site.name == "hospital_b"
     assert site.data_root == "/path/to/hospital_b/data"
+    with pytest.raises(KitError, match="not a site startup kit"):
+        read_kit(prov.root / "server")
 
 
 def test_refuses_to_overwrite_then_force_replaces(tmp_path):

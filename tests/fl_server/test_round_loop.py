@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_client.tensors import flatten
+from fl_common.tensors import flatten
 from fl_common import keys as K
 from fl_server.aggregation import PlainAggregation
 from fl_server.records import RunRecord

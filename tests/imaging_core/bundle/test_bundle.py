@@ -18,7 +18,7 @@ import pytest
 import torch
 
 # the signature scheme fedvox hands to imaging_core.bundle (all cryptography lives there)
-from fl_client.secagg.crypto import MANIFEST_SIGNATURES as SIG
+from fl_common.crypto.signing import MANIFEST_SIGNATURES as SIG
 
 REPO = Path(__file__).resolve().parents[3]
 SCHEMA = REPO.parent / "shared" / "data" / "monai_bundle_meta_schema_20240725.json"
@@ -258,7 +258,7 @@ def test_resealed_manifest_fails_signature(bundle_copy, keys, tmp_path):
 
 
 def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
-    from fl_client.secagg import crypto as pki
+    from fl_common.crypto import pki
     from imaging_core.bundle.export import export_bundle
     from imaging_core.bundle.verify import verify_bundle
     from imaging_core.task import float_state
@@ -384,7 +384,8 @@ def test_signatures_are_never_passed_silently_without_a_scheme(bundle_copy, keys
 
 def test_only_the_crypto_module_imports_cryptography():
     import re
-    users = sorted(str(p.relative_to(REPO)) for pkg in ("imaging_core", "fl_client", "fl_server")
+    users = sorted(str(p.relative_to(REPO)) for pkg in ("imaging_core", "fl_common", "fl_client", "fl_server")
                    for p in (REPO / pkg).rglob("*.py")
                    if re.search(r"^\s*(from|import) cryptography\b", p.read_text(), re.M))
-    assert users == ["fl_client/secagg/crypto.py"]
+    assert users == ["fl_common/crypto/pki.py", "fl_common/crypto/secagg.py",
+                     "fl_common/crypto/signing.py"]

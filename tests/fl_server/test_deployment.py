@@ -1,4 +1,5 @@
-"""The launcher with real processes on loopback: SuperLink with TLS and node
+"""Flower's deployment engine for real on loopback (fl_server.superlink,
+fl_server.flwr_cli, fl_client.supernode): SuperLink with TLS and node
 authentication, two SuperNodes running a numpy-only app for two rounds, a
 refused unregistered key, and nothing left running afterwards.
 
@@ -10,18 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from fl_server import launch as L
+from fl_client.supernode import start_supernode
+from fl_common.supervise import PROC_ENV, LaunchError, ProcessGroup, port_open, tagged_pids
+from fl_server.flwr_cli import flwr_run, list_nodes, register_sites, write_cli_config
 from fl_server.provision import provision
+from fl_server.superlink import start_superlink
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")]
@@ -29,123 +31,22 @@ TINY_APP = Path(__file__).parent / "tiny_app"
 FED = "fedvox"
 
 
-# ---- Proc / ProcessGroup without Flower ---------------------------------------------
-
-HELPER = r"""
-import os, signal, subprocess, sys, time
-# A grandchild in its own session (as SuperLink starts SuperExec): it escapes the group.
-g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-open(sys.argv[1], "w").write(str(g.pid))
-if sys.argv[2] == "stubborn":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-print("ready", flush=True)
-time.sleep(300)
-"""
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("mode", ["polite", "stubborn"])
-def test_group_stops_detached_helpers_and_stubborn_processes(tmp_path, mode):
-    pidfile = tmp_path / "grandchild.pid"
-    with L.ProcessGroup("t") as g:
-        p = g.start("helper", [sys.executable, "-c", HELPER, pidfile, mode], tmp_path / "h.log")
-        p.wait_for_log("ready", timeout=15)
-        gc = int(pidfile.read_text())
-        assert L._alive(gc) and os.getsid(gc) != os.getsid(p.pid)
-        assert g.leftovers() >= {p.pid, gc}
-        t0 = time.monotonic()
-        g.stop_all(timeout=1.0)
-        took = time.monotonic() - t0
-    assert not p.alive() and not L._alive(gc)
-    assert g.leftovers() == set()
-    if mode == "stubborn":  # SIGTERM ignored: SIGKILL once the 1 s grace is over
-        assert 0.9 < took < 6.0
-    else:
-        assert took < 3.0
-
-
-DRIVER = r"""
-import sys, time
-from fl_server import launch as L
-with L.ProcessGroup("driver") as g:
-    p = g.start("helper", [sys.executable, "-c", sys.argv[1], sys.argv[2], "polite"], sys.argv[3])
-    p.wait_for_log("ready", timeout=15)
-    print(g.tag, flush=True)
-    time.sleep(300)
-"""
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_to_the_launcher_stops_everything(tmp_path, sig):
-    """A program using ProcessGroup, interrupted, leaves nothing behind."""
-    with open(tmp_path / "driver.err", "w") as err:  # where its KeyboardInterrupt goes
-        drv = subprocess.Popen([sys.executable, "-c", DRIVER, HELPER, tmp_path / "gc.pid",
-                                tmp_path / "h.log"], stdout=subprocess.PIPE, stderr=err,
-                               text=True, cwd=Path(__file__).parents[2])
-    try:
-        tag = drv.stdout.readline().strip()  # printed once the helper is up
-        assert tag.startswith("driver-"), tag
-        gc = int((tmp_path / "gc.pid").read_text())
-        assert L._alive(gc) and L._tagged(L.GROUP_ENV, tag)
-        drv.send_signal(sig)
-        assert drv.wait(timeout=20) != 0
-        assert not L._alive(gc) and L._tagged(L.GROUP_ENV, tag) == set()
-    finally:
-        if drv.poll() is None:
-            drv.kill()
-            drv.wait(5)
-
-
-@pytest.mark.timeout(30)
-def test_tags_nest_so_an_outer_launcher_still_finds_everything(tmp_path):
-    with L.ProcessGroup("inner") as g:
-        p = g.start("sleeper", [sys.executable, "-c", "import time; time.sleep(300)"],
-                    tmp_path / "s.log", env={**os.environ, L.GROUP_ENV: "outer-tag"})
-        deadline = time.monotonic() + 10
-        while p.pid not in L._tagged(L.GROUP_ENV, g.tag) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.pid in L._tagged(L.GROUP_ENV, "outer-tag") & L._tagged(L.GROUP_ENV, g.tag)
-    assert not p.alive()
-
-
-@pytest.mark.timeout(30)
-def test_waits_are_bounded_and_report_the_log(tmp_path):
-    with L.ProcessGroup("t") as g:
-        p = g.start("printer", [sys.executable, "-c",
-                                "import time; print('hello', flush=True); time.sleep(300)"],
-                    tmp_path / "p.log")
-        assert p.wait_for_log(r"hel+o", timeout=15)
-        t0 = time.monotonic()
-        with pytest.raises(L.LaunchError, match="not seen within"):
-            p.wait_for_log("never", timeout=0.5)
-        assert time.monotonic() - t0 < 2
-        q = g.start("quitter", [sys.executable, "-c", "print('bye'); raise SystemExit(3)"],
-                    tmp_path / "q.log")
-        with pytest.raises(L.LaunchError, match="exited with 3") as e:
-            q.wait_for_log("never", timeout=30)
-        assert "bye" in str(e.value)
-    assert not p.alive()
-
-
-# ---- a real federation on loopback --------------------------------------------------
-
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     """Provision 3 sites, run SuperLink (TLS + node auth), register only a and b."""
     work = tmp_path_factory.mktemp("fed")
     prov = provision(work / "prov", ["hospital_a", "hospital_b", "rogue"])
-    group = L.ProcessGroup("test-launch")
+    group = ProcessGroup("test-deployment")
     timings = {}
     try:
         t0 = time.monotonic()
-        sl = L.start_superlink(work / "server", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
+        sl = start_superlink(work / "server", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
                                auth=True, group=group, ready_timeout=60)
         timings["superlink_ready_s"] = time.monotonic() - t0
         cli_home = work / "cli"
-        L.write_cli_config(cli_home, FED, sl.address, prov.ca_cert)
+        write_cli_config(cli_home, FED, sl.address, prov.ca_cert)
         t0 = time.monotonic()
-        ids = L.register_sites(cli_home, FED, {s: prov.roster[s] for s in ("hospital_a", "hospital_b")})
+        ids = register_sites(cli_home, FED, {s: prov.roster[s] for s in ("hospital_a", "hospital_b")})
         timings["register_2_s"] = time.monotonic() - t0
         assert all(isinstance(v, int) for v in ids.values())
         yield dict(work=work, prov=prov, group=group, superlink=sl, cli=cli_home, timings=timings)
@@ -164,7 +65,7 @@ def test_superlink_serves_tls_with_the_provisioned_certificate(fed):
 
 
 def test_registering_again_is_harmless(fed):
-    again = L.register_sites(fed["cli"], FED, {"hospital_a": fed["prov"].roster["hospital_a"]})
+    again = register_sites(fed["cli"], FED, {"hospital_a": fed["prov"].roster["hospital_a"]})
     assert again == {"hospital_a": None}
 
 
@@ -173,12 +74,12 @@ def test_two_sites_run_two_rounds_with_tls_and_auth(fed):
     for s in ("hospital_a", "hospital_b"):
         t0 = time.monotonic()
         kit = prov.site_kits[s]
-        L.start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
+        start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
                           {"site": s, "data-root": str(fed["work"] / "data dir" / s)},
                           workdir=fed["work"] / "sites" / s, group=g, wait_connected=60)
         fed["timings"][f"supernode_{s}_connect_s"] = time.monotonic() - t0
     out = fed["work"] / "server_out.json"
-    res = L.flwr_run(TINY_APP, fed["cli"], FED, {"out-file": str(out), "stage-timeout": 45.0},
+    res = flwr_run(TINY_APP, fed["cli"], FED, {"out-file": str(out), "stage-timeout": 45.0},
                      timeout=100)
     fed["timings"]["flwr_run_s"] = res.seconds
     assert res.ok, (res, res.log_path.read_text() if res.log_path else "")
@@ -197,7 +98,7 @@ def test_two_sites_run_two_rounds_with_tls_and_auth(fed):
     client_dirs = {Path(c["sys_path"][0]).parent for r in rec["rounds"] for c in r["client_where"]}
     assert client_dirs == {fed["work"] / "sites" / s / "flwr_home" / "apps"
                            for s in ("hospital_a", "hospital_b")}
-    online = [n for n in L.list_nodes(fed["cli"], FED) if n["status"] == "online"]
+    online = [n for n in list_nodes(fed["cli"], FED) if n["status"] == "online"]
     assert len(online) == 2
 
 
@@ -205,7 +106,7 @@ def test_unregistered_site_key_is_refused(fed):
     prov, g, sl = fed["prov"], fed["group"], fed["superlink"]
     kit = prov.site_kits["rogue"]
     t0 = time.monotonic()
-    rogue = L.start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
+    rogue = start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
                               workdir=fed["work"] / "sites" / "rogue", group=g, wait_connected=None)
     rc = rogue.wait(timeout=45)
     fed["timings"]["rogue_refused_s"] = time.monotonic() - t0
@@ -214,10 +115,10 @@ def test_unregistered_site_key_is_refused(fed):
     assert "SuperNode ID" not in rogue.log_text()
     # Its SuperExec outlives it for a moment; stop() sweeps it by the env marker.
     rogue.stop(5)
-    assert L._tagged(L.PROC_ENV, rogue.proc_tag) == set()
+    assert tagged_pids(PROC_ENV, rogue.proc_tag) == set()
     # and with wait_connected, refusal is an error, not a hang
-    with pytest.raises(L.LaunchError, match="exited"):
-        L.start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
+    with pytest.raises(LaunchError, match="exited"):
+        start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
                           workdir=fed["work"] / "sites" / "rogue", group=g, wait_connected=45)
 
 
@@ -234,7 +135,7 @@ def test_everything_is_stopped_even_mid_run(fed):
     assert any(p.name.startswith("supernode:") for p in procs)
     # A run whose ServerApp waits for a third site that never comes: its
     # flwr-serverapp lives under the SuperLink's SuperExec, in another session.
-    res = L.flwr_run(TINY_APP, fed["cli"], FED, {"min-nodes": 3, "wait-nodes-timeout": 300.0},
+    res = flwr_run(TINY_APP, fed["cli"], FED, {"min-nodes": 3, "wait-nodes-timeout": 300.0},
                      stream=False, timeout=60)
     assert res.status == "submitted"
     deadline = time.monotonic() + 60
@@ -249,7 +150,7 @@ def test_everything_is_stopped_even_mid_run(fed):
     fed["timings"]["stop_all_s"] = time.monotonic() - t0
     assert not any(p.alive() for p in procs)
     assert g.leftovers() == set()           # no superexec / serverapp / clientapp left
-    assert not L.port_open("127.0.0.1", sl.port)
+    assert not port_open("127.0.0.1", sl.port)
     for p in procs:
         if p.port:
-            assert not L.port_open("127.0.0.1", p.port), p.name
+            assert not port_open("127.0.0.1", p.port), p.name

@@ -1,14 +1,12 @@
-"""The cryptographic building blocks, one by one."""
+"""The secure-aggregation building blocks, one by one."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from fl_client.secagg import BadSignature, SecAggError, TamperedShare, crypto
+from fl_common.crypto import secagg as crypto
+from fl_common.secagg import TamperedShare
 
 
 def test_pack_is_unambiguous():
@@ -91,33 +89,3 @@ def test_shamir_any_t_shares_recover_the_32_byte_secret(t, n):
     if t > 1:  # t-1 shares are not enough
         with pytest.raises(ValueError, match="threshold"):
             crypto.shamir_combine(pick[:-1], t)
-
-
-def test_openssh_enrollment_keys_load_sign_and_verify(tmp_path):
-    key = crypto.generate_enrollment_key()
-    (tmp_path / "site.key").write_bytes(crypto.enrollment_private_openssh(key))
-    (tmp_path / "site.key.pub").write_bytes(crypto.enrollment_public_openssh(key) + b" site-a\n")
-    priv = crypto.load_enrollment_private_key(tmp_path / "site.key")
-    pub = crypto.load_enrollment_public_key(tmp_path / "site.key.pub")
-    assert crypto.enrollment_private_openssh(key).startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
-    assert crypto.enrollment_public_openssh(key).startswith(b"ecdsa-sha2-nistp384 ")
-    assert crypto.load_enrollment_public_key(crypto.enrollment_public_openssh(key).decode())
-    data = crypto.pack("hello")
-    sig = crypto.sign(priv, data)
-    crypto.verify(pub, sig, data, "site-a advert")
-    with pytest.raises(BadSignature, match="site-a advert"):
-        crypto.verify(pub, sig, crypto.pack("hellO"), "site-a advert")
-    other = crypto.generate_enrollment_key().public_key()
-    with pytest.raises(BadSignature):
-        crypto.verify(other, sig, data, "site-b")
-
-
-def test_non_ec_enrollment_key_is_refused_clearly(tmp_path):
-    ed = ed25519.Ed25519PrivateKey.generate()
-    p = tmp_path / "ed.key"
-    p.write_bytes(ed.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                   serialization.NoEncryption()))
-    with pytest.raises(SecAggError, match="must be an EC key"):
-        crypto.load_enrollment_private_key(p)
-    with pytest.raises(SecAggError, match="cannot read key file"):
-        crypto.load_enrollment_private_key(tmp_path / "missing.key")

@@ -2,10 +2,11 @@
 
 The messages are defined in protos/secagg.proto; protos/secagg_pb2.py is
 generated from it by protoc (see the .proto header), so any protobuf reader can
-parse what fedvox sends. Python code here and in protocol.py handles payloads
-as plain dicts (field name -> int/str/bytes/float, nested dicts, lists); this
-module converts them to and from bytes and refuses a payload of another
-version or stage type with WireFormatError.
+parse what fedvox sends. Python code here and on both sides (fl_client.secagg,
+fl_server.secagg) handles payloads as plain dicts (field name ->
+int/str/bytes/float, nested dicts, lists); this module converts them to and
+from bytes and refuses a payload of another version or stage type with
+WireFormatError.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from protos import secagg_pb2 as pb
 
-from .errors import WireFormatError
+from fl_common.secagg.errors import WireFormatError
 
 VERSION = 1
 

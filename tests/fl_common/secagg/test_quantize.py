@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_client.secagg import NUM_EXTRA, QuantizationError, Quantizer
+from fl_common.secagg import NUM_EXTRA, QuantizationError, Quantizer
 
 
 def _sum(vectors):
@@ -72,7 +72,7 @@ def test_bad_inputs_fail_clearly():
 
 def test_chunked_encoding_equals_whole_array_float64_reference():
     # more than two chunks, with clipped values and a NaN only in the last one
-    from fl_client.secagg import quantize as qm
+    from fl_common.secagg import quantize as qm
     rng = np.random.default_rng(7)
     x = rng.normal(0, 0.7, 2 * qm._CHUNK + 1234).astype(np.float32)
     q = Quantizer(clip_range=1.0, max_weight=100.0, num_sites=3)
@@ -91,7 +91,7 @@ def test_chunked_encoding_equals_whole_array_float64_reference():
 def test_encoding_added_onto_masks_equals_encoding_plus_masks():
     # what mask() relies on: adding in place onto the summed masks gives the
     # same uint32 vector as encoding then adding, across chunks and with wrap
-    from fl_client.secagg import quantize as qm
+    from fl_common.secagg import quantize as qm
     rng = np.random.default_rng(11)
     x = rng.normal(0, 0.5, qm._CHUNK + 77).astype(np.float32)
     masks = rng.integers(0, 2 ** 32, x.size + 2, dtype=np.uint32)

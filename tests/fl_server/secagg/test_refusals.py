@@ -1,5 +1,6 @@
-"""The protocol end to end, in process: exactness, privacy, dropouts, lying
-servers, persistence across restarts."""
+"""What a site refuses, end to end: tampered shares, forged or swapped keys, a
+server lying about dropouts or showing different views, thresholds too low;
+and what it keeps across restarts (fresh keys, reveal decisions, 0600 state)."""
 from __future__ import annotations
 
 import json
@@ -8,84 +9,12 @@ import stat
 
 import numpy as np
 import pytest
-from scipy import stats
 
-from fl_client.secagg import (BadSignature, ProtocolError, Quantizer, RevealRefused, RoundFailed,
-                              StateError, TamperedShare, crypto, wire)
-
-
-def weighted_mean(deltas, weights, sites):
-    num = sum(weights[s] * deltas[s].astype(np.float64) for s in sites)
-    return num / sum(weights[s] for s in sites)
-
-
-def _deltas(rng, names, size, scale=0.3):
-    return {s: rng.normal(0, scale, size).astype(np.float32) for s in names}
-
-
-def _weights(rng, names, hi=1000.0):
-    return {s: float(rng.uniform(1.0, hi)) for s in names}
-
-
-# ------------------------------------------------------------------ exactness
-@pytest.mark.parametrize("n", [2, 3, 4, 6, 8, 10])
-def test_unmasked_mean_equals_plaintext_weighted_mean(federation, n):
-    rng = np.random.default_rng(n)
-    fed = federation(n)
-    fed.setup()
-    for r in (1, 2):  # two rounds: the second runs on keys sent in the first
-        size = int(rng.integers(1, 5000))
-        deltas, weights = _deltas(rng, fed.names, size), _weights(rng, fed.names)
-        res = fed.round(r, deltas, weights)
-        ref = weighted_mean(deltas, weights, fed.names)
-        assert res.mean.dtype == np.float32 and res.mean.shape == (size,)
-        assert np.abs(res.mean - ref).max() <= res.tolerance
-        assert res.total_weight == pytest.approx(sum(weights.values()), rel=1e-6)
-        assert res.survivors == fed.names and res.dropped == []
-
-
-def test_clip_events_are_counted(federation):
-    fed = federation(3, clip_range=1.0)
-    fed.setup()
-    deltas = {s: np.zeros(100, np.float32) for s in fed.names}
-    deltas["site-00"][:5] = 3.0
-    deltas["site-02"][10:12] = -1.5
-    weights = dict.fromkeys(fed.names, 1.0)
-    ups = fed.train(1, deltas, weights)
-    assert (ups["site-00"].clipped, ups["site-01"].clipped, ups["site-02"].clipped) == (5, 0, 2)
-    res = fed.evaluate(1)
-    assert res.clipped == 7
-    clipped = {s: np.clip(d, -1, 1) for s, d in deltas.items()}
-    assert np.abs(res.mean - weighted_mean(clipped, weights, fed.names)).max() <= res.tolerance
-
-
-# -------------------------------------------------------------------- privacy
-def _chi2_bytes_p(vec: np.ndarray) -> float:
-    counts = np.bincount(vec.view(np.uint8), minlength=256)
-    return stats.chisquare(counts).pvalue
-
-
-def _bit_z(vec: np.ndarray) -> float:
-    bits = np.unpackbits(vec.view(np.uint8)).reshape(-1, 32)
-    ones = bits.sum(axis=0)
-    n = bits.shape[0]
-    return float(np.abs((ones - n / 2) / np.sqrt(n / 4)).max())
-
-
-def test_masked_vectors_look_uniform(federation):
-    fed = federation(3)
-    fed.setup()
-    size = 60_000
-    deltas = {s: np.zeros(size, np.float32) for s in fed.names}  # maximally structured input
-    deltas["site-01"][:] = 0.25
-    ups = fed.train(1, deltas, dict.fromkeys(fed.names, 10.0))
-    plain = Quantizer(4.0, 1000.0, 3).quantize(deltas["site-01"], 10.0).vector
-    assert _chi2_bytes_p(plain) < 1e-6 and _bit_z(plain) > 10  # the test has power
-    for s, u in ups.items():
-        assert _chi2_bytes_p(u.vector) > 1e-6, s
-        assert _bit_z(u.vector) < 5.5, s
-    res = fed.evaluate(1)
-    assert np.abs(res.mean - 0.25 / 3).max() <= res.tolerance
+from fl_common.crypto import pki
+from fl_common.crypto import secagg as crypto
+from fl_common.secagg import (BadSignature, ProtocolError, Quantizer, RevealRefused, StateError,
+                              TamperedShare, wire)
+from fl_common.secagg.checks import advert_signed_bytes
 
 
 # ------------------------------------------------------------------- tampering
@@ -93,7 +22,7 @@ def test_tampered_share_is_detected_and_named(federation):
     fed = federation(3)
     fed.setup()
     rng = np.random.default_rng(1)
-    fed.train(1, _deltas(rng, fed.names, 50), dict.fromkeys(fed.names, 1.0))
+    fed.train(1, fed.deltas(rng, fed.names, 50), dict.fromkeys(fed.names, 1.0))
     reqs = fed.server.reveal_requests(1)
     msg = wire.decode(wire.REVEAL_REQUEST, reqs["site-00"])
     sh = next(s for s in msg["shares"] if s["sender"] == "site-02")
@@ -124,10 +53,10 @@ def test_forged_advertisement_is_detected(federation):
     with pytest.raises(BadSignature, match="site 'site-02'"):
         fed.sites["site-00"].receive_roster_and_share(wire.encode(wire.ROSTER, roster))
     # ...and an advert signed by a key that is not the enrolled one
-    impostor = crypto.generate_enrollment_key()
+    impostor = pki.generate_enrollment_key()
     roster = wire.decode(wire.ROSTER, fed.server.collect_adverts(adverts))
     a = roster["adverts"][1]
-    a["signature"] = crypto.sign(impostor, crypto.advert_signed_bytes(
+    a["signature"] = pki.sign(impostor, advert_signed_bytes(
         fed.run_id, a["site_id"], a["epoch"], a["channel_public_key"], a["mask_public_key"]))
     with pytest.raises(BadSignature, match="site 'site-01'"):
         fed.sites["site-00"].receive_roster_and_share(wire.encode(wire.ROSTER, roster))
@@ -141,77 +70,6 @@ def test_swapped_key_in_a_round_view_is_detected(federation):
     with pytest.raises(BadSignature, match="site 'site-01'"):
         fed.sites["site-00"].mask(1, np.zeros(4, np.float32), 1.0,
                                   wire.encode(wire.TRAIN_REQUEST, req))
-
-
-def test_corrupted_vector_is_not_summed(federation):
-    fed = federation(4)
-    fed.setup()
-    rng = np.random.default_rng(2)
-    deltas, weights = _deltas(rng, fed.names, 300), _weights(rng, fed.names)
-    reqs = fed.server.train_requests(1)
-    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s]) for s in fed.names}
-    bad = ups["site-03"].vector.copy()
-    bad[7] += 1
-    fed.server.collect_masked(1, {**{s: (u.vector, u.payload) for s, u in ups.items()},
-                                  "site-03": (bad, ups["site-03"].payload)})
-    res = fed.evaluate(1)
-    assert res.dropped == ["site-03"] and "hash" in res.rejected["site-03"]
-    ref = weighted_mean(deltas, weights, ["site-00", "site-01", "site-02"])
-    assert np.abs(res.mean - ref).max() <= res.tolerance
-
-
-# -------------------------------------------------------------------- dropout
-def test_dropout_during_training_with_enough_survivors(federation):
-    fed = federation(6)  # threshold 4
-    fed.setup()
-    rng = np.random.default_rng(3)
-    deltas, weights = _deltas(rng, fed.names, 777), _weights(rng, fed.names)
-    res = fed.round(1, deltas, weights, drop_before_train=("site-01", "site-04"))
-    alive = [s for s in fed.names if s not in ("site-01", "site-04")]
-    assert res.survivors == alive and res.dropped == ["site-01", "site-04"]
-    assert np.abs(res.mean - weighted_mean(deltas, weights, alive)).max() <= res.tolerance
-    # the dropped sites have no key for the next round; the others go on
-    assert fed.server.eligible_sites() == alive
-    deltas = _deltas(rng, alive, 777)
-    res = fed.round(2, deltas, weights)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, alive)).max() <= res.tolerance
-
-
-def test_site_lost_after_its_train_reply_still_counts(federation):
-    fed = federation(5)  # threshold 3
-    fed.setup()
-    rng = np.random.default_rng(4)
-    deltas, weights = _deltas(rng, fed.names, 321), _weights(rng, fed.names)
-    res = fed.round(1, deltas, weights, drop_before_train=("site-00",),
-                    drop_after_train=("site-03",))
-    alive = ["site-01", "site-02", "site-03", "site-04"]
-    assert res.survivors == alive and res.dropped == ["site-00"]
-    assert np.abs(res.mean - weighted_mean(deltas, weights, alive)).max() <= res.tolerance
-
-
-def test_below_threshold_the_round_fails_then_rekeys(federation):
-    fed = federation(5)  # threshold 3
-    fed.setup()
-    rng = np.random.default_rng(5)
-    deltas, weights = _deltas(rng, fed.names, 64), _weights(rng, fed.names)
-    fed.train(1, deltas, weights, skip=("site-00", "site-01", "site-02"))
-    with pytest.raises(RoundFailed, match="fewer than the threshold 3"):
-        fed.server.reveal_requests(1)
-    # too few keys left for round 2: the server must re-key first
-    with pytest.raises(RoundFailed, match="re-key"):
-        fed.server.train_requests(2)
-    assert fed.setup() == fed.names
-    res = fed.round(2, deltas, weights)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
-
-
-def test_too_few_reveals_fail_the_round(federation):
-    fed = federation(5)
-    fed.setup()
-    rng = np.random.default_rng(6)
-    fed.train(1, _deltas(rng, fed.names, 64), _weights(rng, fed.names))
-    with pytest.raises(RoundFailed, match="2 sites revealed"):
-        fed.evaluate(1, skip=("site-00", "site-01", "site-02"))
 
 
 # ---------------------------------------------------------------- lying server
@@ -230,7 +88,7 @@ def test_server_lying_about_a_dropout_cannot_unmask_the_site(federation):
     fed = federation(5)  # threshold 3
     fed.setup()
     rng = np.random.default_rng(7)
-    deltas, weights = _deltas(rng, fed.names, 20_000), dict.fromkeys(fed.names, 5.0)
+    deltas, weights = fed.deltas(rng, fed.names, 20_000), dict.fromkeys(fed.names, 5.0)
     ups = fed.train(1, deltas, weights)
     victim, others = "site-00", fed.names[1:]
     # claim the (live) victim dropped: the others reveal its mask-key share
@@ -265,7 +123,7 @@ def test_server_lying_about_a_dropout_cannot_unmask_the_site(federation):
     # ...but what is left, x + PRG(b), is still uniform noise
     x = Quantizer(4.0, 1000.0, 5).quantize(deltas[victim], 5.0).vector
     assert np.mean(y == x) < 1e-3
-    assert _chi2_bytes_p(y) > 1e-6
+    assert fed.chi2_bytes_p(y) > 1e-6
     # control: the self mask is the only thing left (the attack math is right)
     seed = _collude_for_self_mask_seed(fed, 1, victim, others[:3])
     ks.sub_into(y, crypto.self_mask_key(seed, fed.run_id, 1, victim))
@@ -342,7 +200,7 @@ def test_fresh_mask_keys_every_round_and_one_mask_per_round(federation):
     rng = np.random.default_rng(8)
     views = []
     for r in (1, 2, 3):
-        deltas, weights = _deltas(rng, fed.names, 16), _weights(rng, fed.names)
+        deltas, weights = fed.deltas(rng, fed.names, 16), fed.weights(rng, fed.names)
         reqs = fed.server.train_requests(r)
         views.append({a["site_id"]: (a["epoch"], a["mask_public_key"])
                       for a in wire.decode(wire.TRAIN_REQUEST, reqs["site-00"])["participants"]})
@@ -366,7 +224,7 @@ def test_state_survives_a_restart_with_0600_permissions(federation):
     fed = federation(4)  # threshold 3
     fed.setup()
     rng = np.random.default_rng(9)
-    deltas, weights = _deltas(rng, fed.names, 500), _weights(rng, fed.names)
+    deltas, weights = fed.deltas(rng, fed.names, 500), fed.weights(rng, fed.names)
     fed.train(1, deltas, weights)
     for s in fed.names:  # every ClientApp process is new at E
         fed.restart(s)
@@ -375,13 +233,13 @@ def test_state_survives_a_restart_with_0600_permissions(federation):
         assert stat.S_IMODE(os.stat(fed.root / s).st_mode) == 0o700
         assert sorted(os.listdir(fed.root / s)) == ["secagg_state.json"]  # no temp files
     res = fed.evaluate(1)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
+    assert np.abs(res.mean - fed.plain_mean(deltas, weights, fed.names)).max() <= res.tolerance
     # the next round runs on the keys persisted at T
     for s in fed.names:
         fed.restart(s)
-    deltas = _deltas(rng, fed.names, 500)
+    deltas = fed.deltas(rng, fed.names, 500)
     res = fed.round(2, deltas, weights)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
+    assert np.abs(res.mean - fed.plain_mean(deltas, weights, fed.names)).max() <= res.tolerance
 
 
 def test_reveal_decisions_survive_a_restart(federation):
@@ -405,46 +263,3 @@ def test_state_of_another_run_is_refused(federation, tmp_path):
         SiteSecAgg("site-00", "run-1", fed.keys["site-01"], fed.roster, tmp_path / "x")
 
 
-def test_zero_total_weight_fails_the_round_cleanly(federation):
-    fed = federation(2)
-    fed.setup()
-    fed.train(1, {s: np.ones(4, np.float32) for s in fed.names}, dict.fromkeys(fed.names, 0.0))
-    with pytest.raises(RoundFailed, match="summed weight is zero"):
-        fed.evaluate(1)
-
-
-# ------------------------------------------- masks prepared while the site trains
-def test_prepared_masks_give_the_same_exact_mean_and_persist_nothing(federation):
-    rng = np.random.default_rng(11)
-    fed = federation(3)
-    fed.setup()
-    size = 3000
-    deltas, weights = _deltas(rng, fed.names, size), _weights(rng, fed.names)
-    reqs = fed.server.train_requests(1, fed.names)
-    states = {s: (fed.root / s / "secagg_state.json").read_bytes() for s in fed.names}
-    prepared = {s: fed.sites[s].prepare_mask(1, reqs[s], size) for s in fed.names}
-    assert all((fed.root / s / "secagg_state.json").read_bytes() == states[s] for s in fed.names)
-    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s], prepared=prepared[s]) for s in fed.names}
-    assert all(p.masks is None for p in prepared.values())  # each prepared mask is used once
-    fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
-    res = fed.evaluate(1)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance
-    # the spent round cannot be prepared again
-    with pytest.raises(ProtocolError, match="masked once"):
-        fed.sites["site-00"].prepare_mask(1, reqs["site-00"], size)
-
-
-def test_a_prepared_mask_that_does_not_fit_is_recomputed(federation):
-    rng = np.random.default_rng(12)
-    fed = federation(2)
-    fed.setup()
-    deltas, weights = _deltas(rng, fed.names, 500), _weights(rng, fed.names)
-    reqs = fed.server.train_requests(1, fed.names)
-    wrong_size = fed.sites["site-00"].prepare_mask(1, reqs["site-00"], 499)
-    ups = {"site-00": fed.sites["site-00"].mask(1, deltas["site-00"], weights["site-00"], reqs["site-00"],
-                                                prepared=wrong_size),
-           "site-01": fed.sites["site-01"].mask(1, deltas["site-01"], weights["site-01"], reqs["site-01"])}
-    assert wrong_size.masks is not None  # never used
-    fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
-    res = fed.evaluate(1)
-    assert np.abs(res.mean - weighted_mean(deltas, weights, fed.names)).max() <= res.tolerance

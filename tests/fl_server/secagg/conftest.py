@@ -1,10 +1,14 @@
-"""An in-process federation of SiteSecAgg objects and one ServerSecAgg."""
+"""An in-process federation of SiteSecAgg objects (fl_client) and one
+ServerSecAgg (fl_server): the protocol end to end, both sides real."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from fl_client.secagg import ServerSecAgg, SiteSecAgg
-from fl_client.secagg import crypto
+from fl_client.secagg import SiteSecAgg
+from fl_common.crypto import pki as crypto
+from fl_server.secagg import ServerSecAgg
 
 _KEYS: list = []
 
@@ -26,6 +30,27 @@ class Federation:
                        for s, k in self.keys.items()}
         self.sites = {s: self.make_site(s) for s in self.names}
         self.server = ServerSecAgg(run_id, self.roster, threshold, clip_range, max_weight)
+
+    # ---- test data and checks shared by the protocol tests
+    @staticmethod
+    def deltas(rng, names, size, scale=0.3):
+        return {s: rng.normal(0, scale, size).astype(np.float32) for s in names}
+
+    @staticmethod
+    def weights(rng, names, hi=1000.0):
+        return {s: float(rng.uniform(1.0, hi)) for s in names}
+
+    @staticmethod
+    def plain_mean(deltas, weights, sites):
+        """The plaintext weighted mean secure aggregation must reproduce."""
+        num = sum(weights[s] * deltas[s].astype(np.float64) for s in sites)
+        return num / sum(weights[s] for s in sites)
+
+    @staticmethod
+    def chi2_bytes_p(vec: np.ndarray) -> float:
+        """p-value of a chi-square uniformity test over the vector's bytes."""
+        counts = np.bincount(vec.view(np.uint8), minlength=256)
+        return stats.chisquare(counts).pvalue
 
     def make_site(self, name):
         """A (re)started site process: state comes from its directory."""

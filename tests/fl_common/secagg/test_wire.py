@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fl_client.secagg import WireFormatError, wire
+from fl_common.secagg import WireFormatError, wire
 from protos import secagg_pb2
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import QuantizationError
+from fl_common.secagg.errors import QuantizationError
 
 NUM_EXTRA = 2  # [summed weight, clip events] ride as masked coordinates
 _U32 = 2 ** 32

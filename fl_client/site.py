@@ -1,0 +1,96 @@
+"""`fedvox site`: a hospital starts its own processes from its startup kit --
+the site worker first (it builds the preprocessed cache, which may take a
+while), then the SuperNode that connects it to the coordinator's SuperLink.
+Both run in one ProcessGroup, so Ctrl-C or a failure stops everything."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_common import keys as K
+from fl_common.kit import KIT_ROSTER, SiteKit, read_kit
+from fl_common.supervise import LaunchError, Proc, ProcessGroup
+
+from .supernode import start_supernode
+
+
+@dataclass
+class SiteProcs:
+    name: str
+    worker: Proc
+    supernode: Proc | None
+    socket: Path
+
+
+def start_worker(group: ProcessGroup, name: str, federation: Path, site_toml: Path, work: Path,
+                 data_base: Path | None = None, data_root: Path | None = None, device: str | None = None,
+                 ready_timeout: float = 600.0) -> tuple[Proc, Path]:
+    """The site worker; returns once its cache is built and it serves on its socket."""
+    work.mkdir(parents=True, exist_ok=True)
+    sock = work / "worker.sock"
+    ready = work / "worker.ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "fl_client.worker_server", "--federation", str(federation),
+            "--site", str(site_toml), "--work", str(work), "--socket", str(sock), "--ready-file", str(ready)]
+    if data_base:
+        argv += ["--data-base", str(data_base)]
+    if data_root:
+        argv += ["--data-root", str(data_root)]
+    if device:
+        argv += ["--device", device]
+    p = group.start(f"worker-{name}", argv, work / "worker.log")
+    deadline = time.monotonic() + ready_timeout
+    while not ready.exists():
+        if not p.alive():
+            raise LaunchError(f"site worker {name} exited ({p.returncode}):\n{p.tail()}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"site worker {name} not ready within {ready_timeout:.0f} s:\n{p.tail()}")
+        time.sleep(0.2)
+    return p, sock
+
+
+def node_config(name: str, sock: Path, work: Path, auth_key: Path | None, roster: Path | None,
+                audit_dir: Path | None = None) -> dict:
+    """What the SuperNode hands every ClientApp (fl_client.client_app reads it)."""
+    cfg = {K.NODE_SITE_NAME: name, K.NODE_WORKER_SOCKET: str(sock), K.NODE_STATE_DIR: str(work / "state")}
+    if audit_dir:
+        cfg[K.NODE_AUDIT_DIR] = str(audit_dir)
+    if auth_key:
+        cfg[K.NODE_AUTH_KEY] = str(auth_key)
+    if roster:
+        cfg[K.NODE_ROSTER] = str(roster)
+    return cfg
+
+
+def start_site(group: ProcessGroup, kit: SiteKit, federation: Path, site_toml: Path, work: Path,
+               superlink: str, data_base: Path | None = None, data_root: Path | None = None,
+               insecure: bool = False, device: str | None = None, audit_dir: Path | None = None) -> SiteProcs:
+    """Worker first (its cache may take a while), then the SuperNode that connects it."""
+    worker, sock = start_worker(group, kit.name, federation, site_toml, work, data_base, data_root, device)
+    roster = work / KIT_ROSTER
+    roster.write_text(json.dumps(kit.roster))
+    sn = start_supernode(kit.name, superlink, None if insecure else kit.ca_cert,
+                         None if insecure else kit.auth_key,
+                         node_config(kit.name, sock, work, kit.auth_key, roster, audit_dir),
+                         log_path=work / "supernode.log", workdir=work, insecure=insecure, group=group,
+                         wait_connected=120)
+    return SiteProcs(kit.name, worker, sn, sock)
+
+
+def run_site(kit_dir, work, data_root, *, federation=None, superlink: str | None = None,
+             insecure: bool = False, device: str | None = None) -> int:
+    """`fedvox site`: start this site from its kit and keep it up until a process
+    exits (status 1) or Ctrl-C / SIGTERM (everything is stopped either way)."""
+    kit = read_kit(kit_dir)
+    fed = Path(federation) if federation else kit.dir / "federation.toml"
+    with ProcessGroup("fedvox-site") as group:
+        sp = start_site(group, kit, fed, kit.site_toml, Path(work), superlink or kit.superlink_address,
+                        data_root=Path(data_root), insecure=insecure, device=device)
+        print(f"{kit.name}: worker on {sp.socket}, SuperNode connected; Ctrl-C to stop", file=sys.stderr)
+        while sp.worker.alive() and sp.supernode.alive():
+            time.sleep(2)
+        print(f"{kit.name}: a process exited; stopping", file=sys.stderr)
+        return 1

@@ -1,0 +1,89 @@
+"""Signatures of exported bundles' manifests (MANIFEST_SIGNATURES), handed to
+imaging_core.bundle, which must not import cryptography itself."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .pki import CURVE, SIG_HASH, parse_private_key, sign
+
+class ManifestSignatures:
+    """ECDSA P-384 / SHA-384 signatures of a bundle's manifest.json, handed to
+    imaging_core.bundle (which must not import cryptography itself). Keys: the
+    federation CA key signs; a CA certificate, PEM or OpenSSH public key, or a
+    private key (its public half) verifies."""
+
+    algorithm = "ecdsa-p384-sha384"
+
+    @staticmethod
+    def _check_curve(key, label) -> None:
+        if not isinstance(getattr(key, "curve", None), CURVE):
+            raise ValueError(f"{label}: expected an EC P-384 key, got {type(key).__name__}"
+                             + (f" on {key.curve.name}" if hasattr(key, "curve") else ""))
+
+    def load_private(self, path: str | os.PathLike) -> ec.EllipticCurvePrivateKey:
+        """An EC P-384 private key from a PEM (PKCS#8/SEC1) or OpenSSH file."""
+        try:
+            key = parse_private_key(Path(path).read_bytes())
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable unencrypted private key ({e})") from None
+        self._check_curve(key, path)
+        return key
+
+    def load_public(self, src) -> ec.EllipticCurvePublicKey:
+        """A public key from a key object, or a path or bytes holding a PEM public
+        key, an X.509 certificate, an OpenSSH public key line or a private key."""
+        if isinstance(src, ec.EllipticCurvePublicKey):
+            return src
+        if isinstance(src, ec.EllipticCurvePrivateKey):
+            return src.public_key()
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        label = "public key" if isinstance(src, bytes) else str(src)
+        text = data.strip()
+        try:
+            if b"BEGIN CERTIFICATE" in text:
+                key = x509.load_pem_x509_certificate(text).public_key()
+            elif b"PRIVATE KEY" in text:
+                key = (serialization.load_ssh_private_key(text, None) if b"OPENSSH" in text
+                       else serialization.load_pem_private_key(text, None)).public_key()
+            elif text.startswith(b"ecdsa-sha2-") or text.startswith(b"ssh-"):
+                key = serialization.load_ssh_public_key(text.split(b"\n")[0])
+            else:
+                key = serialization.load_pem_public_key(text)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{label}: not a readable public key or certificate ({e})") from None
+        self._check_curve(key, label)
+        return key
+
+    @staticmethod
+    def public_pem(key) -> bytes:
+        pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+        return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    @staticmethod
+    def fingerprint(key) -> str:
+        """SHA-256 of the DER SubjectPublicKeyInfo: the key, whatever its encoding."""
+        pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+        der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(der).hexdigest()
+
+    @staticmethod
+    def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+        return sign(key, data)
+
+    @staticmethod
+    def verify(pub: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+        try:
+            pub.verify(signature, data, ec.ECDSA(SIG_HASH))
+        except InvalidSignature:
+            return False
+        return True
+
+
+MANIFEST_SIGNATURES = ManifestSignatures()

@@ -1,0 +1,55 @@
+"""What every Flower deployment-engine process we start needs, on either side
+(SuperLink, SuperNode, the `flwr` CLI): its environment, and the facts about
+Flower 1.41 that the launchers rely on.
+
+Each Flower process gets its own $FLWR_HOME under its work directory: the
+user's ~/.flwr is never read or written, and two SuperNodes never unpack the
+same app into one directory. Flower's Control API, Fleet API and Runtime API
+share one HTTPS port (`--port`) in 1.41.
+
+How a run finds the app's code (dependency installation disabled): `flwr run`
+zips the app directory into a FAB (*.py/*.toml/*.md/*.json..., never
+test_*.py); the SuperLink and each SuperNode unpack it to
+$FLWR_HOME/apps/<publisher>.<name>.<version>.<hash8>/ and flwr-serverapp /
+flwr-clientapp put that directory first on sys.path, then import the
+`module:attr` components. A pyproject-only app therefore imports its modules
+from the venv (fedvox is installed there), and anything shipped in the FAB
+would shadow an installed module of the same name. The `flwr run` CLI itself
+checks with find_spec that the component modules exist before it submits.
+Processes run with cwd = their work directory (not on sys.path).
+
+Flower quirks handled here and in fl_server.superlink, fl_server.flwr_cli and
+fl_client.supernode (measured on 1.41.0):
+- SuperLink/SuperNode start `flower-superexec`, which starts `flwr-serverapp`/
+  `flwr-clientapp`, all by bare name: the venv's bin directory must be on PATH.
+- The SuperLink's own SuperExec and ServerApp talk to its Runtime API over TLS
+  at 127.0.0.1:<port>, so the server certificate needs a loopback SAN.
+- `flwr ... --format json` exits 0 even on failure: read "success" instead.
+- A refused SuperNode (unknown key) exits with status 1 (it logs "Exit Code:
+  305") and leaves its SuperExec behind for a moment; finished ClientApps stay
+  zombies until their SuperExec exits (SuperExec never reaps them).
+- `--node-config`/`--run-config` given a single *.toml path read it as a file:
+  we pass TOML files, so paths with spaces or quotes need no shell quoting.
+- Flower's update check and telemetry call the internet; both are turned off.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+BIN_DIR = Path(sys.executable).parent  # the venv's bin: Flower starts its helpers by bare name
+
+
+def flower_env(flwr_home: str | os.PathLike, extra: Mapping[str, str] | None = None) -> dict:
+    """Environment for any Flower process: own FLWR_HOME, venv on PATH, no phoning home."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(Path(flwr_home).absolute())
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # never `uv sync` per run
+    env["PYTHONUNBUFFERED"] = "1"  # logs reach the file while we wait on them
+    env.update(extra or {})
+    return env

@@ -1,0 +1,47 @@
+"""Double-masked secure aggregation (Bonawitz et al. 2017): what both sides
+share. The site side is fl_client.secagg (SiteSecAgg), the server side
+fl_server.secagg (ServerSecAgg). Stage layout of
+shared/notes/secure-aggregation.md: two setup stages per run (S1 advertise,
+S2 share) and, per round, nothing beyond the two stages a round already has
+(T: train + mask; E: evaluate + reveal).
+
+Message flow (payloads are bytes of protos/secagg.proto, see wire.py; the
+masked vector is a uint32 numpy array next to its manifest):
+
+  S1  site.advertise()                         -> server.collect_adverts()
+  S2  site.receive_roster_and_share(roster)    -> server.collect_share_bundles()
+  T   site.mask(r, delta, weight, train_req)   -> server.collect_masked()
+  E   site.reveal(r, reveal_req)               -> server.unmask()
+
+Why a lying server learns nothing (beyond what an honest run shows):
+- Keys are signed with the sites' enrollment keys and checked against the
+  provisioning roster, so the server cannot put its own keys in.
+- Every mask key is used for exactly one round (a new signed key and its
+  shares ride on each T reply), so revealing a dropped site's key unmasks
+  nothing else.
+- A site reveals, per peer and round, either the self-mask share (peer alive)
+  or the mask-key share (peer dropped), never both, and remembers on disk.
+- The threshold must exceed half the federation (the provisioning roster), so
+  two disjoint groups of t sites cannot exist: the server cannot get b_j from
+  one group and s_j from another.
+- Each site signs the round's participant view (sites, key epochs, keys) at T;
+  at E it reveals only when every claimed survivor signed the SAME view. This
+  stands in for Bonawitz's consistency-check stage without a third stage:
+  together with t > n/2 it stops a server from showing sites different
+  participant sets to isolate one site's update.
+
+No torch import anywhere in this package.
+"""
+# Nothing imported here may import fl_common.crypto: crypto imports .errors,
+# which runs this file first (checks.py and wire.py are imported by name).
+from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed,
+                     RevealRefused, RoundFailed, SecAggError, StateError, TamperedShare,
+                     WireFormatError)
+from .quantize import NUM_EXTRA, Quantizer
+from .threshold import min_threshold
+
+__all__ = [
+    "BadSignature", "NUM_EXTRA", "ProtocolError", "QuantizationError", "Quantizer",
+    "ReconstructionFailed", "RevealRefused", "RoundFailed", "SecAggError", "StateError",
+    "TamperedShare", "WireFormatError", "min_threshold",
+]
