@@ -86,13 +86,15 @@ def test_the_command_prints_the_graph_and_passes():
 _PROBE = r"""
 import builtins, importlib, json, os, sys
 repo, mods = sys.argv[1], json.loads(sys.argv[2])
+first_party = {"imaging_core", "fl_common", "fl_client", "fl_server", "protos", "sites_example"}
 crypto_importers = set()
 _real = builtins.__import__
 def _spy(name, globals=None, locals=None, fromlist=(), level=0):
     if level == 0 and name.split(".")[0] in ("cryptography", "Crypto"):
         f = (globals or {}).get("__file__") or ""
-        if f.startswith(repo + os.sep):
-            crypto_importers.add(os.path.relpath(f, repo))
+        rel = os.path.relpath(f, repo) if f.startswith(repo + os.sep) else ""
+        if rel.split(os.sep)[0] in first_party:  # not a library (a venv may live inside the repo)
+            crypto_importers.add(rel)
     return _real(name, globals, locals, fromlist, level)
 builtins.__import__ = _spy
 loaded = {}

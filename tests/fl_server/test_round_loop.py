@@ -130,7 +130,8 @@ class FakeGrid:
 def secagg_sites(root: Path, names: list[str]):
     """Enrollment keys, the roster and a per-site SiteSecAgg factory (state on disk,
     rebuilt per message as the ClientApp does)."""
-    from fl_client.secagg import SiteSecAgg, crypto
+    from fl_client.secagg import SiteSecAgg
+    from fl_common.crypto import pki as crypto
     keys = {s: crypto.generate_enrollment_key() for s in names}
     roster = {s: crypto.enrollment_public_openssh(k).decode() for s, k in keys.items()}
 
