@@ -17,6 +17,11 @@ KIT_AUTH_KEY = "auth.key"
 KIT_AUTH_PUB = "auth.key.pub"
 KIT_ROSTER = "roster.json"
 KIT_SITE_TOML = "site.toml"
+# The coordinator's bundle-signing key: its own key pair, not the TLS CA's. The
+# private half stays in the provision directory's server/; every kit carries the
+# public half so a site can pin it.
+SERVER_BUNDLE_KEY = "bundle_signing.key"
+KIT_BUNDLE_PUB = "bundle_signing.pub"
 
 
 class KitError(ValueError):
