@@ -4,7 +4,6 @@ site worker, the coordinator, baselines, the trainer) uses the same precision.""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,28 +14,6 @@ from imaging_core.metrics import case_metrics, flat_scores, summarize
 from imaging_core.task import Evaluation, Task, float_state
 
 
-@dataclass
-class _Arr:
-    array: np.ndarray
-    spacing: tuple = (2.0, 2.0, 3.0)
-
-
-class _Case:
-    """What evaluation reads from a cached case: image, label, spacing, id."""
-
-    def __init__(self, rng, case_id):
-        self.case_id = case_id
-        img = rng.normal(0, 1, (1, 20, 18, 16)).astype(np.float32)
-        img[0, 5:12, 4:10, 3:9] += 3.0
-        lab = np.zeros((1, 20, 18, 16), np.uint8)
-        lab[0, 5:12, 4:10, 3:9] = 1
-        lab[0, 14:17, 12:15, 10:13] = 2
-        self._item = {"image": _Arr(img), "label": _Arr(lab)}
-
-    def load(self, mmap=True):
-        return self._item
-
-
 def _cfg(chain=(), amp="none") -> ImagingConfig:
     return ImagingConfig().updated({
         "model": {"channels": [4, 8], "strides": [2]}, "labels": {"0": "bg", "1": "organ", "2": "lesion"},
@@ -45,9 +22,8 @@ def _cfg(chain=(), amp="none") -> ImagingConfig:
 
 
 @pytest.fixture(scope="module")
-def cases():
-    rng = np.random.default_rng(0)
-    return [_Case(rng, f"c{i}") for i in range(2)]
+def cases(two_cases):
+    return two_cases
 
 
 def _by_hand(net, case, steps):

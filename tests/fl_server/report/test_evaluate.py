@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
 
-import numpy as np
-import pytest
-import torch
 
-from fl_server.records import write_json
 
 
 def test_report_evaluates_held_out_cases(run_dir, tmp_path, fab):

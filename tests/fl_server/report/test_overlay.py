@@ -1,14 +1,10 @@
 """Overlay PNGs."""
 from __future__ import annotations
 
-import json
-import re
 
 import numpy as np
 import pytest
-import torch
 
-from fl_server.records import write_json
 
 
 def test_overlay_png(tmp_path):
