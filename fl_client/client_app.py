@@ -7,27 +7,36 @@ over its Unix socket, masks the delta when secure aggregation is on (state on
 disk under `state-dir`), and replies with the (masked) delta and scalar
 metrics only. No image, label or header ever passes through here.
 
-node-config keys (fl_common.keys.NODE_*): worker-socket, site-name, and for
-secure aggregation auth-key (the enrollment key), roster (roster.json) and
-state-dir. With `audit-dir` set, every reply's records are described (names,
-types, dtypes, sizes) in a JSON line there (keys.AUDIT_FILE), so a test or an
-auditor can check what leaves.
+node-config keys (fl_common.keys.NODE_*): worker-socket, site-name, state-dir,
+site-config (the site's own site.toml, whose [policy] every request is checked
+against first: fl_client.policy), and for secure aggregation auth-key (the
+enrollment key) and roster (roster.json). A refused or failed request is a
+Flower error reply with a code and a fixed short reason (keys.ERR_*); the
+details go to the site's own log (state-dir/policy.log). With `audit-dir` set,
+every reply's records are described (names, types, dtypes, sizes) in a JSON
+line there (keys.AUDIT_FILE), so a test or an auditor can check what leaves.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_common import keys as K
+from fl_common.secagg.errors import SecAggError
 from fl_common.tensors import flatten
 
-from .worker_client import WorkerClient
+from . import policy as P
+from .worker_client import WorkerClient, WorkerError
 
 app = ClientApp()
+log = logging.getLogger("fedvox.site")
 
 
 def describe_reply(content: RecordDict) -> dict:
@@ -43,17 +52,72 @@ def describe_reply(content: RecordDict) -> dict:
     return out
 
 
-def _reply(msg: Message, content: RecordDict, context: Context) -> Message:
+def _audit(msg: Message, context: Context, line: dict) -> None:
     audit = context.node_config.get(K.NODE_AUDIT_DIR)
     if audit:
-        import os
-        import time
         os.makedirs(str(audit), exist_ok=True)
-        line = {"message_type": msg.metadata.message_type, "time": time.time(),
-                "records": describe_reply(content)}
+        line = {"message_type": msg.metadata.message_type, "time": time.time(), **line}
         with open(os.path.join(str(audit), K.AUDIT_FILE), "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+def _reply(msg: Message, content: RecordDict, context: Context) -> Message:
+    _audit(msg, context, {"records": describe_reply(content)})
     return Message(content, reply_to=msg)
+
+
+# ----- the policy gate: every handler runs inside it ---------------------------
+def _site_log(context: Context, line: dict) -> None:
+    """The site's own record of refusals and failures (full details stay here)."""
+    state = context.node_config.get(K.NODE_STATE_DIR)
+    log.warning("%s", json.dumps(line))
+    if state:
+        os.makedirs(str(state), exist_ok=True)
+        fd = os.open(os.path.join(str(state), "policy.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _guarded(handler, msg: Message, context: Context) -> Message:
+    """``handler(msg, context, policy)``; a refusal or any failure becomes an error
+    reply with a code and a fixed reason, never an exception text or a crash."""
+    try:
+        return handler(msg, context, P.load_policy(context.node_config))
+    except P.Refused as e:
+        code, reason, detail = e.code, e.reason, e.reason
+    except SecAggError as e:  # the protocol's refusals: only the kind leaves
+        code, reason, detail = K.ERR_REFUSED, f"secure aggregation: {type(e).__name__}", str(e)
+    except WorkerError as e:
+        code, reason, detail = K.ERR_WORKER, P.WORKER_FAILED, str(e)
+    except P.SiteFault as e:
+        code, reason, detail = K.ERR_INTERNAL, P.INTERNAL, str(e)
+    except (KeyError, TypeError, ValueError) as e:
+        code, reason, detail = K.ERR_BAD_REQUEST, P.BAD_REQUEST, f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - the site stays up and says only that it failed
+        code, reason, detail = K.ERR_INTERNAL, P.INTERNAL, f"{type(e).__name__}: {e}"
+    _site_log(context, {"time": time.time(), "message_type": msg.metadata.message_type,
+                        "refused" if code == K.ERR_REFUSED else "failed": detail, "code": code})
+    _audit(msg, context, {"error": {"code": code, "reason": reason}, "records": {}})
+    return Message(Error(code, reason), reply_to=msg)
+
+
+def _admit_train(msg: Message, context: Context, pol) -> None:
+    P.admit_train(pol, _node(context, K.NODE_STATE_DIR), _config(msg), _arrays(msg),
+                  secure=K.REC_SECAGG in msg.content.config_records)
+
+
+def _admit_evaluate(msg: Message, context: Context, pol) -> None:
+    P.admit_evaluate(pol, _node(context, K.NODE_STATE_DIR), _config(msg), _arrays(msg))
+
+
+def _val_metrics(pol, metrics: dict, n: float) -> dict:
+    """Allow-listed validation metrics, none below the site's minimum of cases."""
+    if n < pol.min_val_cases:
+        return {}
+    out = P.outgoing(pol, metrics)
+    if P.case_counts_allowed(pol):
+        out[K.NUM_EXAMPLES] = n
+    return out
 
 
 def _node(context: Context, key: str) -> str:
@@ -96,6 +160,25 @@ def _info(context: Context) -> ConfigRecord:
 
 @app.query(K.SECAGG_ADVERTISE)
 def advertise(msg: Message, context: Context) -> Message:
+    return _guarded(_advertise, msg, context)
+
+
+@app.query(K.SECAGG_SHARE)
+def share(msg: Message, context: Context) -> Message:
+    return _guarded(_share, msg, context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _guarded(_train, msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _guarded(_evaluate, msg, context)
+
+
+def _advertise(msg: Message, context: Context, pol) -> Message:
     """Secure aggregation S1: signed public keys for this session."""
     session = str(msg.content.config_records[K.REC_SECAGG][K.SESSION])
     payload = _secagg(context, session).advertise()
@@ -103,8 +186,7 @@ def advertise(msg: Message, context: Context) -> Message:
                                                                K.PAYLOAD: payload})}), context)
 
 
-@app.query(K.SECAGG_SHARE)
-def share(msg: Message, context: Context) -> Message:
+def _share(msg: Message, context: Context, pol) -> Message:
     """Secure aggregation S2: encrypted Shamir shares of this site's mask key."""
     rec = msg.content.config_records[K.REC_SECAGG]
     payload = _secagg(context, str(rec[K.SESSION])).receive_roster_and_share(bytes(rec[K.PAYLOAD]))
@@ -132,8 +214,8 @@ def _in_background(fn, *args):
     return result
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _train(msg: Message, context: Context, pol) -> Message:
+    _admit_train(msg, context, pol)
     cfg = _config(msg)
     rnd = int(cfg.get(K.SERVER_ROUND, 0))
     arrays = _arrays(msg)
@@ -146,6 +228,7 @@ def train(msg: Message, context: Context) -> Message:
                                   sum(int(np.asarray(a).size) for a in arrays.values()))
     with _worker(context) as w:
         delta, weight, metrics = w.train(str(cfg.get(K.RUN_ID, "")), rnd, arrays, cfg)
+    metrics = P.outgoing(pol, metrics)
     flat = flatten(delta)
     if sec is None:
         content = RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(flat)}),
@@ -160,13 +243,13 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, content, context)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+def _evaluate(msg: Message, context: Context, pol) -> Message:
+    _admit_evaluate(msg, context, pol)
     cfg = _config(msg)
     rnd = int(cfg.get(K.SERVER_ROUND, 0))
     with _worker(context) as w:
         metrics, n = w.evaluate(str(cfg.get(K.RUN_ID, "")), rnd, _arrays(msg), cfg)
-    content = RecordDict({K.REC_METRICS: metric_record({**metrics, K.NUM_EXAMPLES: n}),
+    content = RecordDict({K.REC_METRICS: metric_record(_val_metrics(pol, metrics, n)),
                           K.REC_INFO: _info(context)})
     sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is not None:

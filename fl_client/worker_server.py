@@ -38,8 +38,10 @@ class _Servicer(pbg.SiteWorkerServicer):
                           f"worker API version {request.version} unsupported (this worker: {API_VERSION})")
 
     def _fail(self, context, what: str, e: Exception):
+        # the traceback stays in the worker log; the caller gets the step only (no
+        # exception text: it may carry a path or a value of the site's data)
         log.exception("%s failed", what)
-        context.abort(grpc.StatusCode.INTERNAL, f"{self.worker.name}: {what} failed: {type(e).__name__}: {e}")
+        context.abort(grpc.StatusCode.INTERNAL, f"{what} failed (see the worker log)")
 
     def Status(self, request, context):
         self._check(request, context)

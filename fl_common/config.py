@@ -82,11 +82,34 @@ class SuperlinkTable(Table):
     auth_key: str = KIT_AUTH_KEY
 
 
+# The metric names a site may let leave ([policy] metrics); ``<c>`` is a class
+# index. Validation metrics carry a "global/" or "local/" prefix on the wire.
+POLICY_METRICS = ("dice_fg_mean", "dice_<c>", "hd95_<c>",   # aggregate scores
+                  "missed_<c>", "num_val",                  # case counts
+                  "train_loss", "local_train_loss",         # losses (a membership signal)
+                  "train_seconds", "patches")               # grow with the number of cases
+
+
+class PolicyTable(Table):
+    """site.toml's [policy]: what this site agrees to answer (fl_client.policy enforces it
+    in the ClientApp shim). Only the site's own file sets it; the server cannot."""
+    require_secure_aggregation: bool = True   # no unmasked update leaves unless the site opts out here
+    max_rounds: PosInt = 100
+    max_local_epochs: PosInt = 10
+    max_lr: PosFloat = 0.1                    # lr must be > 0 and <= this
+    max_prox_mu: Annotated[float, Field(ge=0)] = 1.0
+    max_cases_per_batch: PosInt = 16
+    max_patches_per_step: PosInt = 16
+    min_val_cases: PosInt = 3                 # fewer validation cases: no validation metrics at all
+    metrics: list[Literal[POLICY_METRICS]] = ["dice_fg_mean", "dice_<c>", "hd95_<c>"]
+
+
 class SiteFile(Table):
     """A whole site.toml."""
     site: SiteTable
     federation: SiteFederationTable = SiteFederationTable()
     superlink: SuperlinkTable = SuperlinkTable()
+    policy: PolicyTable = PolicyTable()
 
 
 class SiteConfig(Table):

@@ -41,7 +41,14 @@ NODE_ROSTER = "roster"
 NODE_STATE_DIR = "state-dir"
 NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"
+NODE_SITE_CONFIG = "site-config"  # the site's own site.toml: its [policy] is read for every message
 AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
+
+# ----- error replies of a site (Flower Message Error codes; Flower's own are < 100) -----
+ERR_REFUSED = 1400           # the site's [policy] does not allow this request
+ERR_BAD_REQUEST = 1401       # the message lacks a record or a key, or has the wrong type
+ERR_WORKER = 1402            # the site worker failed (details stay in the site's logs)
+ERR_INTERNAL = 1403          # anything else at the site (details stay in its logs)
 
 # ----- metric prefixes in the run record --------------------------------------
 CENTRAL = "central/"         # the coordinator's held-out evaluation of the global model
