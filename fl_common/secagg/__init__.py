@@ -34,14 +34,14 @@ No torch import anywhere in this package.
 """
 # Nothing imported here may import fl_common.crypto: crypto imports .errors,
 # which runs this file first (checks.py and wire.py are imported by name).
-from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed,
+from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed, ReplayRefused,
                      RevealRefused, RoundFailed, SecAggError, StateError, TamperedShare,
                      WireFormatError)
 from .quantize import NUM_EXTRA, Quantizer
-from .threshold import min_threshold
+from .threshold import DEFAULT_COLLUDING_SITES, min_threshold, two_site_warning
 
 __all__ = [
     "BadSignature", "NUM_EXTRA", "ProtocolError", "QuantizationError", "Quantizer",
-    "ReconstructionFailed", "RevealRefused", "RoundFailed", "SecAggError", "StateError",
-    "TamperedShare", "WireFormatError", "min_threshold",
+    "ReconstructionFailed", "ReplayRefused", "RevealRefused", "RoundFailed", "SecAggError", "StateError",
+    "TamperedShare", "WireFormatError", "DEFAULT_COLLUDING_SITES", "min_threshold", "two_site_warning",
 ]
