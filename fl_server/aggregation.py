@@ -26,6 +26,8 @@ from .strategy import weighted_mean
 class Aggregation(Protocol):
     """The face the round loop sees (PlainAggregation, secure.SecureAggregation)."""
 
+    signs_received: bool  # whether train_extra needs the digest (it costs a hash of the model)
+
     def describe(self) -> dict: ...
     def setup(self, stage, nodes: list[int]) -> None: ...
     def train_extra(self, r: int, nodes: list[int], received: bytes) -> dict: ...
@@ -41,6 +43,8 @@ class Aggregation(Protocol):
 class PlainAggregation:
     """Deltas in the clear (TLS still protects the wire). For development and
     for measuring what masking costs; `fedvox server` masks by default."""
+
+    signs_received = False
 
     def __init__(self):
         self._train: dict = {}

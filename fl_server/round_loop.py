@@ -182,7 +182,8 @@ class RoundLoop:
         before = self.flat()
         agg = self.aggregation
         # the digest each site computes from what it gets, and signs with its masked update
-        digest = received(self.weights, self._round_config(r), self.record.info["run_id"], r).digest
+        digest = (received(self.weights, self._round_config(r), self.record.info["run_id"], r).digest
+                  if agg.signs_received else b"")
         extra = agg.train_extra(r, nodes, digest)
         if agg.model_spent(r):  # written before anything is sent: a restart must not replay it
             self.record.start({IN_FLIGHT: r})

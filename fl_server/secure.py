@@ -39,6 +39,8 @@ def next_session(record) -> str:
 
 
 class SecureAggregation:
+    signs_received = True  # every site signs the digest of the model + config it got
+
     def __init__(self, roster: dict, new_session: Callable[[], str], threshold: int | None = None,
                  clip_range: float = 4.0, max_weight: float = 1000.0, setup_timeout: float = 300.0,
                  colluding_sites: int = DEFAULT_COLLUDING_SITES):
