@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_client.secagg import SiteSecAgg  # noqa: E402
 from fl_common.crypto import pki as crypto  # noqa: E402
+from fl_common.secagg.checks import received  # noqa: E402
 from fl_server.secagg import ServerSecAgg  # noqa: E402
 
 
@@ -68,7 +69,8 @@ def run_config(n_sites: int, n_params: int, drop: int, seed: int = 0) -> dict:
 
         # T: mask one site at a time and hand it to the server at once, so only
         # one masked vector is alive (as the server sums them as they arrive)
-        reqs, dt = cpu(server.train_requests, 1)
+        got = received({"w": np.zeros(4, np.float32)}, {"round": 1, "seed": seed}, "bench", 1)
+        reqs, dt = cpu(lambda r: server.train_requests(r, received=got.digest), 1)
         t_srv["train_requests"] += dt
         plain_num = np.zeros(n_params, np.float64)
         plain_w = 0.0
@@ -78,7 +80,7 @@ def run_config(n_sites: int, n_params: int, drop: int, seed: int = 0) -> dict:
             delta = rng.normal(0.0, 0.05, n_params).astype(np.float32)
             if s in dropped:
                 continue
-            up, dt = cpu(sites[s].mask, 1, delta, weights[s], reqs[s])
+            up, dt = cpu(lambda *a: sites[s].mask(*a, received=got), 1, delta, weights[s], reqs[s])
             t_site[s]["mask"] += dt
             up_bytes.append(up.vector.nbytes + len(up.payload))
             manifest_bytes.append(len(up.payload))

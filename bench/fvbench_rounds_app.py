@@ -266,17 +266,21 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     cfg = msg.content.config_records[K.REC_CONFIG]
     rnd, n, site = int(cfg[K.SERVER_ROUND]), int(cfg["num-params"]), _site(context)
-    _w = msg.content.array_records[K.REC_ARRAYS]["w"].numpy()  # the global model arrives (decode)
+    arrays = {k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()}  # decode
     delta, weight = site_update(site, rnd, n), float(site_weight(site))
     sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is None:
         content = RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(delta)})})
         metrics = {K.NUM_EXAMPLES: weight}
     else:
-        up = _site_secagg(context, str(sec[K.SESSION])).mask(rnd, delta, weight, bytes(sec[K.PAYLOAD]))
+        from fl_common.secagg.checks import received
+        # as client_app: the site hashes what it received (timed: it is part of the cost)
+        got = received(arrays, dict(cfg), str(cfg[K.RUN_ID]), rnd)
+        up = _site_secagg(context, str(sec[K.SESSION])).mask(rnd, delta, weight, bytes(sec[K.PAYLOAD]),
+                                                             received=got)
         content = RecordDict({K.REC_MASKED: ArrayRecord({K.VECTOR: Array(up.vector)}),
                               K.REC_SECAGG: ConfigRecord({K.PAYLOAD: up.payload})})
-        metrics = {"clipped": float(up.clipped)}
+        metrics = {}
     metrics["handler-seconds"] = time.perf_counter() - t0
     content[K.REC_METRICS] = MetricRecord(metrics)
     content[K.REC_INFO] = ConfigRecord({K.SITE: site})

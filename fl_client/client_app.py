@@ -132,10 +132,15 @@ def _worker(context: Context) -> WorkerClient:
 
 
 def _secagg(context: Context, session: str):
+    from fl_common.secagg import DEFAULT_COLLUDING_SITES
     from .secagg import SiteSecAgg
     roster = json.loads(Path(_node(context, K.NODE_ROSTER)).read_text())
+    # every session's state under one directory, which also holds the site-wide ledger
     state = Path(_node(context, K.NODE_STATE_DIR)) / "secagg" / session.replace("/", "_")
-    return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state)
+    # the site's own collusion bound (its policy, never the server's word)
+    colluding = int(context.node_config.get(K.NODE_COLLUDING_SITES, DEFAULT_COLLUDING_SITES))
+    return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state,
+                      colluding_sites=colluding)
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:
@@ -234,11 +239,16 @@ def _train(msg: Message, context: Context, pol) -> Message:
         content = RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(flat)}),
                               K.REC_METRICS: metric_record({**metrics, K.NUM_EXAMPLES: weight})})
     else:
-        # the weight and the delta leave the site only inside the masked vector
-        up = sa.mask(rnd, flat, weight, bytes(sec[K.PAYLOAD]), prepared=prepared())
+        from fl_common.secagg.checks import received
+        from fl_common.secagg.quantize import COUNTS
+        # the delta, the weight, the clip count and the counts that would reveal
+        # the weight leave the site only inside the masked vector (summed there)
+        counts = {c: int(metrics.pop(c, 0)) for c in COUNTS}
+        got = received(arrays, cfg, str(cfg.get(K.RUN_ID, "")), rnd)
+        up = sa.mask(rnd, flat, weight, bytes(sec[K.PAYLOAD]), prepared=prepared(), received=got, counts=counts)
         content = RecordDict({K.REC_MASKED: ArrayRecord({K.VECTOR: Array(up.vector)}),
                               K.REC_SECAGG: ConfigRecord({K.PAYLOAD: up.payload}),
-                              K.REC_METRICS: metric_record({**metrics, K.CLIPPED: up.clipped})})
+                              K.REC_METRICS: metric_record(metrics)})
     content[K.REC_INFO] = _info(context)
     return _reply(msg, content, context)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_common import keys as K
+from fl_common.config import load_federation
 from fl_common.kit import KIT_ROSTER, SiteKit, read_kit
 from fl_common.supervise import LaunchError, Proc, ProcessGroup
 
@@ -53,11 +54,14 @@ def start_worker(group: ProcessGroup, name: str, federation: Path, site_toml: Pa
 
 
 def node_config(name: str, sock: Path, work: Path, auth_key: Path | None, roster: Path | None,
-                audit_dir: Path | None = None, site_toml: Path | None = None) -> dict:
+                audit_dir: Path | None = None, site_toml: Path | None = None,
+                colluding_sites: int | None = None) -> dict:
     """What the SuperNode hands every ClientApp (fl_client.client_app reads it)."""
     cfg = {K.NODE_SITE_NAME: name, K.NODE_WORKER_SOCKET: str(sock), K.NODE_STATE_DIR: str(work / "state")}
     if site_toml:  # its [policy] bounds every request (fl_client.policy)
         cfg[K.NODE_SITE_CONFIG] = str(Path(site_toml).resolve())
+    if colluding_sites is not None:  # the site's own bound, from its copy of the federation
+        cfg[K.NODE_COLLUDING_SITES] = int(colluding_sites)
     if audit_dir:
         cfg[K.NODE_AUDIT_DIR] = str(audit_dir)
     if auth_key:
@@ -76,7 +80,8 @@ def start_site(group: ProcessGroup, kit: SiteKit, federation: Path, site_toml: P
     roster.write_text(json.dumps(kit.roster))
     sn = start_supernode(kit.name, superlink, None if insecure else kit.ca_cert,
                          None if insecure else kit.auth_key,
-                         node_config(kit.name, sock, work, kit.auth_key, roster, audit_dir, site_toml),
+                         node_config(kit.name, sock, work, kit.auth_key, roster, audit_dir, site_toml,
+                                     load_federation(federation, require_sites=False).federation.colluding_sites),
                          log_path=work / "supernode.log", workdir=work, insecure=insecure, group=group,
                          wait_connected=120)
     return SiteProcs(kit.name, worker, sn, sock)

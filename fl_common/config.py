@@ -18,6 +18,7 @@ from imaging_core.config import ImagingConfig, Table, parse
 from imaging_core.config_errors import ConfigError
 from imaging_core.errors import ImagingError
 from .kit import KIT_AUTH_KEY, KIT_CA
+from .secagg.threshold import DEFAULT_COLLUDING_SITES
 
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 
@@ -43,6 +44,10 @@ class FederationTable(Table):
     secagg_threshold: Annotated[int, Field(ge=2)] | None = None
     secagg_clip: PosFloat = 4.0
     secagg_max_weight: PosFloat = 1000.0
+    # sites that may collude with the server: the threshold satisfies 2t > n + colluding_sites
+    # (Bonawitz et al. 2017). 1 = a lone curious site (e.g. the coordinator's own) is assumed;
+    # each site enforces its own bound too. With 3 sites this means t = 3 (no dropout).
+    colluding_sites: Annotated[int, Field(ge=0)] = DEFAULT_COLLUDING_SITES
     # server optimiser (fl_server.strategy.ServerOptimizer); each acts for some strategies
     server_lr: PosFloat = 1.0          # fedavg, fedprox, fedavgm
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9   # fedavgm

@@ -25,7 +25,7 @@ FLAT = "flat"                # the one Array of a delta record
 VECTOR = "vector"            # the one Array of a masked record
 SESSION = "session"
 PAYLOAD = "payload"
-CLIPPED = "clipped"          # metric of a masked train reply: this site's clip events
+CLIPPED = "clipped"          # a round's summed clip events (never one site's: that is masked)
 
 # ----- message types ----------------------------------------------------------
 MSG_TRAIN = "train"
@@ -42,6 +42,7 @@ NODE_STATE_DIR = "state-dir"
 NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"
 NODE_SITE_CONFIG = "site-config"  # the site's own site.toml: its [policy] is read for every message
+NODE_COLLUDING_SITES = "secagg-colluding-sites"  # the site's own bound on sites colluding with the server
 AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
 
 # ----- error replies of a site (Flower Message Error codes; Flower's own are < 100) -----

@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from fl_common.secagg.checks import received
 from fl_common.tensors import flatten, unflatten
 from fl_common import keys as K
 
@@ -35,6 +36,7 @@ from .records import RunRecord
 from .strategy import ServerOptimizer
 
 log = logging.getLogger("fedvox.server")
+IN_FLIGHT = "round_in_flight"  # run.json: a round whose train requests went out, until it is committed
 
 
 class Evaluator(Protocol):
@@ -102,9 +104,12 @@ class RoundLoop:
                                    self.record.model_file(which))
 
     # ----- messaging --------------------------------------------------------
+    def _round_config(self, r: int) -> dict:
+        return {K.SERVER_ROUND: r, K.RUN_ID: self.record.info["run_id"],
+                K.LR: self.cfg.lr(r), **self.cfg.site_round}
+
     def _messages(self, nodes, kind: str, r: int, extra: dict) -> list[Message]:
-        cfg = {K.SERVER_ROUND: r, K.RUN_ID: self.record.info["run_id"],
-               K.LR: self.cfg.lr(r), **self.cfg.site_round}
+        cfg = self._round_config(r)
         msgs = []
         for n in nodes:
             content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)),
@@ -135,9 +140,35 @@ class RoundLoop:
             self._save_weights("best")  # round 0 competes for best: a best model always exists
         return start
 
+    def _stop_if_spent(self, r: int, row: dict | None) -> bool:
+        """Secure aggregation: a round that failed, or was interrupted by a
+        server restart, after its train requests went out is not re-run from
+        the same model; the sites' ledgers would refuse it, and rightly (two
+        masked sums from one model over different survivors expose one site's
+        update). The run ends, saying why."""
+        if row is None:  # resumed: was a round in flight when the server stopped?
+            if int(self.record.info.get(IN_FLIGHT, 0)) != r:
+                return False
+            row = {"round": r, "status": "interrupted", "sites_aggregated": 0,
+                   "reason": "the server stopped after sending this round's train requests"}
+            self.record.add_round(row, [])
+        elif row["status"] == "ok" or not self.aggregation.model_spent(r):
+            return False
+        why = (f"round {r} {row['status']} after the sites may have masked updates from its model; "
+               "secure aggregation never re-runs a round from the same model (the sites refuse "
+               "it): start a new run from another model to go on")
+        log.error("%s", why)
+        self.record.finish("failed", reason=why)
+        return True
+
     def run(self) -> None:
-        for r in range(self.start(), self.cfg.rounds + 1):
-            self.run_round(r, self.stage.nodes())
+        first = self.start()
+        if first <= self.cfg.rounds and self._stop_if_spent(first, None):
+            return
+        for r in range(first, self.cfg.rounds + 1):
+            row = self.run_round(r, self.stage.nodes())
+            if self._stop_if_spent(r, row):
+                return
         self.final_evaluation(self.stage.nodes())
         best_round, best = self.record.best(self.cfg.best_metric)
         self.record.finish("completed", best_round=best_round, best_score=best)
@@ -150,8 +181,14 @@ class RoundLoop:
         site_rows: dict[str, dict] = {}
         before = self.flat()
         agg = self.aggregation
+        # the digest each site computes from what it gets, and signs with its masked update
+        digest = (received(self.weights, self._round_config(r), self.record.info["run_id"], r).digest
+                  if agg.signs_received else b"")
+        extra = agg.train_extra(r, nodes, digest)
+        if agg.model_spent(r):  # written before anything is sent: a restart must not replay it
+            self.record.start({IN_FLIGHT: r})
         # each update is taken in (checked, summed) as it lands, while the other sites still train
-        train_ok, train_failed = self._send(nodes, K.MSG_TRAIN, r, agg.train_extra(r, nodes), self.cfg.train_timeout,
+        train_ok, train_failed = self._send(nodes, K.MSG_TRAIN, r, extra, self.cfg.train_timeout,
                                             on_reply=lambda n, m: agg.collect_train(r, {n: m}))
         for n, m in train_ok.items():
             site = self.stage.site(n)
@@ -170,7 +207,7 @@ class RoundLoop:
             mean_delta, total_weight = agg.aggregate(r, survivors, eval_ok, len(before))
             self._set_flat(self.opt.step(before, mean_delta))
             row.update(status="ok", sites_aggregated=len(survivors), total_weight=total_weight,
-                       delta_norm=float(np.linalg.norm(mean_delta)))
+                       delta_norm=float(np.linalg.norm(mean_delta)), **agg.round_summary())
         except RoundFailed as e:
             log.warning("round %d failed: %s; the global model is unchanged", r, e)
             row.update(status="failed", reason=str(e), sites_aggregated=0)
@@ -188,6 +225,9 @@ class RoundLoop:
         if best_round == r:
             self._save_weights("best")
         self.record.commit_round(r)
+        if self.record.info.get(IN_FLIGHT) == r:
+            self.record.info.pop(IN_FLIGHT)
+            self.record.start({})
         log.info("round %d: %s", r, json.dumps({k: v for k, v in row.items() if k != "failures"}, default=str))
         return row
 

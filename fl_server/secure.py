@@ -3,8 +3,14 @@
 Setup (S1 advertise, S2 share) runs as two `query` stages once per session and
 again whenever too few sites hold unused mask keys; every round's masking rides
 on the T reply and the unmasking on the E stage, so a steady-state round has no
-extra stage. A server restart starts a new session (fresh keys): the site
-refuses to mask a round twice under one session.
+extra stage. A server restart starts a new session (fresh keys).
+
+Once train requests for a round went out, the sites may have masked an update
+from the current model, and each site's ledger refuses a second masked update
+from that model or for that (run, round), in any session (a second sum over
+other survivors would expose one site's update). So a round that fails or is
+interrupted after T was sent is never replayed: model_spent() tells the round
+loop, which then ends the run instead of retrying from the same model.
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fl_common import keys as K
-from fl_common.secagg import RoundFailed, SecAggError, min_threshold
+from fl_common.secagg import (DEFAULT_COLLUDING_SITES, RoundFailed, SecAggError, min_threshold,
+                              two_site_warning)
 from fl_server.secagg import ServerSecAgg
 
 log = logging.getLogger("fedvox.server")
@@ -32,11 +39,15 @@ def next_session(record) -> str:
 
 
 class SecureAggregation:
+    signs_received = True  # every site signs the digest of the model + config it got
+
     def __init__(self, roster: dict, new_session: Callable[[], str], threshold: int | None = None,
-                 clip_range: float = 4.0, max_weight: float = 1000.0, setup_timeout: float = 300.0):
+                 clip_range: float = 4.0, max_weight: float = 1000.0, setup_timeout: float = 300.0,
+                 colluding_sites: int = DEFAULT_COLLUDING_SITES):
         self.roster = roster
         self.new_session = new_session
-        self.threshold = int(threshold or min_threshold(len(roster)))
+        self.colluding_sites = int(colluding_sites)
+        self.threshold = int(threshold or min_threshold(len(roster), self.colluding_sites))
         self.clip_range, self.max_weight = float(clip_range), float(max_weight)
         self.timeout = float(setup_timeout)
         self.session: str | None = None
@@ -46,10 +57,24 @@ class SecureAggregation:
         self.failure: str | None = None
         self.clipped = 0
         self.last = None  # the last round's AggregateResult (its tolerance, survivors, ...)
+        self.summary: dict = {}
+        self._spent: set[int] = set()  # rounds whose train requests went out
+        self.warning = two_site_warning(len(roster))
+        if self.warning:
+            log.warning("secure aggregation: %s", self.warning)
 
     def describe(self) -> dict:
-        return {"mode": "secagg", "protocol": "double-masked SecAgg (Bonawitz et al. 2017), 2 stages/round",
-                "threshold": int(self.threshold), "enrolled": len(self.roster), "clip_range": self.clip_range}
+        out = {"mode": "secagg", "protocol": "double-masked SecAgg (Bonawitz et al. 2017), 2 stages/round",
+               "threshold": int(self.threshold), "enrolled": len(self.roster),
+               "colluding_sites": self.colluding_sites, "clip_range": self.clip_range}
+        if self.warning:
+            out["warning"] = self.warning
+        return out
+
+    def model_spent(self, r: int) -> bool:
+        """Whether sites may have masked an update for round r (from the model
+        it was sent with): then neither it nor that model may be sent again."""
+        return int(r) in self._spent
 
     # ----- setup ------------------------------------------------------------
     def _payload(self, payload: bytes) -> ConfigRecord:
@@ -79,7 +104,8 @@ class SecureAggregation:
         if self.session is None:
             self.session = self.new_session()
         self.proto = ServerSecAgg(self.session, self.roster, threshold=self.threshold,
-                                  clip_range=self.clip_range, max_weight=self.max_weight)
+                                  clip_range=self.clip_range, max_weight=self.max_weight,
+                                  colluding_sites=self.colluding_sites)
         adverts = self._query(nodes, K.SECAGG_ADVERTISE, {})
         roster_msg = self.proto.collect_adverts(adverts)
         for site, why in self.proto.setup_rejected.items():
@@ -90,7 +116,7 @@ class SecureAggregation:
         log.info("secagg session %s: %d sites eligible, threshold %d", self.session, len(eligible), self.threshold)
 
     # ----- per round --------------------------------------------------------
-    def train_extra(self, r, nodes) -> dict:
+    def train_extra(self, r, nodes, received: bytes) -> dict:
         self.failure = None
         sites = [self.stage.node_site.get(n) for n in nodes]
         part = [s for s in sites if s in self.proto.eligible_sites()]
@@ -98,10 +124,11 @@ class SecureAggregation:
             self.setup(self.stage, nodes)
             part = [s for s in sites if s in self.proto.eligible_sites()]
         try:
-            reqs = self.proto.train_requests(r, participants=part)
+            reqs = self.proto.train_requests(r, participants=part, received=received)
         except RoundFailed as e:
             self.failure = str(e)
             return {}
+        self._spent.add(int(r))
         return {self.site_node[s]: {K.REC_SECAGG: self._payload(p)} for s, p in reqs.items()}
 
     def collect_train(self, r, replies: dict) -> None:
@@ -144,9 +171,14 @@ class SecureAggregation:
             raise RoundFailed(f"unmasked vector has {res.mean.shape[0]} values, the model {n}")
         self.last = res
         self.clipped += int(res.clipped)
+        self.summary = {"clipped": int(res.clipped), **{f"sum_{k}": v for k, v in res.counts.items()}}
         if res.clipped:
             log.warning("round %d: %d delta values were clipped to +-%g", r, res.clipped, self.clip_range)
         return np.asarray(res.mean, np.float32), float(res.total_weight)
+
+    def round_summary(self) -> dict:
+        """What the last aggregated round adds to its row: summed values only."""
+        return dict(self.summary)
 
     def state(self) -> dict:
         return {"clipped_total": self.clipped}

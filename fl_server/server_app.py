@@ -63,6 +63,7 @@ def _aggregation(spec: dict, fl, record: RunRecord):
     return SecureAggregation(json.loads(Path(spec["roster"]).read_text()), lambda: next_session(record),
                              threshold=spec.get("threshold") or fl.secagg_threshold,
                              clip_range=fl.secagg_clip, max_weight=fl.secagg_max_weight,
+                             colluding_sites=fl.colluding_sites,
                              setup_timeout=float(spec.get("setup_timeout", 300)))
 
 

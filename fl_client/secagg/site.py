@@ -4,8 +4,9 @@ safe: fl_common.secagg's docstring.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -13,58 +14,20 @@ import numpy as np
 from fl_common.crypto import pki
 from fl_common.crypto import secagg as crypto
 from fl_common.secagg import wire
-from fl_common.secagg.checks import (advert_signed_bytes, check_advert, check_view_signature,
-                                     load_roster, vector_digest, view_digest, view_signed_bytes)
+from fl_common.secagg.checks import (Received, advert_signed_bytes, check_advert,
+                                     check_view_signature, load_roster, vector_digest, view_digest,
+                                     view_signed_bytes)
 from fl_common.secagg.errors import ProtocolError, RevealRefused, RoundFailed, TamperedShare
 from fl_common.secagg.quantize import NUM_EXTRA, Quantizer
-from fl_common.secagg.threshold import min_threshold
+from fl_common.secagg.threshold import DEFAULT_COLLUDING_SITES, min_threshold, two_site_warning
 
+from .ledger import SiteLedger
+from .shares import SHARE_PLAIN, MaskedUpdate, PreparedMask, encrypt_shares
 from .state import KEEP_ROUNDS, SiteState
 
-_SHARE_PLAIN = 2 + crypto.SECRET_BYTES   # uint16 index + share
+log = logging.getLogger("fedvox.site.secagg")
+
 REVEAL_SELF, REVEAL_KEY = "b", "s"       # what a site revealed for a peer
-
-
-def _encrypt_shares(run_id: str, me: str, channel_sk: bytes, holders: Sequence[str],
-                    channel_pks: Mapping[str, bytes], secret: bytes, threshold: int,
-                    kind: int, tag: int) -> list[dict]:
-    out = []
-    for (idx, share), holder in zip(crypto.shamir_split(secret, threshold, len(holders)),
-                                    holders):
-        key = crypto.channel_key(channel_sk, channel_pks[holder], run_id, me, holder)
-        nonce, ct = crypto.encrypt(key, idx.to_bytes(2, "big") + share,
-                                   crypto.share_ad(run_id, kind, tag, me, holder))
-        out.append({"sender": me, "receiver": holder, "kind": kind, "tag": tag,
-                    "nonce": nonce, "ciphertext": ct})
-    return out
-
-
-# =================================================================== site side
-@dataclass
-class MaskedUpdate:
-    """What a site sends at T: `vector` (uint32[n + 2], put it in an Array) and
-    `payload` (the MaskedManifest bytes). `clipped`/`weight_clipped` stay at
-    the site for its own report; the server only learns the sum of clips."""
-    round: int
-    vector: np.ndarray
-    payload: bytes
-    clipped: int
-    weight: float
-    weight_clipped: bool
-
-
-
-@dataclass
-class PreparedMask:
-    """A site's summed masks for one round, made before its update exists
-    (SiteSecAgg.prepare_mask). Holds the self-mask seed: keep it in memory only."""
-    owner: tuple[str, str]  # (site, run) that made it
-    round: int
-    request: bytes
-    epoch: int
-    view: dict
-    seed: bytes = field(repr=False)
-    masks: np.ndarray | None = field(repr=False)
 
 
 class SiteSecAgg:
@@ -74,10 +37,17 @@ class SiteSecAgg:
 
     enrollment_key: the site's EC private key (object, OpenSSH/PEM text, bytes
     or a path); roster: {site_id: enrollment public key (OpenSSH line, path or
-    key)} for every enrolled site, from provisioning."""
+    key)} for every enrolled site, from provisioning. colluding_sites: the
+    number of sites this site assumes may collude with the server (its own
+    policy, not the server's word): it refuses a threshold below
+    min_threshold(roster size, colluding_sites). ledger_dir: where the
+    site-wide ledger of masked updates lives (default: the parent of
+    state_dir, which holds every session's state directory)."""
 
     def __init__(self, site_id: str, run_id: str, enrollment_key: Any,
-                 roster: Mapping[str, Any], state_dir: str | os.PathLike):
+                 roster: Mapping[str, Any], state_dir: str | os.PathLike,
+                 colluding_sites: int = DEFAULT_COLLUDING_SITES,
+                 ledger_dir: str | os.PathLike | None = None):
         self.site_id = str(site_id)
         self.run_id = str(run_id)
         if not isinstance(enrollment_key, pki.ec.EllipticCurvePrivateKey):
@@ -90,8 +60,12 @@ class SiteSecAgg:
                 != pki.enrollment_public_openssh(self.roster[self.site_id])):
             raise ProtocolError(f"site {self.site_id!r}: the enrollment key does not match "
                                 "the roster's public key for this site")
+        self.colluding_sites = int(colluding_sites)
+        self.min_threshold = min_threshold(len(self.roster), self.colluding_sites)
         self._store = SiteState(state_dir, self.run_id, self.site_id)
         self.state = self._store.data
+        self.ledger = SiteLedger(Path(state_dir).parent if ledger_dir is None else ledger_dir,
+                                 self.site_id)
 
     # --------------------------------------------------------------- helpers
     @property
@@ -141,10 +115,12 @@ class SiteSecAgg:
         msg = wire.decode(wire.ROSTER, roster_payload, "server")
         self._check_run(msg, "roster")
         t = int(msg["threshold"])
-        need = min_threshold(len(self.roster))
+        need = self.min_threshold
         if t < need:
-            raise ProtocolError(f"roster threshold {t} is below {need} (more than half of "
-                                f"the {len(self.roster)} enrolled sites): refusing to share")
+            raise ProtocolError(
+                f"roster threshold {t} is below {need}, this site's minimum for "
+                f"{len(self.roster)} enrolled sites with {self.colluding_sites} colluding "
+                f"(2t > n + n_C): refusing to share")
         adverts = msg["adverts"]
         seen: dict[str, dict] = {}
         for adv in adverts:
@@ -166,11 +142,14 @@ class SiteSecAgg:
         quant = msg["quant"] or {}
         Quantizer(quant.get("clip_range", 0.0), quant.get("max_weight", 0.0), 1)  # validates
         holders = sorted(seen)
+        warn = two_site_warning(len(self.roster))
+        if warn:
+            log.warning("site %s: %s", self.site_id, warn)
         channel_pks = {s: seen[s]["channel_public_key"] for s in holders}
         self.state["setup"] = {
             "threshold": t, "clip_range": quant["clip_range"], "max_weight": quant["max_weight"],
             "holders": holders, "channel_pks": {s: pk.hex() for s, pk in channel_pks.items()}}
-        shares = _encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
+        shares = encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
                                  channel_pks, bytes.fromhex(self.state["mask_sk"]), t,
                                  wire.MASK_KEY, self.state["epoch"])
         self._store.save()
@@ -212,14 +191,22 @@ class SiteSecAgg:
                             seed, total)
 
     def mask(self, round_: int, delta: np.ndarray, weight: float,
-             train_request: bytes, prepared: "PreparedMask | None" = None) -> MaskedUpdate:
-        """T: quantise the weighted, clipped update, add the self mask and the
-        pairwise masks of the round's view, and prepare the next round's key.
+             train_request: bytes, prepared: "PreparedMask | None" = None, *,
+             received: Received, counts: Mapping[str, int] | None = None) -> MaskedUpdate:
+        """T: quantise the weighted, clipped update (and ``counts``, see
+        quantize.COUNTS), add the self mask and the pairwise masks of the
+        round's view, and prepare the next round's key. ``received``: what this
+        site computed from the model and round config it got
+        (checks.received); it signs it with the view, and the site-wide ledger
+        refuses a second masked update for its (run, round) or its model.
         A site masks at most once per round (its mask key is then spent).
         ``prepared``: from prepare_mask() with the same request (used when it
         still fits this site's state and the update's size; recomputed if not)."""
         setup = self._setup()
         round_ = int(round_)
+        if not isinstance(received, Received) or received.round != round_:
+            raise ProtocolError(f"site {self.site_id!r}: round {round_} masked without what it "
+                                "received for that round (checks.received)")
         n = int(np.asarray(delta).size)
         if not (prepared is not None and prepared.masks is not None
                 and prepared.owner == (self.site_id, self.run_id) and prepared.round == round_
@@ -233,15 +220,15 @@ class SiteSecAgg:
         # they are spent even if encoding fails half-way
         masks, prepared.masks = prepared.masks, None
         q = Quantizer(setup["clip_range"], setup["max_weight"], len(view)).quantize(
-            delta, weight, add_to=masks)
+            delta, weight, add_to=masks, counts=counts)
         y = q.vector
 
         channel_pks = {s: bytes.fromhex(h) for s, h in setup["channel_pks"].items()}
-        b_shares = _encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
+        b_shares = encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
                                    channel_pks, seed, t, wire.SELF_MASK, round_)
         next_sk, next_pk = crypto.x25519_keypair()
         next_epoch = my_epoch + 1
-        s_shares = _encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
+        s_shares = encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
                                    channel_pks, next_sk, t, wire.MASK_KEY, next_epoch)
         digest = view_digest(self.run_id, round_, t,
                                     [(s, e, pk) for s, (e, pk) in view.items()])
@@ -252,11 +239,14 @@ class SiteSecAgg:
             "self_mask_commitment": crypto.self_mask_commitment(seed, self.run_id, round_,
                                                                 self.site_id),
             "view_signature": pki.sign(self._key, view_signed_bytes(
-                self.run_id, round_, digest)),
+                self.run_id, round_, digest, received.digest)),
             "self_mask_shares": b_shares,
             "next_key": self._advert(next_epoch, next_pk),
             "next_key_shares": s_shares,
         }
+        # the ledger first: if this site ever masked this (run, round) or
+        # model, nothing leaves (the prepared masks are spent either way)
+        self.ledger.claim(received, self.run_id)
         # persist before anything leaves: the spent key is gone, the next one
         # and the round's view are on disk (the self-mask seed never is)
         self.state.update(epoch=next_epoch, mask_sk=next_sk.hex(), last_round=round_)
@@ -264,7 +254,8 @@ class SiteSecAgg:
         # threshold and share index too: a later re-key must not change how
         # this round is revealed
         rounds[str(round_)] = {"view": [[s, e, pk.hex()] for s, (e, pk) in sorted(view.items())],
-                               "digest": digest.hex(), "threshold": t,
+                               "digest": digest.hex(), "received": received.digest.hex(),
+                               "threshold": t,
                                "index": holders.index(self.site_id) + 1, "revealed": {}}
         for old in sorted(rounds, key=int)[:-KEEP_ROUNDS]:
             del rounds[old]
@@ -329,13 +320,16 @@ class SiteSecAgg:
         sigs: dict[str, bytes] = {}
         for vs in msg["view_signatures"]:
             sigs.setdefault(vs["site_id"], vs["signature"])
-        digest = bytes.fromhex(rec["digest"])
+        digest, got = bytes.fromhex(rec["digest"]), bytes.fromhex(rec["received"])
         for site in sorted(U):
             if site not in sigs:
                 raise RevealRefused(f"round {round_}: no view signature from survivor {site!r}")
-            check_view_signature(self.roster, site, sigs[site], self.run_id, round_, digest,
+            # a survivor that trained from another model or round config (or
+            # saw other participants) signed other bytes: reveal nothing
+            check_view_signature(self.roster, site, sigs[site], self.run_id, round_, digest, got,
                                  f"round {round_} view signature of survivor {site!r} (it "
-                                 "was shown another set of participants)")
+                                 "was shown another set of participants, or another model or "
+                                 "round config than this site)")
 
         decide = {s: (REVEAL_SELF if s in U else REVEAL_KEY) for s in view}
         revealed = rec["revealed"]
@@ -376,7 +370,7 @@ class SiteSecAgg:
                 crypto.share_ad(self.run_id, sh["kind"], sh["tag"], owner, self.site_id),
                 f"share from site {owner!r} to site {self.site_id!r} "
                 f"({'self-mask' if want == REVEAL_SELF else 'mask-key'}, round {round_})")
-            if len(plain) != _SHARE_PLAIN or int.from_bytes(plain[:2], "big") != my_index:
+            if len(plain) != SHARE_PLAIN or int.from_bytes(plain[:2], "big") != my_index:
                 raise TamperedShare(f"share from site {owner!r}: wrong index or length")
             done.add(owner)
             out.append({"owner": owner, "kind": sh["kind"], "tag": sh["tag"],

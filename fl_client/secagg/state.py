@@ -49,26 +49,30 @@ class SiteState:
         return state
 
     def save(self) -> None:
-        """Write the state atomically: temp file (0600) in the same directory,
-        fsync, os.replace, fsync the directory; a crash leaves old or new."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".secagg-", suffix=".tmp", dir=self.dir)
+        write_private_json(self.dir, self.path, self.data)
+
+
+def write_private_json(directory: Path, path: Path, data) -> None:
+    """Write ``data`` as JSON atomically: temp file (0600) in the same 0700
+    directory, fsync, os.replace, fsync the directory; a crash leaves old or new."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".secagg-", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

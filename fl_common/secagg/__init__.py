@@ -21,27 +21,34 @@ Why a lying server learns nothing (beyond what an honest run shows):
   nothing else.
 - A site reveals, per peer and round, either the self-mask share (peer alive)
   or the mask-key share (peer dropped), never both, and remembers on disk.
-- The threshold must exceed half the federation (the provisioning roster), so
-  two disjoint groups of t sites cannot exist: the server cannot get b_j from
-  one group and s_j from another.
-- Each site signs the round's participant view (sites, key epochs, keys) at T;
-  at E it reveals only when every claimed survivor signed the SAME view. This
-  stands in for Bonawitz's consistency-check stage without a third stage:
-  together with t > n/2 it stops a server from showing sites different
-  participant sets to isolate one site's update.
+- The threshold satisfies 2t > n + n_C for n enrolled sites of which n_C may
+  collude with the server (threshold.min_threshold), and each site checks it
+  against its OWN declared n_C: the server cannot get t shares of b_j and t of
+  s_j even with the colluders' help.
+- Each site signs the round's participant view (sites, key epochs, keys) and
+  the digest of the model and round config it received (checks.received) at
+  T; at E it reveals only when every claimed survivor signed the SAME view
+  and digest. This stands in for Bonawitz's consistency-check stage without a
+  third stage: it stops a server from showing sites different participant
+  sets, models or configs (Pasquini et al., CCS 2022) to isolate one update.
+- A site-wide ledger (fl_client.secagg.ledger) refuses a second masked update
+  for one (run, round) or one received model, in any session: no two sums
+  over different survivors of the same updates.
+- The weight, the clip count and the counts that would reveal the weight are
+  masked coordinates (quantize.COUNTS); nothing per site travels beside them.
 
 No torch import anywhere in this package.
 """
 # Nothing imported here may import fl_common.crypto: crypto imports .errors,
 # which runs this file first (checks.py and wire.py are imported by name).
-from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed,
+from .errors import (BadSignature, ProtocolError, QuantizationError, ReconstructionFailed, ReplayRefused,
                      RevealRefused, RoundFailed, SecAggError, StateError, TamperedShare,
                      WireFormatError)
 from .quantize import NUM_EXTRA, Quantizer
-from .threshold import min_threshold
+from .threshold import DEFAULT_COLLUDING_SITES, min_threshold, two_site_warning
 
 __all__ = [
     "BadSignature", "NUM_EXTRA", "ProtocolError", "QuantizationError", "Quantizer",
-    "ReconstructionFailed", "RevealRefused", "RoundFailed", "SecAggError", "StateError",
-    "TamperedShare", "WireFormatError", "min_threshold",
+    "ReconstructionFailed", "ReplayRefused", "RevealRefused", "RoundFailed", "SecAggError", "StateError",
+    "TamperedShare", "WireFormatError", "DEFAULT_COLLUDING_SITES", "min_threshold", "two_site_warning",
 ]

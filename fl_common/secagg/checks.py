@@ -7,6 +7,9 @@ once, here.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,8 +36,52 @@ def advert_signed_bytes(run_id: str, site: str, epoch: int, channel_pk: bytes,
     return pack("key-advert", run_id, site, epoch, channel_pk, mask_pk)
 
 
-def view_signed_bytes(run_id: str, round_: int, digest: bytes) -> bytes:
-    return pack("round-view", run_id, round_, digest)
+def view_signed_bytes(run_id: str, round_: int, digest: bytes, received: bytes) -> bytes:
+    """What a site signs at T: the participant view AND the digest of the model
+    and round config it received (Received.digest), so at E every survivor can
+    check that all of them trained from the same model and config (Pasquini et
+    al., CCS 2022: a server handing some sites lr 0 or another model isolates
+    one site's update in the sum)."""
+    return pack("round-view", run_id, round_, digest, received)
+
+
+@dataclass(frozen=True)
+class Received:
+    """What a site received for a round, as it computed it itself."""
+    run_id: str      # the run its round config names
+    round: int
+    model: bytes     # SHA-256 of the model weights
+    digest: bytes    # SHA-256 of the model hash and the whole round config
+
+
+def model_hash(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 over (name, dtype, shape, little-endian bytes) of every tensor, by name."""
+    h = hashlib.sha256(b"fedvox-model-v1")
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        h.update(pack(name, a.dtype.str, *[int(d) for d in a.shape], a.ndim))
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+    return h.digest()
+
+
+def _canonical(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"bytes": v.hex()}
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    if isinstance(v, float):
+        return {"float": v.hex()}  # exact, and distinct from an int of the same value
+    return v
+
+
+def received(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any], run_id: str,
+             round_: int) -> Received:
+    """The Received of a round: computed by the site from the message it got
+    and by the server from the message it sent (the same bytes if honest)."""
+    m = model_hash(arrays)
+    cfg = json.dumps({str(k): _canonical(v) for k, v in config.items()}, sort_keys=True)
+    return Received(str(run_id), int(round_), m, sha256(pack("round-input", m, cfg)))
 
 
 def view_digest(run_id: str, round_: int, threshold: int,
@@ -62,9 +109,11 @@ def check_advert(run_id: str, adv: Mapping[str, Any], roster: Mapping[str, Any],
 
 
 def check_view_signature(roster: Mapping[str, Any], site: str, signature: bytes, run_id: str,
-                         round_: int, digest: bytes, what: str) -> None:
-    """``site`` signed the round's view with this digest (BadSignature naming ``what``)."""
-    pki.verify(roster[site], signature, view_signed_bytes(run_id, round_, digest), what)
+                         round_: int, digest: bytes, received_digest: bytes, what: str) -> None:
+    """``site`` signed the round's view with this digest and this received
+    model/config digest (BadSignature naming ``what``)."""
+    pki.verify(roster[site], signature,
+               view_signed_bytes(run_id, round_, digest, received_digest), what)
 
 
 def vector_digest(vec: np.ndarray) -> bytes:

@@ -46,3 +46,9 @@ class StateError(SecAggError):
 
 class QuantizationError(SecAggError):
     """The update cannot be quantised (non-finite values, bad parameters)."""
+
+
+class ReplayRefused(SecAggError):
+    """The site already contributed a masked update for this (run, round) or
+    for this model: a second one, summed over other survivors, would give the
+    server the difference of two sums (one site's update)."""

@@ -1,10 +1,11 @@
 """Fixed-point encoding of weighted, clipped updates in uint32 (mod 2^32).
 
 A site with update x (float) and weight w sends the vector
-    [ q(w*clip(x)) ..., q_w(w), clip_events ]        (n + 2 uint32 coordinates)
+    [ q(w*clip(x)) ..., q_w(w), clip_events, *counts ]   (n + NUM_EXTRA uint32)
 so that the server, after summing the masked vectors of up to N sites and
-stripping the masks, gets sum(w_i x_i), sum(w_i) and the total clip count, and
-nothing per site. uint32 keeps the bytes on the wire equal to float32.
+stripping the masks, gets sum(w_i x_i), sum(w_i), the total clip count and the
+summed COUNTS (e.g. training patches, which would reveal the weight), and
+nothing per site: none of these travels in cleartext beside the mask. uint32 keeps the bytes on the wire equal to float32.
 
 No-wrap bound (why the scales are what they are). With c = clip_range,
 W = max_weight and N = number of sites summed:
@@ -15,7 +16,7 @@ W = max_weight and N = number of sites summed:
   q_i = rint(w^_i x_i s_v),   s_v = (2^31 - 1 - N) / (N W' c)
   |sum_i q_i| <= N (W' c s_v + 1/2) = 2^31 - 1 - N/2 < 2^31
   so the uint32 sum read as int32 (centred around 0) is the exact integer sum.
-- clip events: each site's count is capped at floor((2^32 - 1) / N).
+- clip events and counts: each site's value is capped at floor((2^32 - 1) / N).
 Error of the mean vs the plaintext weighted mean of the clipped values
 (see mean_tolerance): N (1/(2 s_v) + c / s_w) / sum(w^) + float32 rounding.
 """
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
 from fl_common.secagg.errors import QuantizationError
 
-NUM_EXTRA = 2  # [summed weight, clip events] ride as masked coordinates
+COUNTS = ("patches",)  # per-site counts summed as masked coordinates, in this order
+NUM_EXTRA = 2 + len(COUNTS)  # [weight, clip events, *COUNTS] ride as masked coordinates
 _U32 = 2 ** 32
 _I31 = 2 ** 31
 _CHUNK = 1 << 16  # values per quantisation chunk (512 kB of float64)
@@ -87,14 +90,17 @@ class Quantizer:
         return (n * (0.5 / self.value_scale + c / self.weight_scale) / total_weight
                 + c * 2.0 ** -23)
 
-    def quantize(self, x: np.ndarray, weight: float, add_to: np.ndarray | None = None) -> QuantizedUpdate:
-        """Encode ``x`` with ``weight``. ``add_to``: a uint32[n + NUM_EXTRA]
+    def quantize(self, x: np.ndarray, weight: float, add_to: np.ndarray | None = None,
+                 counts: Mapping[str, int] | None = None) -> QuantizedUpdate:
+        """Encode ``x`` with ``weight`` and ``counts`` (names from COUNTS,
+        non-negative integers; missing ones are 0). ``add_to``: a uint32[n + NUM_EXTRA]
         vector (e.g. a site's summed masks) that the encoding is added to in
         place, mod 2^32, and returned; a site then touches one 4n-byte vector
         instead of two."""
         x = np.asarray(x).reshape(-1)
         if not np.issubdtype(x.dtype, np.floating):
             raise QuantizationError(f"update must be floating point, got {x.dtype}")
+        extra = self._counts(counts)
         w = float(weight)
         if not math.isfinite(w) or w < 0:
             raise QuantizationError(f"weight must be a finite number >= 0, got {weight}")
@@ -129,8 +135,28 @@ class Quantizer:
             # |q| < 2^31, so int32 is exact, and its two's complement bytes added
             # as uint32 are the residue mod 2^32 that the masked sum needs
             np.add(out[s:s + b.size], qc.view(np.uint32), out=out[s:s + b.size])
-        np.add(out[x.size:], np.array([wq, min(clipped, self.clip_cap)], dtype=np.uint32), out=out[x.size:])
+        np.add(out[x.size:], np.array([wq, min(clipped, self.clip_cap), *extra], dtype=np.uint32),
+               out=out[x.size:])
         return QuantizedUpdate(out, clipped, w_hat, weight_clipped)
+
+    def _counts(self, counts: Mapping[str, int] | None) -> list[int]:
+        counts = dict(counts or {})
+        unknown = sorted(set(counts) - set(COUNTS))
+        if unknown:
+            raise QuantizationError(f"unknown masked counts {unknown}; known: {list(COUNTS)}")
+        out = []
+        for name in COUNTS:
+            v = counts.get(name, 0)
+            if isinstance(v, bool) or not float(v).is_integer() or v < 0:
+                raise QuantizationError(f"count {name!r} must be an integer >= 0, got {v!r}")
+            out.append(min(int(v), self.clip_cap))
+        return out
+
+    def counts(self, total: np.ndarray) -> dict[str, int]:
+        """The summed COUNTS from the unmasked uint32 sum."""
+        total = np.asarray(total, dtype=np.uint32).reshape(-1)
+        base = total.size - NUM_EXTRA + 2
+        return {name: int(total[base + i]) for i, name in enumerate(COUNTS)}
 
     def dequantize(self, total: np.ndarray) -> tuple[np.ndarray, float, int]:
         """(weighted mean float32[n], summed weight, total clip events) from the

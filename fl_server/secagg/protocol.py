@@ -18,7 +18,7 @@ from fl_common.secagg.checks import (DEFAULT_CLIP_RANGE, DEFAULT_MAX_WEIGHT, che
 from fl_common.secagg.errors import (ProtocolError, QuantizationError, ReconstructionFailed,
                                      RoundFailed, SecAggError)
 from fl_common.secagg.quantize import NUM_EXTRA, Quantizer
-from fl_common.secagg.threshold import min_threshold
+from fl_common.secagg.threshold import DEFAULT_COLLUDING_SITES, min_threshold, two_site_warning
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class AggregateResult:
     dropped: list[str]
     clipped: int              # clip events summed over survivors
     tolerance: float          # bound on |mean - plaintext weighted mean|
+    counts: dict = field(default_factory=dict)   # summed quantize.COUNTS (e.g. patches)
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why its reply was dropped
 
 
@@ -42,6 +43,7 @@ class _Round:
     number: int
     view: dict[str, dict]                 # site -> its advert used this round
     digest: bytes
+    received: bytes                       # digest of the model + round config sent
     quantizer: Quantizer
     acc: np.ndarray | None = None
     n: int | None = None
@@ -57,21 +59,28 @@ class ServerSecAgg:
 
     roster: {site_id: enrollment public key} of every enrolled site (used to
     check signatures early; the sites check them too). threshold defaults to
-    the smallest the sites accept: more than half the enrolled sites."""
+    the smallest the sites accept for ``colluding_sites`` declared colluders:
+    2t > n + n_C (threshold.min_threshold)."""
 
     def __init__(self, run_id: str, roster: Mapping[str, Any], threshold: int | None = None,
-                 clip_range: float = DEFAULT_CLIP_RANGE, max_weight: float = DEFAULT_MAX_WEIGHT):
+                 clip_range: float = DEFAULT_CLIP_RANGE, max_weight: float = DEFAULT_MAX_WEIGHT,
+                 colluding_sites: int = DEFAULT_COLLUDING_SITES):
         self.run_id = str(run_id)
         self.roster = load_roster(roster)
-        need = min_threshold(len(self.roster))
+        self.colluding_sites = int(colluding_sites)
+        need = min_threshold(len(self.roster), self.colluding_sites)
         self.threshold = need if threshold is None else int(threshold)
         if self.threshold < need:
-            raise ProtocolError(f"threshold {self.threshold} is below {need}: sites refuse a "
-                                f"threshold that is not more than half of {len(self.roster)}")
+            raise ProtocolError(f"threshold {self.threshold} is below {need}: with "
+                                f"{self.colluding_sites} colluding sites among "
+                                f"{len(self.roster)}, 2t > n + n_C requires t >= {need}")
         if self.threshold > len(self.roster):
             raise ProtocolError(f"threshold {self.threshold} exceeds the {len(self.roster)} "
                                 "enrolled sites")
         Quantizer(clip_range, max_weight, len(self.roster))  # validates for a full round
+        self.warning = two_site_warning(len(self.roster))
+        if self.warning:
+            log.warning("secagg: %s", self.warning)
         self.clip_range, self.max_weight = float(clip_range), float(max_weight)
         self._adverts: dict[str, dict] = {}
         self.setup_rejected: dict[str, str] = {}   # site -> why it was left out of setup
@@ -149,10 +158,12 @@ class ServerSecAgg:
         return out
 
     # ------------------------------------------------------------------ T
-    def train_requests(self, round_: int, participants: Sequence[str] | None = None
-                       ) -> dict[str, bytes]:
+    def train_requests(self, round_: int, participants: Sequence[str] | None = None, *,
+                       received: bytes) -> dict[str, bytes]:
         """{site: TrainRequest payload} for round `round_` (the same bytes for
-        every participant). Their keys are spent by this call."""
+        every participant). Their keys are spent by this call. ``received``:
+        checks.received(...).digest of the model and round config sent with it
+        (every site signs the digest it computes itself)."""
         round_ = int(round_)
         if round_ in self._rounds:
             raise ProtocolError(f"round {round_} was already started")
@@ -167,7 +178,7 @@ class ServerSecAgg:
         digest = view_digest(
             self.run_id, round_, self.threshold,
             [(s, a["epoch"], a["mask_public_key"]) for s, a in view.items()])
-        self._rounds[round_] = _Round(round_, view, digest,
+        self._rounds[round_] = _Round(round_, view, digest, bytes(received),
                                       Quantizer(self.clip_range, self.max_weight, len(part)))
         self._self_shares[round_] = {}
         payload = wire.encode(wire.TRAIN_REQUEST, {
@@ -218,7 +229,9 @@ class ServerSecAgg:
         if vector_digest(vec) != msg["vector_sha256"]:
             raise ProtocolError(f"site {site!r}: masked vector does not match its manifest hash")
         check_view_signature(self.roster, site, msg["view_signature"], self.run_id, rnd.number,
-                             rnd.digest, f"round {rnd.number} view signature of site {site!r}")
+                             rnd.digest, rnd.received,
+                             f"round {rnd.number} view signature of site {site!r} (another "
+                             "view, or another model or round config than was sent)")
         b_shares = self._check_shares(site, msg["self_mask_shares"], wire.SELF_MASK, rnd.number)
         nxt = msg["next_key"]
         if nxt is None or nxt["site_id"] != site:
@@ -335,7 +348,8 @@ class ServerSecAgg:
         except QuantizationError as e:  # e.g. every survivor sent weight 0
             raise RoundFailed(f"round {r}: {e}") from e
         return AggregateResult(r, mean, weight, U, dropped, clipped,
-                               rnd.quantizer.mean_tolerance(weight), dict(rnd.rejected))
+                               rnd.quantizer.mean_tolerance(weight), rnd.quantizer.counts(acc),
+                               dict(rnd.rejected))
 
     # ------------------------------------------------------------- helpers
     def _round(self, round_: int) -> _Round:

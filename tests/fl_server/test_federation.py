@@ -21,6 +21,7 @@ import pytest
 
 from fl_client.site import SiteProcs, start_site
 from fl_common.kit import read_kit
+from fl_common.secagg import NUM_EXTRA
 from fl_common.supervise import ProcessGroup
 from fl_server import deploy
 from fl_common.config import example_federation_path
@@ -45,7 +46,10 @@ def example(tmp_path_factory):
                 .replace("strides = [2, 2, 2]", "strides = [2, 2]")
                 .replace("patch_size = [32, 32, 32]", "patch_size = [24, 24, 24]")
                 .replace("samples_per_case = 4", "samples_per_case = 2"))
-    text = text.replace("[federation]\n", "[federation]\ntrain_timeout = 90.0\neval_timeout = 90.0\n", 1)
+    # no colluding site declared (server and sites read it from this file): t = 2 of 3, so the
+    # killed-site scenario has a round to survive (with the default of 1, t = 3 of 3)
+    text = text.replace("[federation]\n", "[federation]\ntrain_timeout = 90.0\neval_timeout = 90.0\n"
+                        "colluding_sites = 0\n", 1)
     fed = base / "federation.toml"
     fed.write_text(text)
     return {"fed": fed, "data": base / "data"}
@@ -153,11 +157,13 @@ def test_nothing_but_masked_vectors_scalars_and_protocol_bytes_leaves_a_site(com
             seen.add(line["message_type"])
             for name, rec in line["records"].items():
                 if rec["kind"] == "array":
-                    # only the masked uint32 vector: n values + weight + clip count
+                    # only the masked uint32 vector: n values + weight + clip count + patches
                     assert name == "masked" and list(rec["arrays"]) == ["vector"], line
-                    assert rec["arrays"]["vector"] == {"dtype": "uint32", "shape": [n_params + 2]}
+                    assert rec["arrays"]["vector"] == {"dtype": "uint32", "shape": [n_params + NUM_EXTRA]}
                 elif rec["kind"] == "metric":
                     assert set(rec["values"].values()) <= {"float", "int"}
+                    if line["message_type"] == "train":  # counts only inside the mask
+                        assert not {"num-examples", "clipped", "patches"} & set(rec["values"]), line
                 else:
                     assert name in ("info", "secagg"), line
                     assert set(rec["values"]) <= {"site", "payload"}
@@ -201,7 +207,13 @@ def test_a_restarted_server_resumes_and_matches_the_uninterrupted_run(tmp_path, 
         res = fed.run()
         assert res.ok, res.details
         assert [r["round"] for r in fed.rounds()] == [0, 1, 2]
-        assert json.loads((fed.run_dir / "run.json").read_text())["secagg_sessions"] == 2
+        info = json.loads((fed.run_dir / "run.json").read_text())
+        assert info["secagg_sessions"] == 2
+        if fed.rounds()[2]["status"] == "interrupted":
+            # round 2's train requests had gone out before the kill (the usual case): the sites
+            # may have masked from that model, so it is never re-run (fl_server.secure)
+            assert info["status"] == "failed" and "never re-runs a round from the same model" in info["reason"]
+            return
         ours, ref = _final(fed.run_dir), _final(completed["fed"].run_dir)
         for k in ref:
             np.testing.assert_allclose(ours[k], ref[k], atol=1e-5, err_msg=k)

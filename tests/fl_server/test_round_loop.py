@@ -20,6 +20,7 @@ from fl_server.aggregation import PlainAggregation
 from fl_server.records import RunRecord
 from fl_server.round_loop import RoundLoop, RoundSettings
 from fl_server.secure import SecureAggregation, next_session
+from fl_common.secagg.checks import received
 from fl_server.strategy import ServerOptimizer
 
 SUPERLINK_NODE_ID = 1  # the id the SuperLink answers from (flwr.common.constant)
@@ -36,6 +37,7 @@ class FakeSite:
         self.name, self.target, self.num_examples, self.rate = name, target, num_examples, rate
         self.secagg = secagg  # callable(session) -> SiteSecAgg, or None
         self.fail: dict = {}
+        self.errors: list[str] = []  # what this site's handlers raised (refusals)
 
     def delta(self, flat: np.ndarray) -> np.ndarray:
         return (self.rate * (self.target - flat)).astype(np.float32)
@@ -56,7 +58,12 @@ class FakeSite:
             m = Message(Error(code=0, reason="node went away (heartbeat)"), reply_to=msg)
             m.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
             return m
-        return Message(getattr(self, kind.replace(".", "_"))(msg, r), reply_to=msg)
+        try:
+            content = getattr(self, kind.replace(".", "_"))(msg, r)
+        except Exception as e:  # noqa: BLE001 - as Flower does for a ClientApp that raises
+            self.errors.append(str(e))
+            return Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+        return Message(content, reply_to=msg)
 
     def _info(self) -> ConfigRecord:
         return ConfigRecord({K.SITE: self.name})
@@ -80,10 +87,15 @@ class FakeSite:
             return RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(d)}),
                                K.REC_METRICS: MetricRecord({"loss": 1.0, K.NUM_EXAMPLES: self.num_examples}),
                                K.REC_INFO: self._info()})
-        up = self.secagg(str(sec[K.SESSION])).mask(r, d, self.num_examples, bytes(sec[K.PAYLOAD]))
+        # as client_app does: what it received, hashed by itself; counts only inside the mask
+        arrays = {k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()}
+        cfg = dict(msg.content.config_records[K.REC_CONFIG])
+        got = received(arrays, cfg, str(cfg[K.RUN_ID]), r)
+        up = self.secagg(str(sec[K.SESSION])).mask(r, d, self.num_examples, bytes(sec[K.PAYLOAD]),
+                                                   received=got, counts={"patches": PATCHES})
         return RecordDict({K.REC_MASKED: ArrayRecord({K.VECTOR: Array(up.vector)}),
                            K.REC_SECAGG: ConfigRecord({K.PAYLOAD: up.payload}),
-                           K.REC_METRICS: MetricRecord({"loss": 1.0, "clipped": float(up.clipped)}),
+                           K.REC_METRICS: MetricRecord({"loss": 1.0}),
                            K.REC_INFO: self._info()})
 
     def evaluate(self, msg, r):
@@ -127,7 +139,7 @@ class FakeGrid:
         return [self.pending.pop(i) for i in list(ids) if i in self.pending]
 
 
-def secagg_sites(root: Path, names: list[str]):
+def secagg_sites(root: Path, names: list[str], colluding_sites: int = 1):
     """Enrollment keys, the roster and a per-site SiteSecAgg factory (state on disk,
     rebuilt per message as the ClientApp does)."""
     from fl_client.secagg import SiteSecAgg
@@ -137,7 +149,8 @@ def secagg_sites(root: Path, names: list[str]):
 
     def factory(site):
         return lambda session: SiteSecAgg(site, session, keys[site], roster,
-                                          root / site / session.replace("/", "_"))
+                                          root / site / session.replace("/", "_"),
+                                          colluding_sites=colluding_sites)
     return json.loads(json.dumps(roster)), factory
 
 
@@ -145,6 +158,7 @@ def secagg_sites(root: Path, names: list[str]):
 NAMES = ["site-a", "site-b", "site-c"]
 TARGETS = {"site-a": 1.0, "site-b": -2.0, "site-c": 4.0}
 WEIGHTS = {"site-a": 10.0, "site-b": 20.0, "site-c": 30.0}
+PATCHES = 12  # each fake site's training patches (a count that must stay masked)
 TEMPLATE = {"conv.weight": np.zeros((2, 3), np.float32), "conv.bias": np.zeros(3, np.float32)}
 
 
@@ -269,16 +283,21 @@ def test_a_restarted_server_resumes_after_the_last_complete_round_with_its_state
     assert [r["round"] for r in RunRecord(tmp_path / "cut").rounds] == [0, 1, 2, 3]
 
 
-def _secure_loop(tmp_path, run_dir, **settings):
-    roster, factory = secagg_sites(tmp_path / "site-state", NAMES)
+def _secure_loop(tmp_path, run_dir, colluding_sites=1, sites=None, **settings):
+    if sites is None:
+        roster, factory = secagg_sites(tmp_path / "site-state", NAMES, colluding_sites)
+        sites = roster, factory
+    roster, factory = sites
     grid = FakeGrid(make_sites(secagg=factory))
     record = RunRecord(run_dir)
-    agg = SecureAggregation(roster, lambda: next_session(record), setup_timeout=1.0)
+    agg = SecureAggregation(roster, lambda: next_session(record), setup_timeout=1.0,
+                            colluding_sites=colluding_sites)
     return make_loop(run_dir, grid, agg, record=record, **settings), grid
 
 
 def test_secure_aggregation_over_the_grid_unmasks_the_weighted_mean_and_survives_a_dropped_site(tmp_path):
-    loop, grid = _secure_loop(tmp_path, tmp_path / "run")
+    # no colluders declared: t = 2 of 3, so one site may drop
+    loop, grid = _secure_loop(tmp_path, tmp_path / "run", colluding_sites=0)
     grid.sites[12].fail[("train", 2)] = "error"
     loop.run()
     w1 = expected_step(np.zeros(9), NAMES)
@@ -296,4 +315,50 @@ def test_secure_aggregation_over_the_grid_unmasks_the_weighted_mean_and_survives
     # setup once (S1, S2), then nothing beyond T and E per round
     types = [t for t, _, _ in grid.pushed[::3]]
     assert types[:4] == ["query.advertise", "query.share", "train", "evaluate"]
-    assert "train/clipped" in rec.sites[0] and not any("delta" in k for r in rec.sites for k in r)
+    assert not any("delta" in k for r in rec.sites for k in r)
+    # counts only as sums over the round's survivors, never per site
+    assert r1["clipped"] == 0 and r1["sum_patches"] == 3 * PATCHES and r2["sum_patches"] == 2 * PATCHES
+    assert not any(k.endswith(("clipped", "patches", K.NUM_EXAMPLES)) for r in rec.sites for k in r
+                   if k.startswith(K.TRAIN))
+
+
+def test_with_one_declared_colluder_three_sites_need_all_three_and_a_spent_round_ends_the_run(tmp_path):
+    loop, grid = _secure_loop(tmp_path, tmp_path / "run", rounds=3)
+    assert loop.aggregation.threshold == 3
+    grid.sites[12].fail[("train", 2)] = "error"
+    loop.run()
+    rec = RunRecord(tmp_path / "run")
+    assert [r["status"] for r in rec.rounds if r["round"]] == ["ok", "failed"]
+    assert rec.info["status"] == "failed" and "never re-runs a round from the same model" in rec.info["reason"]
+    assert 3 not in {r for t, _, r in grid.pushed if t == "train"}  # round 2's model is not sent again
+
+
+def test_a_server_restart_mid_round_does_not_replay_it_and_the_sites_refuse_a_replay(tmp_path):
+    """The server dies after the sites masked round 2. Restarted, it records
+    the round as interrupted and ends the run; a server that replays the round
+    anyway (a new session over a smaller survivor set, the difference attack)
+    gets refusals from every site's ledger and no second sum."""
+    sites = secagg_sites(tmp_path / "site-state", NAMES, 0)
+    loop, grid = _secure_loop(tmp_path, tmp_path / "run", colluding_sites=0, sites=sites, rounds=3)
+    grid.crash_at = ("evaluate", 2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    assert RunRecord(tmp_path / "run").last_round == 1
+    loop2, grid2 = _secure_loop(tmp_path, tmp_path / "run", colluding_sites=0, sites=sites, rounds=3)
+    loop2.run()
+    rec = RunRecord(tmp_path / "run")
+    assert rec.rounds[-1]["round"] == 2 and rec.rounds[-1]["status"] == "interrupted"
+    assert rec.info["status"] == "failed" and "round 2 interrupted" in rec.info["reason"]
+    assert not [t for t, _, _ in grid2.pushed if t == "train"]
+    # a replaying server: it forgets the round was in flight and drops site-c
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    info.pop("round_in_flight")
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    loop3, grid3 = _secure_loop(tmp_path, tmp_path / "run", colluding_sites=0, sites=sites, rounds=3)
+    grid3.sites[12].fail[("train", 2)] = "error"
+    loop3.run()
+    row = next(r for r in RunRecord(tmp_path / "run").rounds if r["round"] == 2)
+    assert row["status"] == "failed"
+    for node in (10, 11):
+        assert any("already sent a masked update for run" in e for e in grid3.sites[node].errors)
+    assert loop3.aggregation.last is None  # nothing was unmasked

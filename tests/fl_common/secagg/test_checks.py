@@ -8,12 +8,37 @@ from fl_common.crypto import pki
 from fl_common.crypto.secagg import x25519_keypair
 from fl_common.secagg import BadSignature, ProtocolError
 from fl_common.secagg.checks import (advert_signed_bytes, check_advert, check_view_signature,
-                                     load_roster, vector_digest, view_digest, view_signed_bytes)
-from fl_common.secagg.threshold import min_threshold
+                                     load_roster, received, vector_digest, view_digest,
+                                     view_signed_bytes)
+from fl_common.secagg.threshold import min_threshold, two_site_warning
 
 
 def test_threshold_is_more_than_half_and_at_least_two():
-    assert [min_threshold(n) for n in (1, 2, 3, 4, 5, 10)] == [2, 2, 2, 3, 3, 6]
+    assert [min_threshold(n, 0) for n in (1, 2, 3, 4, 5, 10)] == [2, 2, 2, 3, 3, 6]
+
+
+def test_threshold_follows_the_declared_colluders():
+    # 2t > n + n_C
+    assert [min_threshold(n, 1) for n in (2, 3, 4, 5, 6, 10)] == [2, 3, 3, 4, 4, 6]
+    assert [min_threshold(n, 2) for n in (3, 4, 5, 10)] == [3, 4, 4, 7]
+    with pytest.raises(ProtocolError, match="no threshold protects 3 sites against 3"):
+        min_threshold(3, 3)
+    with pytest.raises(ProtocolError, match=">= 0"):
+        min_threshold(4, -1)
+    assert "learns the other's update" in two_site_warning(2)
+    assert two_site_warning(3) is None
+
+
+def test_received_digest_binds_model_config_and_run():
+    model = {"b": np.zeros(3, np.float32), "a": np.ones((2, 2), np.float32)}
+    cfg = {"server-round": 2, "lr": 0.1, "run-id": "r"}
+    got = received(model, cfg, "r", 2)
+    assert got == received(dict(reversed(model.items())), dict(reversed(cfg.items())), "r", 2)
+    assert got.model != received({**model, "a": np.full((2, 2), 1.0001, np.float32)}, cfg, "r", 2).model
+    assert got.model == received(model, {**cfg, "lr": 0.0}, "r", 2).model
+    assert got.digest != received(model, {**cfg, "lr": 0.0}, "r", 2).digest
+    assert got.digest != received(model, {**cfg, "lr": 1}, "r", 2).digest  # 1 vs 1.0 differ
+    assert got.digest != received({"a": model["a"], "b": model["b"].reshape(3, 1)}, cfg, "r", 2).digest
 
 
 def _advert(key, site="site-a", run="run-1"):
@@ -49,10 +74,12 @@ def test_view_signature_is_checked_against_the_digest():
     key = pki.generate_enrollment_key()
     roster = {"site-a": key.public_key()}
     d = view_digest("run-1", 3, 2, [("site-a", 1, b"k" * 32)])
-    sig = pki.sign(key, view_signed_bytes("run-1", 3, d))
-    check_view_signature(roster, "site-a", sig, "run-1", 3, d, "view")
+    sig = pki.sign(key, view_signed_bytes("run-1", 3, d, b"m" * 32))
+    check_view_signature(roster, "site-a", sig, "run-1", 3, d, b"m" * 32, "view")
     with pytest.raises(BadSignature, match="view of a"):
-        check_view_signature(roster, "site-a", sig, "run-1", 4, d, "view of a")
+        check_view_signature(roster, "site-a", sig, "run-1", 4, d, b"m" * 32, "view of a")
+    with pytest.raises(BadSignature, match="another model"):
+        check_view_signature(roster, "site-a", sig, "run-1", 3, d, b"n" * 32, "another model")
 
 
 def test_vector_digest_is_of_little_endian_uint32():

@@ -94,7 +94,7 @@ def test_encoding_added_onto_masks_equals_encoding_plus_masks():
     from fl_common.secagg import quantize as qm
     rng = np.random.default_rng(11)
     x = rng.normal(0, 0.5, qm._CHUNK + 77).astype(np.float32)
-    masks = rng.integers(0, 2 ** 32, x.size + 2, dtype=np.uint32)
+    masks = rng.integers(0, 2 ** 32, x.size + qm.NUM_EXTRA, dtype=np.uint32)
     q = Quantizer(clip_range=1.0, max_weight=100.0, num_sites=4)
     ref = q.quantize(x, 7.0).vector + masks
     got = q.quantize(x, 7.0, add_to=masks.copy())

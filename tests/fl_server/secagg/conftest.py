@@ -8,6 +8,7 @@ from scipy import stats
 
 from fl_client.secagg import SiteSecAgg
 from fl_common.crypto import pki as crypto
+from fl_common.secagg.checks import received
 from fl_server.secagg import ServerSecAgg
 
 _KEYS: list = []
@@ -22,14 +23,19 @@ def enrollment_keys(n: int) -> list:
 
 class Federation:
     def __init__(self, root, n, threshold=None, clip_range=4.0, max_weight=1000.0,
-                 run_id="run-1"):
-        self.root, self.run_id = root, run_id
+                 run_id="run-1", colluding_sites=0):
+        # colluding_sites=0 by default: the protocol tests predate the collusion
+        # bound (t = floor(n/2)+1); the attack tests declare theirs
+        self.root, self.run_id, self.colluding = root, run_id, colluding_sites
+        # a model of its own per federation: sites in one tmp dir share a ledger
+        self.model_id = float(np.random.default_rng().integers(1 << 30))
         self.names = [f"site-{i:02d}" for i in range(n)]
         self.keys = dict(zip(self.names, enrollment_keys(n)))
         self.roster = {s: crypto.enrollment_public_openssh(k).decode()
                        for s, k in self.keys.items()}
         self.sites = {s: self.make_site(s) for s in self.names}
-        self.server = ServerSecAgg(run_id, self.roster, threshold, clip_range, max_weight)
+        self.server = ServerSecAgg(run_id, self.roster, threshold, clip_range, max_weight,
+                                   colluding_sites=colluding_sites)
 
     # ---- test data and checks shared by the protocol tests
     @staticmethod
@@ -52,9 +58,21 @@ class Federation:
         counts = np.bincount(vec.view(np.uint8), minlength=256)
         return stats.chisquare(counts).pvalue
 
-    def make_site(self, name):
-        """A (re)started site process: state comes from its directory."""
-        return SiteSecAgg(name, self.run_id, self.keys[name], self.roster, self.root / name)
+    def make_site(self, name, session=None):
+        """A (re)started site process: state comes from its directory (one per
+        session); the ledger is site-wide, in the parent directory."""
+        session = session or self.run_id
+        state = self.root / name if session == self.run_id else self.root / session / name
+        return SiteSecAgg(name, session, self.keys[name], self.roster, state,
+                          colluding_sites=self.colluding, ledger_dir=self.root / "ledgers")
+
+    def received(self, r, lr=0.1, model=None):
+        """What a site computes from round r's message (one model per round)."""
+        model = {"w": np.array([self.model_id, r], np.float32)} if model is None else model
+        return received(model, {"server-round": r, "lr": lr}, self.run_id, r)
+
+    def train_request(self, r, participants=None):
+        return self.server.train_requests(r, participants, received=self.received(r).digest)
 
     def restart(self, name):
         self.sites[name] = self.make_site(name)
@@ -68,8 +86,8 @@ class Federation:
 
     def train(self, r, deltas, weights, skip=()):
         """Stage T; sites in `skip` drop before replying. Returns the updates."""
-        reqs = self.server.train_requests(r, [s for s in deltas] if deltas else None)
-        ups = {s: self.sites[s].mask(r, deltas[s], weights[s], reqs[s])
+        reqs = self.train_request(r, [s for s in deltas] if deltas else None)
+        ups = {s: self.sites[s].mask(r, deltas[s], weights[s], reqs[s], received=self.received(r))
                for s in reqs if s not in skip}
         self.server.collect_masked(r, {s: (u.vector, u.payload) for s, u in ups.items()})
         return ups

@@ -65,11 +65,11 @@ def test_forged_advertisement_is_detected(federation):
 def test_swapped_key_in_a_round_view_is_detected(federation):
     fed = federation(3)
     fed.setup()
-    req = wire.decode(wire.TRAIN_REQUEST, fed.server.train_requests(1)["site-00"])
+    req = wire.decode(wire.TRAIN_REQUEST, fed.train_request(1)["site-00"])
     req["participants"][1]["mask_public_key"] = crypto.x25519_keypair()[1]
     with pytest.raises(BadSignature, match="site 'site-01'"):
         fed.sites["site-00"].mask(1, np.zeros(4, np.float32), 1.0,
-                                  wire.encode(wire.TRAIN_REQUEST, req))
+                                  wire.encode(wire.TRAIN_REQUEST, req), received=fed.received(1))
 
 
 # ---------------------------------------------------------------- lying server
@@ -158,8 +158,8 @@ def test_reveal_needs_every_survivor_to_have_signed_the_same_view(federation):
         return wire.encode(wire.TRAIN_REQUEST, {"run_id": fed.run_id, "round": 1,
                                                 "participants": [keys[s] for s in sites]})
     small, big = fed.names[:3], fed.names
-    ups = {s: fed.sites[s].mask(1, np.ones(10, np.float32), 1.0, req(small)) for s in small}
-    ups.update({s: fed.sites[s].mask(1, np.ones(10, np.float32), 1.0, req(big))
+    ups = {s: fed.sites[s].mask(1, np.ones(10, np.float32), 1.0, req(small), received=fed.received(1)) for s in small}
+    ups.update({s: fed.sites[s].mask(1, np.ones(10, np.float32), 1.0, req(big), received=fed.received(1))
                 for s in fed.names[3:]})
     sigs = {s: wire.decode(wire.MASKED_MANIFEST, u.payload)["view_signature"]
             for s, u in ups.items()}
@@ -201,17 +201,17 @@ def test_fresh_mask_keys_every_round_and_one_mask_per_round(federation):
     views = []
     for r in (1, 2, 3):
         deltas, weights = fed.deltas(rng, fed.names, 16), fed.weights(rng, fed.names)
-        reqs = fed.server.train_requests(r)
+        reqs = fed.train_request(r)
         views.append({a["site_id"]: (a["epoch"], a["mask_public_key"])
                       for a in wire.decode(wire.TRAIN_REQUEST, reqs["site-00"])["participants"]})
-        ups = {s: fed.sites[s].mask(r, deltas[s], weights[s], reqs[s]) for s in fed.names}
+        ups = {s: fed.sites[s].mask(r, deltas[s], weights[s], reqs[s], received=fed.received(r)) for s in fed.names}
         if r == 1:  # the same round twice, or a spent key, is refused
             with pytest.raises(ProtocolError, match="already masked round 1"):
-                fed.sites["site-00"].mask(1, deltas["site-00"], 1.0, reqs["site-00"])
+                fed.sites["site-00"].mask(1, deltas["site-00"], 1.0, reqs["site-00"], received=fed.received(1))
             replay = wire.encode(wire.TRAIN_REQUEST, dict(
                 wire.decode(wire.TRAIN_REQUEST, reqs["site-00"]), round=2))
             with pytest.raises(ProtocolError, match="spent or replaced"):
-                fed.sites["site-00"].mask(2, deltas["site-00"], 1.0, replay)
+                fed.sites["site-00"].mask(2, deltas["site-00"], 1.0, replay, received=fed.received(2))
         fed.server.collect_masked(r, {s: (u.vector, u.payload) for s, u in ups.items()})
         fed.evaluate(r)
     for s in fed.names:

@@ -71,8 +71,8 @@ def test_corrupted_vector_is_not_summed(federation):
     fed.setup()
     rng = np.random.default_rng(2)
     deltas, weights = fed.deltas(rng, fed.names, 300), fed.weights(rng, fed.names)
-    reqs = fed.server.train_requests(1)
-    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s]) for s in fed.names}
+    reqs = fed.train_request(1)
+    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s], received=fed.received(1)) for s in fed.names}
     bad = ups["site-03"].vector.copy()
     bad[7] += 1
     fed.server.collect_masked(1, {**{s: (u.vector, u.payload) for s, u in ups.items()},
@@ -122,7 +122,7 @@ def test_below_threshold_the_round_fails_then_rekeys(federation):
         fed.server.reveal_requests(1)
     # too few keys left for round 2: the server must re-key first
     with pytest.raises(RoundFailed, match="re-key"):
-        fed.server.train_requests(2)
+        fed.train_request(2)
     assert fed.setup() == fed.names
     res = fed.round(2, deltas, weights)
     assert np.abs(res.mean - fed.plain_mean(deltas, weights, fed.names)).max() <= res.tolerance
@@ -152,11 +152,11 @@ def test_prepared_masks_give_the_same_exact_mean_and_persist_nothing(federation)
     fed.setup()
     size = 3000
     deltas, weights = fed.deltas(rng, fed.names, size), fed.weights(rng, fed.names)
-    reqs = fed.server.train_requests(1, fed.names)
+    reqs = fed.train_request(1, fed.names)
     states = {s: (fed.root / s / "secagg_state.json").read_bytes() for s in fed.names}
     prepared = {s: fed.sites[s].prepare_mask(1, reqs[s], size) for s in fed.names}
     assert all((fed.root / s / "secagg_state.json").read_bytes() == states[s] for s in fed.names)
-    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s], prepared=prepared[s]) for s in fed.names}
+    ups = {s: fed.sites[s].mask(1, deltas[s], weights[s], reqs[s], prepared=prepared[s], received=fed.received(1)) for s in fed.names}
     assert all(p.masks is None for p in prepared.values())  # each prepared mask is used once
     fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
     res = fed.evaluate(1)
@@ -171,11 +171,11 @@ def test_a_prepared_mask_that_does_not_fit_is_recomputed(federation):
     fed = federation(2)
     fed.setup()
     deltas, weights = fed.deltas(rng, fed.names, 500), fed.weights(rng, fed.names)
-    reqs = fed.server.train_requests(1, fed.names)
+    reqs = fed.train_request(1, fed.names)
     wrong_size = fed.sites["site-00"].prepare_mask(1, reqs["site-00"], 499)
-    ups = {"site-00": fed.sites["site-00"].mask(1, deltas["site-00"], weights["site-00"], reqs["site-00"],
+    ups = {"site-00": fed.sites["site-00"].mask(1, deltas["site-00"], weights["site-00"], reqs["site-00"], received=fed.received(1),
                                                 prepared=wrong_size),
-           "site-01": fed.sites["site-01"].mask(1, deltas["site-01"], weights["site-01"], reqs["site-01"])}
+           "site-01": fed.sites["site-01"].mask(1, deltas["site-01"], weights["site-01"], reqs["site-01"], received=fed.received(1))}
     assert wrong_size.masks is not None  # never used
     fed.server.collect_masked(1, {s: (u.vector, u.payload) for s, u in ups.items()})
     res = fed.evaluate(1)
