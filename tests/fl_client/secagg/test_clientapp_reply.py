@@ -57,10 +57,14 @@ def test_a_masked_train_reply_carries_no_weight_clip_or_patch_count(worker, tmp_
     (tmp_path / "roster.json").write_text(json.dumps(roster))
     (tmp_path / "auth.key").write_bytes(pki.enrollment_private_openssh(keys[me]))
     sock = tmp_path / "w.sock"
+    # a policy that lets the loss and even the patch count leave: under secure
+    # aggregation the count still travels only inside the mask
+    (tmp_path / "site.toml").write_text(f'[site]\nname = "{me}"\n[policy]\n'
+                                        'metrics = ["dice_fg_mean", "train_loss", "patches"]\nmin_val_cases = 1\n')
     ctx = Context(run_id=42, node_id=5, state=RecordDict(), run_config={}, node_config={
         K.NODE_WORKER_SOCKET: str(sock), K.NODE_SITE_NAME: me, K.NODE_ROSTER: str(tmp_path / "roster.json"),
         K.NODE_STATE_DIR: str(tmp_path / "state"), K.NODE_AUTH_KEY: str(tmp_path / "auth.key"),
-        K.NODE_AUDIT_DIR: str(tmp_path / "audit")})
+        K.NODE_AUDIT_DIR: str(tmp_path / "audit"), K.NODE_SITE_CONFIG: str(tmp_path / "site.toml")})
     session = "run-x.s1"
     peer_sa = SiteSecAgg(peer, session, keys[peer], roster, tmp_path / "peer" / session)
     srv = ServerSecAgg(session, roster)  # 2 sites, one colluder declared: t = 2
