@@ -18,10 +18,10 @@ import sys
 
 EXIT_CODES = """exit status:
   0    done
-  1    the run or command failed (a federated run that did not complete, a bundle
-       that does not verify, a process that died)
-  2    bad usage or bad input (one line on stderr naming the file or flag; --debug
-       shows the traceback)
+  1    the run or command failed (a federated run that did not complete, a process
+       that died)
+  2    bad usage or bad input, incl. a refused bundle or checkpoint (one line on
+       stderr naming the file or flag; --debug shows the traceback)
   130  interrupted (Ctrl-C)"""
 
 
@@ -104,11 +104,51 @@ def _cmd_site(a) -> int:
                     insecure=a.insecure, device=a.device)
 
 
+def _pinned_key(a):
+    """The signer key a site trusts: --public-key FILE or KIT/bundle_signing.pub, never
+    a key inside the bundle. None only with --allow-unsigned (which then warns)."""
+    from pathlib import Path
+    from imaging_core.errors import ImagingError
+    if a.public_key and a.kit:
+        raise ImagingError(None, "give --public-key or --kit, not both")
+    if a.kit:
+        from fl_common.kit import KIT_BUNDLE_PUB
+        key = Path(a.kit) / KIT_BUNDLE_PUB
+        if not key.is_file():
+            raise ImagingError(key, "missing: this kit has no bundle-signing public key (pass --public-key)")
+        return key
+    if a.public_key:
+        return a.public_key
+    if not a.allow_unsigned:
+        raise ImagingError(a.bundle, "refused: no pinned key to verify it with; pass --public-key FILE "
+                           "or --kit KIT (the coordinator's bundle-signing key), or --allow-unsigned")
+    return None
+
+
+def _warn_unsigned(a, key) -> None:
+    from imaging_core.bundle.manifest import is_signed
+    if a.allow_unsigned and (key is None or not is_signed(a.bundle)):
+        what = "is not signed" if not is_signed(a.bundle) else "has a signature that was NOT checked (no pinned key)"
+        print(f"WARNING: {a.bundle} {what}: nothing proves who made it; only its files were checked "
+              "against its own manifest (--allow-unsigned)", file=sys.stderr)
+
+
+def _key_flags(p) -> None:
+    p.add_argument("--public-key", default=None,
+                   help="the coordinator's bundle-signing public key to pin (PEM or OpenSSH)")
+    p.add_argument("--kit", default=None, help="a site kit: pin its bundle-signing public key")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept a bundle with no (checked) signature, with a warning; files are still "
+                        "hash-checked against its manifest")
+
+
 def _cmd_infer(a) -> int:
     from imaging_core.bundle.infer import infer_file
     from fl_common.crypto.signing import MANIFEST_SIGNATURES
+    key = _pinned_key(a)
+    _warn_unsigned(a, key)
     out = infer_file(a.bundle, a.input, a.out, device=a.device, progress=not a.quiet, modality=a.modality,
-                     scheme=MANIFEST_SIGNATURES)
+                     public_key=key, scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned)
     print(str(out))
     return 0
 
@@ -116,11 +156,15 @@ def _cmd_infer(a) -> int:
 def _cmd_verify(a) -> int:
     from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from imaging_core.bundle.verify import verify_bundle
-    problems = verify_bundle(a.bundle, public_key=a.public_key, strict=a.strict, scheme=MANIFEST_SIGNATURES)
-    for p in problems:
-        print(p, file=sys.stderr)
+    key = _pinned_key(a)
+    problems = verify_bundle(a.bundle, public_key=key, strict=a.strict, scheme=MANIFEST_SIGNATURES,
+                             allow_unsigned=a.allow_unsigned)
     print(json.dumps({"bundle": a.bundle, "ok": not problems, "problems": problems}))
-    return 0 if not problems else 1
+    if problems:
+        print(f"fedvox bundle verify: {a.bundle}: refused: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    _warn_unsigned(a, key)
+    return 0
 
 
 def _cmd_report(a) -> int:
@@ -133,7 +177,8 @@ def _cmd_report(a) -> int:
 def _cmd_export(a) -> int:
     from fl_server.export import export_run
     from fl_server.records import RunRecord
-    out = export_run(a.run, a.out, a.which, a.key, a.federation, a.data_base, a.overwrite)
+    out = export_run(a.run, a.out, a.which, a.key, a.federation, a.data_base, a.overwrite,
+                     provision=a.provision)
     rec = RunRecord.open(a.run)
     r = rec.model_round(a.which)
     print(f"exported the {a.which} global model (after round {r}) to", file=sys.stderr)
@@ -236,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle directory (written)")
     p.add_argument("--which", choices=("best", "final"), default="best",
                    help="best: the round with the best held-out metric (round 0 included); final: the last")
-    p.add_argument("--key", default=None, help="federation signing key (PEM or OpenSSH), e.g. server/ca.key")
+    p.add_argument("--key", default=None,
+                   help="bundle-signing key (PEM or OpenSSH); the federation CA key is refused")
+    p.add_argument("--provision", default=None,
+                   help="provisioning directory: sign with its server/bundle_signing.key (unless --key), "
+                        "and refuse a --key that is its CA key")
     p.add_argument("--federation", default=None, help="federation TOML (default: the one run.json records)")
     p.add_argument("--data-base", default=None, help="base of relative data roots (default: run.json's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
@@ -249,14 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p, "cpu")
     p.add_argument("--modality", default=None)
     p.add_argument("--quiet", action="store_true")
+    _key_flags(p)
 
     p = cmd("bundle", None, "bundle tools")
     bsub = p.add_subparsers(dest="bundle_cmd", required=True)
-    q = bsub.add_parser("verify", help="check a bundle's signed manifest; names changed or added files",
-                        epilog="exit status: 0 verified; 1 it does not verify (problems on stderr); "
-                               "2 bad usage or input")
+    q = bsub.add_parser("verify", help="check a bundle's manifest signature against a pinned key; "
+                        "names changed or added files",
+                        epilog="exit status: 0 verified; 2 refused (one line on stderr: not signed, signed "
+                               "by another key, files changed) or bad usage")
     q.add_argument("bundle")
-    q.add_argument("--public-key", default=None, help="federation certificate or public key")
+    _key_flags(q)
     q.add_argument("--strict", action="store_true")
     q.set_defaults(fn=_cmd_verify)
 

@@ -140,8 +140,13 @@ def _after_run(run_dir: Path, work: Path, prov) -> None:
     from .report import make_report
     rep = make_report(run_dir)
     console.print(f"report: {rep / 'report.html'}")
-    # the demo owns its work directory and starts a fresh run each time: so is its bundle
-    out = export_run(run_dir, work / "bundle", key=prov.ca_key, overwrite=True)
+    # the demo owns its work directory and starts a fresh run each time: so is its bundle.
+    # Signed with the provision's bundle-signing key (never the CA key, which export refuses).
+    from fl_common.kit import SERVER_BUNDLE_KEY
+    signed = (prov.root / "server" / SERVER_BUNDLE_KEY).is_file()
+    if not signed:
+        console.print(f"note: {prov.root / 'server'} has no {SERVER_BUNDLE_KEY}; the bundle is unsigned")
+    out = export_run(run_dir, work / "bundle", provision=prov.root if signed else None, overwrite=True)
     console.print(f"exported MONAI bundle: {out} ({exported_model(run_dir)})")
 
 

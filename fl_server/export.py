@@ -5,6 +5,11 @@ provenance (run id, rounds, strategy, secure-aggregation mode, metrics) from
 the run records. Sites appear in the bundle only as pseudonyms ("site-1".."site-N",
 in the federation config's order); the mapping is written to
 ``RUN/site_pseudonyms.json`` (0600), which stays with the coordinator.
+
+Signing: with the coordinator's dedicated bundle-signing key
+(``<provision>/server/bundle_signing.key``; sites pin its public half, shipped
+in every kit), never with the federation CA key, which is refused. The weights
+are read only if their SHA-256 is the one the run record recorded.
 """
 from __future__ import annotations
 
@@ -43,20 +48,48 @@ def _finite(d: dict) -> dict:
             (isinstance(v, float) and not math.isfinite(v))}
 
 
+def signing_key(key: str | os.PathLike | None, provision: str | os.PathLike | None) -> Path | None:
+    """The bundle-signing key to use: ``key``, else the provision directory's
+    ``server/`` bundle key. Refused (ImagingError) if it is the federation CA key,
+    compared with the CA certificate of ``provision`` or, without one, a
+    ``ca.crt`` beside the key (where provisioning keeps them both)."""
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES as SIG
+    from fl_common.kit import SERVER_BUNDLE_KEY
+    server = Path(provision) / "server" if provision is not None else None
+    if key is None:
+        if server is None:
+            return None
+        key = server / SERVER_BUNDLE_KEY
+        if not key.is_file():
+            raise ImagingError(key, "missing: this provision directory has no bundle-signing key "
+                               "(re-provision, or pass --key)")
+    key = Path(key)
+    try:
+        priv = SIG.load_private(key)
+    except (OSError, ValueError) as e:
+        raise ImagingError(key, f"not a usable signing key ({e})") from None
+    ca = server / "ca.crt" if server is not None else key.parent / "ca.crt"
+    if ca.is_file() and SIG.same_key(priv, ca):
+        raise ImagingError(key, f"is the federation CA key (its public half is {ca}'s); sign bundles "
+                           f"with the dedicated bundle-signing key, server/{SERVER_BUNDLE_KEY}")
+    return key
+
+
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best",
                key: str | os.PathLike | None = None, federation_path: str | os.PathLike | None = None,
                data_base: str | os.PathLike | None = None, overwrite: bool = False,
-               version: str | None = None) -> Path:
+               version: str | None = None, provision: str | os.PathLike | None = None) -> Path:
     """Export the run's ``which`` ("best" or "final") global model as a bundle in
-    ``out_dir``; ``key`` signs it (the federation CA key ``server/ca.key``, PEM or
-    OpenSSH). The federation config and data base default to what run.json records.
-    Returns ``out_dir``."""
+    ``out_dir``, signed with ``key`` or the bundle-signing key of ``provision``
+    (see ``signing_key``; neither: unsigned, which sites refuse unless told to
+    allow it). The federation config and data base default to what run.json
+    records. Returns ``out_dir``."""
     from imaging_core.bundle.export import export_bundle
-    from imaging_core.train.checkpoint import load_checkpoint
     from fl_common.config import load_federation
 
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+    key = signing_key(key, provision)  # refused before any work
     run = RunRecord.open(run_dir)
     info = run.info
     fpath = federation_path or run.federation_path
@@ -64,7 +97,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         raise ImagingError(run.dir / "run.json", "does not record the federation config "
                            "(federation_path); pass it explicitly (--federation)")
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
-    state = load_checkpoint(run.model_path(which))
+    state = run.load_model(which)  # data only, and the file the run recorded
     if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
         state = state["net"]
 

@@ -6,6 +6,7 @@
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
+                              (run.json "files": the SHA-256 of each of these, as written)
     state.json                the last completed round (written last, atomically)
     report/                   what `fedvox report` writes
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
@@ -15,6 +16,14 @@ report, export and demo read a run through ``RunRecord.open``.
 
 Every file is written atomically, and state.json only after the round's
 checkpoint, so a crash at any point resumes from a complete round.
+
+Model and checkpoint files are written only through ``save_model`` /
+``save_round_checkpoint``, which record the file's SHA-256 in run.json, and
+read through ``load_model`` / ``load_round_checkpoint``, which refuse a file
+whose hash is not the recorded one (a .sha256 sidecar alone is no defence:
+whoever swaps the file writes the sidecar too). Loading is data-only
+(imaging_core.train.checkpoint). Not covered: someone who rewrites run.json
+as well as the file (run.json is not signed).
 
 Which model a number belongs to: rounds.json's round-t central metrics are
 for the global model after round t (round 0 = the initial model); a round-t
@@ -37,6 +46,7 @@ __all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_
 DEFAULT_BEST_METRIC = "dice_fg_mean"
 RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
+FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
 REPORT_DIR = "report"
 COORDINATOR_CACHE = "coordinator-cache"
@@ -124,6 +134,46 @@ class RunRecord:
     def checkpoint_path(self, r: int) -> Path:
         """Global weights (flat) + server state after round ``r``: what a resume loads."""
         return self.dir / "checkpoints" / f"round-{r:04d}.pt"
+
+    def _save(self, state: dict, path: Path) -> Path:
+        from imaging_core.train.checkpoint import save_checkpoint
+        self._writable()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = save_checkpoint(state, path)
+        self.info.setdefault(FILES, {})[path.relative_to(self.dir).as_posix()] = digest
+        write_json(self.dir / RUN, self.info)
+        return path
+
+    def save_model(self, which: str, state: dict) -> Path:
+        """Write the best or final global model's state dict; its hash goes into run.json."""
+        return self._save(state, self.model_file(which))
+
+    def save_round_checkpoint(self, r: int, state: dict) -> Path:
+        """Write round ``r``'s checkpoint (what a resume loads); its hash goes into run.json."""
+        return self._save(state, self.checkpoint_path(r))
+
+    def recorded_hash(self, path: Path) -> str | None:
+        try:
+            rel = Path(path).relative_to(self.dir).as_posix()
+        except ValueError:
+            return None
+        return (self.info.get(FILES) or {}).get(rel)
+
+    def load(self, path: Path) -> dict:
+        """A model or checkpoint file of this run, refused unless its SHA-256 is the one recorded."""
+        from imaging_core.train.checkpoint import load_checkpoint
+        digest = self.recorded_hash(path)
+        if digest is None:
+            raise ImagingError(path, f"not in the run record ({RUN} {FILES!r} has no SHA-256 for it); "
+                               "refusing to load a file the run did not record")
+        return load_checkpoint(path, sha256=digest)
+
+    def load_model(self, which: str | int = "best") -> dict:
+        """The ``which`` global model (see ``model_path``), hash-checked against the record."""
+        return self.load(self.model_path(which))
+
+    def load_round_checkpoint(self, r: int) -> dict:
+        return self.load(self.checkpoint_path(r))
 
     def model_file(self, which: str) -> Path:
         """Where the state dict of the best or final global model is written."""

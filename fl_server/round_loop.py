@@ -71,8 +71,7 @@ class RoundLoop:
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
-        from imaging_core.train import checkpoint  # torch: imported here, not in a timed round
-        self._ckpt = checkpoint
+        import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
         self.cfg, self.central = settings, central
@@ -91,7 +90,7 @@ class RoundLoop:
         last = self.record.last_round
         if last == 0:
             return 1
-        st = self._ckpt.load_checkpoint(self.record.checkpoint_path(last))  # hash-checked: a corrupt file is refused
+        st = self.record.load_round_checkpoint(last)  # data only, hash-checked against run.json
         self._set_flat(np.asarray(st["flat"], np.float32))
         self.opt.load_state(st["opt"])
         self.aggregation.load_state(st.get("aggregation", {}))
@@ -100,8 +99,7 @@ class RoundLoop:
 
     def _save_weights(self, which: str) -> None:
         import torch
-        self._ckpt.save_checkpoint({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()},
-                                   self.record.model_file(which))
+        self.record.save_model(which, {k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
 
     # ----- messaging --------------------------------------------------------
     def _round_config(self, r: int) -> dict:
@@ -218,8 +216,8 @@ class RoundLoop:
             scores, _, _ = self.central.evaluate(self.weights)
             row.update({f"{K.CENTRAL}{k}": v for k, v in scores.items()})
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        self._ckpt.save_checkpoint({"flat": self.flat(), "opt": self.opt.state(), "round": r,
-                                    "aggregation": agg.state()}, self.record.checkpoint_path(r))
+        self.record.save_round_checkpoint(r, {"flat": self.flat(), "opt": self.opt.state(), "round": r,
+                                              "aggregation": agg.state()})
         self.record.add_round(row, list(site_rows.values()))
         best_round, _ = self.record.best(self.cfg.best_metric)
         if best_round == r:

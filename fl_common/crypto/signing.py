@@ -73,6 +73,20 @@ class ManifestSignatures:
         der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return hashlib.sha256(der).hexdigest()
 
+    def same_key(self, a, b) -> bool:
+        """Whether ``a`` and ``b`` (anything load_public takes) are the same key pair."""
+        return self.fingerprint(self.load_public(a)) == self.fingerprint(self.load_public(b))
+
+    def write_key_pair(self, key_path: str | os.PathLike, pub_path: str | os.PathLike) -> None:
+        """A new bundle-signing key: private PEM (0600) and its public PEM, for a
+        site to pin. Never the federation CA key: one key, one job."""
+        from .pki import key_pem, new_key
+        key = new_key()
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem(key))
+        Path(pub_path).write_bytes(self.public_pem(key))
+
     @staticmethod
     def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
         return sign(key, data)

@@ -71,7 +71,7 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
         except ImagingError as e:
             say(f"report: {e}; {name} not re-evaluated")
             continue
-        models.append((name, "global", load_checkpoint(p)))
+        models.append((name, "global", run.load(p)))  # refused unless it is the file the run recorded
     for b in baselines:
         bd = Path(b)
         ck = next((bd / n for n in ("best.pt", "last.pt") if (bd / n).is_file()), None)

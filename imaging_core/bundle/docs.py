@@ -94,6 +94,9 @@ def readme(meta: dict) -> str:
     for s in netc.get("strides", []):
         mult *= int(s)
     L += ["## How to run it", "",
+          "**Verify first.** MONAI's runner does not check this bundle's signature: run "
+          "`fedvox bundle verify` (below) against the coordinator's pinned public key before "
+          "`python -m monai.bundle run`, and run nothing from a copy that fails.", "",
           "With MONAI alone (no pytorch-ignite needed), from this directory:", "", "```bash",
           "mkdir -p input && cp /path/to/image.nii.gz input/",
           "python -m monai.bundle run --config_file configs/inference.json",
@@ -101,8 +104,10 @@ def readme(meta: dict) -> str:
           "# other modality: --modality MR      other folders: --dataset_dir DIR --output_dir DIR",
           "```", "",
           "With fedvox (NIfTI file or DICOM series in, label NIfTI out in the input's original grid):", "",
-          "```bash", "fedvox infer BUNDLE_DIR /path/to/image.nii.gz --out seg.nii.gz [--device cuda]",
-          "fedvox bundle verify BUNDLE_DIR --key federation_ca.crt   # integrity + signature", "```", "",
+          "```bash", "fedvox bundle verify BUNDLE_DIR --kit SITE_KIT   # or --public-key bundle_signing.pub",
+          "fedvox infer BUNDLE_DIR /path/to/image.nii.gz --out seg.nii.gz --kit SITE_KIT [--device cuda]",
+          "```", "", "`fedvox infer` verifies the bundle itself and refuses an unsigned, re-signed or "
+          "changed one (exit 2) unless given `--allow-unsigned`.", "",
           f"TorchScript (`models/model.ts`): input `(N, {c['in_channels']}, X, Y, Z)` float32 already "
           f"preprocessed as above, each spatial size a multiple of {mult}; output `(N, {len(labels)}, X, Y, Z)` "
           "logits (argmax over channels = labels).", ""]
@@ -115,8 +120,9 @@ def readme(meta: dict) -> str:
           "`fedvox` maps the names back when it loads the bundle.", ""]
     L += ["## Integrity", "",
           "`manifest.json` lists the SHA-256 of every file and is signed (ECDSA P-384 / SHA-384) with the "
-          "federation's key (`manifest.json.sig`); `signer.pub.pem` is a copy of the public key for "
-          "convenience. Verify against the federation's own certificate or key, not the embedded copy.", ""]
+          "coordinator's bundle-signing key (`manifest.json.sig`). The bundle carries no public key to "
+          "trust: verify against the one in your site kit (`bundle_signing.pub`), which `manifest.json` "
+          "names by its SHA-256 (`public_key_sha256`). `python -m monai.bundle run` checks none of this.", ""]
     L += ["## Versions", ""]
     L += _table(["package", "version"], [["MONAI", meta["monai_version"]], ["PyTorch", meta["pytorch_version"]],
                                          ["NumPy", meta["numpy_version"]],

@@ -75,14 +75,17 @@ def segment(net: torch.nn.Module, contract: dict, vol: Volume, device: str | tor
 
 def infer_file(bundle_dir: str | os.PathLike, input_path: str | os.PathLike, out_path: str | os.PathLike,
                device: str = "cpu", progress: bool = True, modality: str | None = None,
-               verify: bool = True, public_key=None, amp: str | None = None, scheme=None) -> Path:
+               verify: bool = True, public_key=None, amp: str | None = None, scheme=None,
+               allow_unsigned: bool = False) -> Path:
     """Segment ``input_path`` (NIfTI/NRRD file or DICOM series directory) with the bundle;
-    write a uint8 label NIfTI to ``out_path`` on the input's grid. Returns ``out_path``."""
+    write a uint8 label NIfTI to ``out_path`` on the input's grid. Returns ``out_path``.
+    The bundle is verified against the pinned ``public_key`` first (load.load_bundle)."""
     from .load import load_bundle
     out_path = Path(out_path)
     if not is_nifti(out_path):
         raise ImagingError(out_path, "output must end in .nii or .nii.gz")
-    net, contract = load_bundle(bundle_dir, verify=verify, public_key=public_key, scheme=scheme)
+    net, contract = load_bundle(bundle_dir, verify=verify, public_key=public_key, scheme=scheme,
+                                allow_unsigned=allow_unsigned)
     vol = load_volume(input_path)  # ImagingError names the file and the problem
     if min(vol.spatial_shape) < 1 or vol.array.size == 0:
         raise ImagingError(input_path, f"empty image {vol.spatial_shape}")

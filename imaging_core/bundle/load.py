@@ -37,11 +37,13 @@ def _net_config(root: Path, meta: dict) -> dict:
 
 
 def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True, public_key=None,
-                device: str | torch.device = "cpu", scheme=None) -> tuple[torch.nn.Module, dict]:
+                device: str | torch.device = "cpu", scheme=None,
+                allow_unsigned: bool = False) -> tuple[torch.nn.Module, dict]:
     """``(net, contract)``: UNet3D in eval mode with the bundle's weights, and the data contract.
 
-    With ``verify`` (default) a bundle whose manifest does not check out is refused;
-    a signed one needs the signature ``scheme`` (see verify.verify_bundle).
+    With ``verify`` (default) a bundle that does not check out against the pinned
+    ``public_key`` (with ``scheme``) is refused; see verify.verify_bundle for
+    ``allow_unsigned``. ``verify=False`` is for the exporter's own tests only.
     """
     from ..nets.unet3d import load_monai_state_dict, unet_from_config
     root = Path(bundle_dir)
@@ -49,9 +51,9 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True, public_key=N
         raise ImagingError(root, "bundle directory not found")
     if verify:
         from .verify import verify_bundle
-        problems = verify_bundle(root, public_key, scheme=scheme)
+        problems = verify_bundle(root, public_key, scheme=scheme, allow_unsigned=allow_unsigned)
         if problems:
-            raise ImagingError(root, "bundle failed verification: " + "; ".join(problems))
+            raise ImagingError(root, "bundle refused: " + "; ".join(problems))
     meta = _read_json(root / "configs" / "metadata.json")
     if "data_contract" not in meta:
         raise ImagingError(root / "configs" / "metadata.json", "no data_contract (not a fedvox bundle)")

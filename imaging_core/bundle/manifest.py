@@ -2,13 +2,15 @@
 
     manifest.json       {"format", "hash", "files": {relpath: sha256}, "signature": {...} | null}
     manifest.json.sig   DER ECDSA-SHA384 signature of manifest.json's exact bytes
-    signer.pub.pem      the signer's public key (a convenience, NOT a trust anchor)
 
 Verification checks every listed hash, names files that were added or removed,
-and checks the signature. Integrity alone is checked against the embedded
-``signer.pub.pem``; authenticity needs the federation's public key (its CA
-certificate, a PEM public key or an OpenSSH public key) passed explicitly, since
-anyone who can edit the bundle can also replace the embedded key.
+and checks the signature against a PINNED public key that the caller supplies
+(the coordinator's bundle-signing key, which every site kit carries). Nothing
+inside the bundle is ever a trust anchor: whoever can edit the bundle can
+re-sign it with a key of their own and ship that key too (older bundles carry a
+signer.pub.pem; it is ignored). Without a pinned key only ``allow_unsigned``
+lets a bundle through, and then its files are still checked against its own
+manifest (integrity, not authenticity).
 
 The signature scheme (key loading, sign, verify) is passed in by the caller:
 imaging_core never imports `cryptography` (fedvox keeps all of it in one
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
-SIGNER_PUB = "signer.pub.pem"
+SIGNER_PUB = "signer.pub.pem"  # written by older exports; never trusted, never listed
 # files the manifest cannot list (they are written after it, or hold its signature)
 _NOT_LISTED = {MANIFEST, SIGNATURE, SIGNER_PUB}
 FORMAT = "fedvox-bundle-manifest/1"
@@ -83,25 +85,36 @@ def write_manifest(root: str | os.PathLike, key=None, scheme: SignatureScheme | 
     files = {rel: sha256_file(root / rel) for rel in bundle_files(root)}
     sig_info = None
     if key is not None:
+        # the fingerprint tells a reader which key to pin; it proves nothing by itself
         sig_info = {"algorithm": scheme.algorithm, "public_key_sha256": scheme.fingerprint(key),
-                    "signature_file": SIGNATURE, "public_key_file": SIGNER_PUB}
+                    "signature_file": SIGNATURE}
     manifest = {"format": FORMAT, "hash": "sha256", "files": files, "signature": sig_info}
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     (root / MANIFEST).write_bytes(data)
     if key is not None:
         sig = scheme.sign(key, data)
         (root / SIGNATURE).write_bytes(base64.b64encode(sig) + b"\n")
-        (root / SIGNER_PUB).write_bytes(scheme.public_pem(key))
     return manifest
 
 
-def verify_manifest(root: str | os.PathLike, public_key=None, strict: bool = False,
-                    scheme: SignatureScheme | None = None) -> list[str]:
-    """Problems found (empty list = intact and, where a key was given, authentic).
+def is_signed(root: str | os.PathLike) -> bool:
+    """Whether the bundle's manifest claims a signature (not whether it verifies)."""
+    try:
+        return bool(json.loads((Path(root) / MANIFEST).read_bytes()).get("signature"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    ``strict`` also reports files under the runtime input/ and eval/ folders.
-    Without a ``scheme`` a signed manifest's signature cannot be checked, which
-    is reported as a problem (never passed silently).
+
+def verify_manifest(root: str | os.PathLike, public_key=None, strict: bool = False,
+                    scheme: SignatureScheme | None = None, allow_unsigned: bool = False) -> list[str]:
+    """Problems found (empty list = intact and authentic under ``public_key``).
+
+    ``public_key``: the PINNED signer key (path, bytes or key object that
+    ``scheme`` loads). Without it the bundle is refused unless ``allow_unsigned``,
+    which also accepts an unsigned manifest (a signature present is still checked
+    when a key is pinned); the files are hash-checked either way. ``strict``
+    also reports files under the runtime input/ and eval/ folders. Without a
+    ``scheme`` a signature cannot be checked, which is reported as a problem.
     """
     root = Path(root)
     if not root.is_dir():
@@ -125,35 +138,29 @@ def verify_manifest(root: str | os.PathLike, public_key=None, strict: bool = Fal
             problems.append(f"{rel}: changed (SHA-256 differs from the manifest)")
     for rel in sorted(present - set(listed)):
         problems.append(f"{rel}: added (not in the manifest)")
-    problems += _check_signature(root, data, manifest.get("signature"), public_key, scheme)
+    problems += _check_signature(root, data, manifest.get("signature"), public_key, scheme, allow_unsigned)
     return problems
 
 
-def _check_signature(root: Path, data: bytes, info, public_key, scheme) -> list[str]:
+def _check_signature(root: Path, data: bytes, info, public_key, scheme, allow_unsigned: bool) -> list[str]:
+    if public_key is None:
+        if allow_unsigned:
+            return []  # the caller warns: integrity only
+        return ["no pinned public key given: the signer's key must come from the federation "
+                "(its kit), never from the bundle"]
     if not info:
-        return ["manifest is not signed"] if public_key is not None else []
+        return [] if allow_unsigned else [f"{MANIFEST}: not signed"]
     if scheme is None or info.get("algorithm") != scheme.algorithm:
         return [f"{SIGNATURE}: cannot check a {info.get('algorithm')!r} signature here"]
-    spath = root / info.get("signature_file", SIGNATURE)
+    spath = root / SIGNATURE  # fixed name: the manifest does not get to point elsewhere
     if not spath.is_file():
-        return [f"{spath.name}: missing (manifest says it is signed)"]
+        return [f"{SIGNATURE}: missing (manifest says it is signed)"]
     try:
         sig = base64.b64decode(spath.read_bytes().strip(), validate=True)
     except ValueError:
-        return [f"{spath.name}: not base64"]
-    if public_key is None:
-        ppath = root / info.get("public_key_file", SIGNER_PUB)
-        if not ppath.is_file():
-            return [f"{ppath.name}: missing; pass the federation's public key to verify the signature"]
-        try:
-            key = scheme.load_public(ppath)
-        except ValueError as e:
-            return [str(e)]
-    else:
-        key = scheme.load_public(public_key)  # a bad key the user passed raises (CLI: one line)
+        return [f"{SIGNATURE}: not base64"]
+    key = scheme.load_public(public_key)  # a bad key the user passed raises (CLI: one line)
     if not scheme.verify(key, sig, data):
-        who = "the given key" if public_key is not None else f"the embedded {SIGNER_PUB}"
-        return [f"{SIGNATURE}: signature does not verify with {who} (manifest changed or other signer)"]
-    if public_key is None and scheme.fingerprint(key) != info.get("public_key_sha256"):
-        return [f"{SIGNER_PUB}: does not match the key fingerprint recorded in the manifest"]
+        return [f"{SIGNATURE}: signature does not verify with the pinned key "
+                "(manifest changed after signing, or signed by another key)"]
     return []

@@ -11,19 +11,20 @@ REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/mod
 
 
 def verify_bundle(bundle_dir: str | os.PathLike, public_key=None, strict: bool = False,
-                  scheme=None) -> list[str]:
+                  scheme=None, allow_unsigned: bool = False) -> list[str]:
     """Problems with the bundle, one line each naming the file; ``[]`` when intact.
 
-    ``public_key``: the federation's public key or certificate (path, PEM/OpenSSH
-    bytes or a key object). Without it the signature is checked against the
-    bundle's embedded ``signer.pub.pem``, which proves integrity but not who
-    signed it. The input/ and eval/ folders that ``python -m monai.bundle run``
-    uses by default are skipped unless ``strict``. ``scheme``: the signature
-    scheme (manifest.SignatureScheme); without one a signed bundle's signature
-    is reported as unchecked.
+    ``public_key``: the PINNED public key of the bundle's signer (the
+    coordinator's bundle-signing key: path, PEM/OpenSSH bytes or a key object),
+    never a key inside the bundle. Without it, or for an unsigned bundle, the
+    bundle is refused unless ``allow_unsigned`` (then only its files are checked
+    against its own manifest). The input/ and eval/ folders that ``python -m
+    monai.bundle run`` uses by default are skipped unless ``strict``.
+    ``scheme``: the signature scheme (manifest.SignatureScheme); without one a
+    signed bundle's signature is reported as unchecked.
     """
     root = Path(bundle_dir)
-    problems = verify_manifest(root, public_key, strict, scheme)
+    problems = verify_manifest(root, public_key, strict, scheme, allow_unsigned)
     for rel in REQUIRED_FILES:
         if root.is_dir() and not (root / rel).is_file() and not any(p.startswith(f"{rel}:") for p in problems):
             problems.append(f"{rel}: missing (required by MONAI's bundle format)")

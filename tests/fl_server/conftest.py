@@ -1,6 +1,6 @@
 """A run directory fabricated in exactly the format the run record and
 server_app.py leave behind (run.json, rounds/sites JSON+CSV, final_sites.json,
-hash-checked global_best/final.pt with a real tiny model), a baseline run
+global_best/final.pt with a real tiny model, their hashes in run.json), a baseline run
 (final.json), a mini federation with a coordinator and a signing key: so the
 report, export and CLI tests need no federation run.
 """
@@ -31,8 +31,8 @@ def _scores(rng, base: float) -> dict:
 
 def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True) -> Path:
     """A complete run directory of a 3-site, 3-round federation with a real tiny model."""
+    from fl_server.records import RunRecord
     from imaging_core.nets.unet3d import unet_from_config
-    from imaging_core.train.checkpoint import save_checkpoint
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     fed = Path(__file__).resolve().parents[2] / "sites_example" / "federation.toml"
@@ -69,11 +69,11 @@ def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True) -> Pat
     final[1]["local/hd95_2"] = math.nan  # a missed structure: HD95 undefined
     write_json(run_dir / "final_sites.json", {"sites": final, "failures": []})
     write_csv(run_dir / "final_sites.csv", final)
+    record = RunRecord(run_dir)  # the model files go through the record, which keeps their hashes
     for which, sd in (("best", 0), ("final", 1)):
         torch.manual_seed(sd)
         net = unet_from_config({**MODEL, "in_channels": 1, "out_channels": len(LABELS)})
-        save_checkpoint({k: v.detach().clone() for k, v in net.state_dict().items()},
-                        run_dir / f"global_{which}.pt")
+        record.save_model(which, {k: v.detach().clone() for k, v in net.state_dict().items()})
     write_json(run_dir / "state.json", {"last_round": ROUNDS})
     return run_dir
 
@@ -95,6 +95,14 @@ def _ca_key(tmp_path) -> tuple[Path, Path]:
     (tmp_path / "ca.key").write_bytes(pki.key_pem(key))
     (tmp_path / "ca.crt").write_bytes(pki.cert_pem(ca))
     return tmp_path / "ca.key", tmp_path / "ca.crt"
+
+
+def _bundle_key(tmp_path) -> tuple[Path, Path]:
+    """The coordinator's bundle-signing key pair (its own, not the CA's), as provisioning writes it."""
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
+    from fl_common.kit import KIT_BUNDLE_PUB, SERVER_BUNDLE_KEY
+    MANIFEST_SIGNATURES.write_key_pair(tmp_path / SERVER_BUNDLE_KEY, tmp_path / KIT_BUNDLE_PUB)
+    return tmp_path / SERVER_BUNDLE_KEY, tmp_path / KIT_BUNDLE_PUB
 
 
 def _phantom(rng, shape=(40, 36, 20)):
@@ -162,7 +170,7 @@ config = "sites/coordinator.toml"
 def fab():
     """The fabricators and the facts they fabricate."""
     return SimpleNamespace(SITES=SITES, LABELS=LABELS, MODEL=MODEL, ROUNDS=ROUNDS, BEST=BEST,
-                           run=fabricate_run, baseline=fabricate_baseline, ca_key=_ca_key,
+                           run=fabricate_run, baseline=fabricate_baseline, ca_key=_ca_key, bundle_key=_bundle_key,
                            mini_federation=mini_federation)
 
 

@@ -14,7 +14,7 @@ def test_export_run_builds_signed_bundle_with_pseudonyms(run_dir, tmp_path, fab)
     from fl_server.export import PSEUDONYMS, export_run
     from imaging_core.bundle.load import load_bundle
     from imaging_core.bundle.verify import verify_bundle
-    key, crt = fab.ca_key(tmp_path)
+    key, crt = fab.bundle_key(tmp_path)
     out = export_run(run_dir, tmp_path / "bundle", which="best", key=key)
     assert verify_bundle(out, public_key=crt, scheme=MANIFEST_SIGNATURES) == []
     meta = json.loads((out / "configs" / "metadata.json").read_text())

@@ -71,13 +71,20 @@ def bundle(tmp_path_factory, keys):
     net = _net()
     export_bundle(float_state(net), MODEL, CONTRACT, PROVENANCE, out, signing_key_path=keys[1],
                   signature_scheme=SIG)
+    shutil.copy(keys[3], _pin(out))
     return out, net
+
+
+def _pin(root) -> Path:
+    """The signer's public key a site pins for this bundle (kept beside it, not in it)."""
+    return Path(root).parent / "pinned.pub"
 
 
 @pytest.fixture
 def bundle_copy(bundle, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(bundle[0], dst)
+    shutil.copy(_pin(bundle[0]), _pin(dst))
     return dst
 
 
@@ -108,8 +115,9 @@ def test_layout_and_metadata_valid_against_local_schema(bundle):
     import jsonschema
     root, _ = bundle
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "models/model.ts",
-                "docs/README.md", "LICENSE", "manifest.json", "manifest.json.sig", "signer.pub.pem"):
+                "docs/README.md", "LICENSE", "manifest.json", "manifest.json.sig"):
         assert (root / rel).is_file(), rel
+    assert not (root / "signer.pub.pem").exists()  # no key in the bundle to be mistaken for a trust anchor
     assert SCHEMA.is_file()
     # filepath = the local copy, so nothing is downloaded; raises on an invalid file
     verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA))
@@ -167,7 +175,8 @@ def test_monai_bundle_run_writes_prediction_in_input_space(bundle, tmp_path, mod
     np.testing.assert_allclose(got.affine, aff, atol=1e-4)
     mon = np.asarray(got.dataobj)
     assert set(np.unique(mon)) <= {0, 1, 2}
-    ours = infer_file(root, img, tmp_path / "ours.nii.gz", progress=False, modality=modality, scheme=SIG)
+    ours = infer_file(root, img, tmp_path / "ours.nii.gz", progress=False, modality=modality, scheme=SIG,
+                      public_key=_pin(root))
     assert (mon == np.asarray(nib.load(ours).dataobj)).mean() > 0.98
     assert not (root / "eval").exists()  # the run above wrote outside the bundle
 
@@ -176,7 +185,7 @@ def test_torchscript_equals_eager(bundle):
     from imaging_core.bundle.load import load_bundle
     root, net = bundle
     ts = torch.jit.load(str(root / "models" / "model.ts"), _extra_files={"data_contract.json": ""})
-    loaded, contract = load_bundle(root, scheme=SIG)
+    loaded, contract = load_bundle(root, scheme=SIG, public_key=_pin(root))
     for shape in ((1, 1, 16, 16, 16), (2, 1, 32, 24, 16)):  # other sizes than the export's roi
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -187,11 +196,13 @@ def test_torchscript_equals_eager(bundle):
 
 
 # ------------------------------------------------------------------------- verification
-def test_verify_intact_with_embedded_and_given_keys(bundle, keys):
+def test_verify_intact_with_pinned_keys_only(bundle, keys):
     from imaging_core.bundle.verify import verify_bundle
     root, _ = bundle
     k, pem, ssh, pub = keys
-    assert verify_bundle(root, scheme=SIG) == []
+    assert verify_bundle(root, scheme=SIG) == [
+        "no pinned public key given: the signer's key must come from the federation (its kit), never from the bundle"]
+    assert verify_bundle(root, scheme=SIG, allow_unsigned=True) == []  # integrity only
     assert verify_bundle(root, public_key=pub, scheme=SIG) == []  # OpenSSH public key
     assert verify_bundle(root, public_key=pem, scheme=SIG) == []  # private key file: its public half
     assert verify_bundle(root, public_key=k.public_key(), scheme=SIG) == []
@@ -207,10 +218,10 @@ def test_changed_file_fails_naming_it(bundle_copy, rel):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit
     p.write_bytes(bytes(data))
-    problems = verify_bundle(bundle_copy, scheme=SIG)
+    problems = verify_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy))
     assert len(problems) == 1 and problems[0].startswith(f"{rel}: changed"), problems
     with pytest.raises(ImagingError, match=rel.replace(".", r"\.")):
-        load_bundle(bundle_copy, scheme=SIG)
+        load_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy))
 
 
 def test_added_and_missing_files_named(bundle_copy):
@@ -219,7 +230,7 @@ def test_added_and_missing_files_named(bundle_copy):
     (bundle_copy / "scripts").mkdir()
     (bundle_copy / "scripts" / "hook.py").write_text("import os\n")
     (bundle_copy / "docs" / "README.md").unlink()
-    problems = verify_bundle(bundle_copy, scheme=SIG)
+    problems = verify_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy))
     assert any(p.startswith("models/extra.pt: added") for p in problems)
     assert any(p.startswith("scripts/hook.py: added") for p in problems)
     assert any(p.startswith("docs/README.md: missing") for p in problems)
@@ -230,13 +241,14 @@ def test_runtime_folders_skipped_unless_strict(bundle_copy):
     from imaging_core.bundle.verify import verify_bundle
     (bundle_copy / "eval").mkdir()
     (bundle_copy / "eval" / "x_seg.nii.gz").write_bytes(b"\x1f\x8b")
-    assert verify_bundle(bundle_copy, scheme=SIG) == []
-    assert verify_bundle(bundle_copy, strict=True, scheme=SIG) == ["eval/x_seg.nii.gz: added (not in the manifest)"]
+    assert verify_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy)) == []
+    assert verify_bundle(bundle_copy, strict=True, scheme=SIG, public_key=_pin(bundle_copy)) == [
+        "eval/x_seg.nii.gz: added (not in the manifest)"]
 
 
 def test_resealed_manifest_fails_signature(bundle_copy, keys, tmp_path):
-    """Someone edits a file and rewrites manifest.json (and even the embedded key): the
-    federation's key still catches it."""
+    """Someone edits a file and rewrites manifest.json, or re-signs it with their own key:
+    the pinned key catches both."""
     from imaging_core.bundle.manifest import write_manifest
     from imaging_core.bundle.verify import verify_bundle
     cfg = json.loads((bundle_copy / "configs" / "inference.json").read_text())
@@ -246,15 +258,15 @@ def test_resealed_manifest_fails_signature(bundle_copy, keys, tmp_path):
     from imaging_core.bundle.manifest import sha256_file
     m["files"]["configs/inference.json"] = sha256_file(bundle_copy / "configs" / "inference.json")
     (bundle_copy / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
-    problems = verify_bundle(bundle_copy, scheme=SIG)
+    problems = verify_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy))
     assert problems and "manifest.json.sig" in problems[0]
-    # re-signed with another key: intact against itself, rejected by the federation's key
+    # re-signed with another key: only that key's holder would accept it
     other = _key(tmp_path)
     write_manifest(bundle_copy, SIG.load_private(other[1]), SIG)
-    assert verify_bundle(bundle_copy, scheme=SIG) == []
+    assert verify_bundle(bundle_copy, scheme=SIG, public_key=other[3]) == []
     problems = verify_bundle(bundle_copy, public_key=keys[3], scheme=SIG)
-    assert problems == ["manifest.json.sig: signature does not verify with the given key "
-                        "(manifest changed or other signer)"]
+    assert problems == ["manifest.json.sig: signature does not verify with the pinned key "
+                        "(manifest changed after signing, or signed by another key)"]
 
 
 def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
@@ -268,10 +280,10 @@ def test_signing_with_openssh_key_and_ca_certificate(tmp_path):
     out = export_bundle(float_state(_net()), MODEL, CONTRACT, PROVENANCE, tmp_path / "b",
                         signing_key_path=tmp_path / "ca.key", signature_scheme=SIG)
     assert verify_bundle(out, public_key=tmp_path / "ca.crt", scheme=SIG) == []
-    # unsigned bundles verify for integrity, but not against a key
+    # unsigned bundles pass only when allowed (integrity only), never against a key
     out2 = export_bundle(float_state(_net()), MODEL, CONTRACT, PROVENANCE, tmp_path / "u")
-    assert verify_bundle(out2, scheme=SIG) == []
-    assert verify_bundle(out2, public_key=tmp_path / "ca.crt", scheme=SIG) == ["manifest is not signed"]
+    assert verify_bundle(out2, scheme=SIG, allow_unsigned=True) == []
+    assert verify_bundle(out2, public_key=tmp_path / "ca.crt", scheme=SIG) == ["manifest.json: not signed"]
 
 
 def test_export_refuses_bad_inputs(tmp_path):
@@ -296,7 +308,7 @@ def test_infer_file_lps_input_keeps_original_space(bundle, tmp_path):
     root, _ = bundle
     aff = _lps_affine((2.5, 2.5, 5.0), (100.0, 80.0, -40.0))
     img = _phantom_nifti(tmp_path / "lps.nii.gz", aff)
-    out = infer_file(root, img, tmp_path / "seg.nii.gz", progress=True, scheme=SIG)
+    out = infer_file(root, img, tmp_path / "seg.nii.gz", progress=True, scheme=SIG, public_key=_pin(root))
     src, seg = nib.load(img), nib.load(out)
     assert nib.aff2axcodes(src.affine) == ("L", "P", "S")
     assert seg.shape == src.shape
@@ -313,7 +325,8 @@ def test_infer_dicom_series(bundle, tmp_path):
     root, _ = bundle
     img = _phantom_nifti(tmp_path / "x.nii.gz", _lps_affine((2.5, 2.5, 5.0)))
     write_dicom_series(load_volume(img), tmp_path / "dcm")
-    out = infer_file(root, tmp_path / "dcm", tmp_path / "seg.nii.gz", progress=False, scheme=SIG)
+    out = infer_file(root, tmp_path / "dcm", tmp_path / "seg.nii.gz", progress=False, scheme=SIG,
+                     public_key=_pin(root))
     ref = load_volume(tmp_path / "dcm")
     seg = nib.load(out)
     assert seg.shape == ref.spatial_shape
@@ -330,7 +343,7 @@ def test_infer_reproduces_evaluation_pipeline(bundle, tmp_path):
     from imaging_core.bundle.contract import contract_preprocess
     from imaging_core.transforms.presets import build_preprocess
     img = _phantom_nifti(tmp_path / "c.nii.gz", _lps_affine((2.5, 2.5, 5.0)))
-    net, contract = load_bundle(bundle[0], scheme=SIG)
+    net, contract = load_bundle(bundle[0], scheme=SIG, public_key=_pin(bundle[0]))
     item = build_preprocess(contract_preprocess(contract), "CT")({"image": load_volume(img),
                                              "label": load_volume(tmp_path / "c_label.nii.gz")})
     ev = predict_labels(net, item["image"].array, contract["roi_size"], torch.device("cpu"), None,
@@ -351,23 +364,24 @@ def test_infer_bad_input_clear_errors(bundle, tmp_path):
     from imaging_core.bundle.infer import infer_file
     from imaging_core.errors import ImagingError
     root, _ = bundle
+    pin = {"scheme": SIG, "public_key": _pin(root)}
     with pytest.raises(ImagingError, match="missing.nii.gz: .*not found"):
-        infer_file(root, tmp_path / "missing.nii.gz", tmp_path / "o.nii.gz", progress=False, scheme=SIG)
+        infer_file(root, tmp_path / "missing.nii.gz", tmp_path / "o.nii.gz", progress=False, **pin)
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(ImagingError, match="bad.nii.gz"):
-        infer_file(root, bad, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
+        infer_file(root, bad, tmp_path / "o.nii.gz", progress=False, **pin)
     four = tmp_path / "four.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), four)
     with pytest.raises(ImagingError, match="four.nii.gz.*4D"):
-        infer_file(root, four, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
+        infer_file(root, four, tmp_path / "o.nii.gz", progress=False, **pin)
     img = _phantom_nifti(tmp_path / "ok.nii.gz", np.eye(4))
     with pytest.raises(ImagingError, match="must end in .nii"):
-        infer_file(root, img, tmp_path / "o.png", progress=False, scheme=SIG)
+        infer_file(root, img, tmp_path / "o.png", progress=False, **pin)
     with pytest.raises(ImagingError, match="modality 'PET'"):
-        infer_file(root, img, tmp_path / "o.nii.gz", modality="PET", progress=False, scheme=SIG)
+        infer_file(root, img, tmp_path / "o.nii.gz", modality="PET", progress=False, **pin)
     with pytest.raises(ImagingError, match="bundle directory not found"):
-        infer_file(tmp_path / "nobundle", img, tmp_path / "o.nii.gz", progress=False, scheme=SIG)
+        infer_file(tmp_path / "nobundle", img, tmp_path / "o.nii.gz", progress=False, **pin)
     assert not (tmp_path / "o.nii.gz").exists()
 
 
@@ -376,7 +390,8 @@ def test_signatures_are_never_passed_silently_without_a_scheme(bundle_copy, keys
     scheme is reported unchecked, and signing without one is refused up front."""
     from imaging_core.bundle.export import export_bundle
     from imaging_core.bundle.verify import verify_bundle
-    assert verify_bundle(bundle_copy) == ["manifest.json.sig: cannot check a 'ecdsa-p384-sha384' signature here"]
+    assert verify_bundle(bundle_copy, public_key=_pin(bundle_copy)) == [
+        "manifest.json.sig: cannot check a 'ecdsa-p384-sha384' signature here"]
     with pytest.raises(ValueError, match="signature scheme"):
         export_bundle({}, MODEL, CONTRACT, PROVENANCE, tmp_path / "x", signing_key_path=keys[1])
     assert not (tmp_path / "x").exists()
