@@ -48,7 +48,8 @@ def _cmd_prepare(a) -> int:
 def _cmd_demo(a) -> int:
     from fl_server.demo import run_demo
     return run_demo(a.work, zoom=a.zoom, cases=a.cases, seed=a.seed, rounds=a.rounds,
-                    secure=not a.no_secure_aggregation, federation=a.federation, data_base=a.data_base)
+                    secure=not a.no_secure_aggregation, federation=a.federation, data_base=a.data_base,
+                    hosts=a.hosts)
 
 
 def _cmd_train(a) -> int:
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own federation TOML naming site data roots (default: sites_example)")
     p.add_argument("--data-base", default=None, help="base of relative data roots in --federation")
     p.add_argument("--no-secure-aggregation", action="store_true", help="send deltas unmasked (development only)")
+    p.add_argument("--hosts", action="store_true",
+                   help="rehearse across machines: coordinator and each site in its own network namespace "
+                        "(root; removed afterwards), sites connecting by host name over TLS")
 
     p = cmd("train", _cmd_train, "local-only (one site) or pooled baseline, no federation")
     p.add_argument("--site", default="pooled", help="a site name, or 'pooled' (all sites' data together)")
