@@ -48,7 +48,8 @@ def _cmd_prepare(a) -> int:
 def _cmd_demo(a) -> int:
     from fl_server.demo import run_demo
     return run_demo(a.work, zoom=a.zoom, cases=a.cases, seed=a.seed, rounds=a.rounds,
-                    secure=not a.no_secure_aggregation, federation=a.federation, data_base=a.data_base)
+                    secure=not a.no_secure_aggregation, federation=a.federation, data_base=a.data_base,
+                    hosts=a.hosts)
 
 
 def _cmd_train(a) -> int:
@@ -83,9 +84,16 @@ def _cmd_server(a) -> int:
     from fl_server import deploy
     from fl_server.provision import load_provision
     prov = load_provision(a.provision)
+    port = a.port or deploy.provisioned_port(prov)
+    try:
+        pairs = [deploy.parse_listen(x, port) for x in a.listen or ()]
+    except ValueError as e:
+        print(f"fedvox server: {e}", file=sys.stderr)
+        return 2
     with ProcessGroup("fedvox-server") as group:
-        sl, cli = deploy.start_superlink(group, prov, Path(a.work), a.port, a.insecure)
-        print(f"SuperLink on {sl.address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
+        listen = deploy.fleet_listen(prov, pairs, port)
+        sl, cli = deploy.start_superlink(group, prov, Path(a.work), None, a.insecure, listen=listen)
+        print(f"sites connect to {sl.fleet_address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
               file=sys.stderr)
         spec = deploy.write_spec(Path(a.run_dir), Path(a.federation), Path(a.data_base) if a.data_base else None,
                                  not a.no_secure_aggregation, prov.roster_path, rounds=a.rounds,
@@ -228,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own federation TOML naming site data roots (default: sites_example)")
     p.add_argument("--data-base", default=None, help="base of relative data roots in --federation")
     p.add_argument("--no-secure-aggregation", action="store_true", help="send deltas unmasked (development only)")
+    p.add_argument("--hosts", action="store_true",
+                   help="rehearse across machines: coordinator and each site in its own network namespace "
+                        "(root; removed afterwards), sites connecting by host name over TLS")
 
     p = cmd("train", _cmd_train, "local-only (one site) or pooled baseline, no federation")
     p.add_argument("--site", default="pooled", help="a site name, or 'pooled' (all sites' data together)")
@@ -251,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-base", default=None, help="base of the coordinator's relative data root")
     p.add_argument("--run-dir", required=True, help="run directory (written; resumed if it holds a run)")
     p.add_argument("--work", default="work/server", help="SuperLink state and logs")
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--listen", action="append", metavar="HOST[:PORT]",
+                   help="where sites connect (repeatable; default: every provisioned host name/IP). "
+                        "Only the Fleet API listens there; the Control and ServerAppIo APIs stay on 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="port for sites (default: the provisioned one)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--connect-timeout", type=float, default=1800.0, help="wait this long for min_sites")
     p.add_argument("--timeout", type=float, default=24 * 3600.0)

@@ -73,7 +73,7 @@ def comparison_table(run_dir: Path, labels: dict) -> Table:
 
 def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0, rounds: int | None = None,
              secure: bool = True, federation: str | Path | None = None, data_base: str | Path | None = None,
-             timeout: float = 3600.0) -> int:
+             timeout: float = 3600.0, hosts: bool = False) -> int:
     from .provision import provision
     from sites_example.generate import generate
     work = Path(work).resolve()
@@ -88,14 +88,30 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
             raise ImagingError(site.datalist_path, f"{site.name}: datalist not found "
                                "(check --data-base and the site's data_root)")
     work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     names = [s.name for s in fed.sites]
+    if hosts:
+        from .netns import COORD_NAME
+        prov_hosts = {"hosts": [COORD_NAME]}
+    else:
+        prov_hosts = {}
     prov = provision(work / "provision", names, federation=fed.federation.name.replace("_", "-"),
-                     force=True)
+                     force=True, **prov_hosts)
     run_dir = work / "run"
     if run_dir.exists():  # a demo always starts a fresh run
         import shutil
         shutil.rmtree(run_dir)
     labels = dict(fed.labels)
+    if hosts:
+        from .demo_hosts import run_on_hosts
+        rc = run_on_hosts(fed, Path(federation), Path(data_base) if data_base else None, prov, work, run_dir,
+                          secure, rounds, timeout, lambda: round_table(run_dir, labels))
+        if rc:
+            return rc
+        console.print(comparison_table(run_dir, labels))
+        console.print(f"federated run across namespaces finished in {time.monotonic() - t0:.0f} s")
+        _after_run(run_dir, work, prov)
+        return 0
     t0 = time.monotonic()
     with ProcessGroup("fedvox-demo") as group:
         with console.status("starting SuperLink (TLS + node authentication)"):

@@ -154,3 +154,70 @@ def test_everything_is_stopped_even_mid_run(fed):
     for p in procs:
         if p.port:
             assert not port_open("127.0.0.1", p.port), p.name
+
+
+# ---- what listens where (`fedvox server` set-up: fl_server.deploy) --------------
+
+def _listeners(pids: set[int]) -> set[tuple[str, int]]:
+    """(ip, port) of the listening IPv4 TCP sockets the given processes hold (/proc/net/tcp)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    got = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:
+            hexip, hexport = f[1].split(":")
+            got.add((".".join(str(int(hexip[i:i + 2], 16)) for i in (6, 4, 2, 0)), int(hexport, 16)))
+    return got
+
+
+def test_server_serves_sites_on_the_provisioned_address_and_port_and_flower_only_on_loopback(tmp_path):
+    from fl_common.supervise import free_port
+    from fl_server import deploy
+    port = free_port("127.0.0.2")
+    prov = provision(tmp_path / "prov", ["hospital_a"], hosts=["127.0.0.2"], port=port, federation=FED)
+    group = ProcessGroup("test-listen")
+    try:
+        sl, _ = deploy.start_superlink(group, prov, tmp_path / "server", None, False,
+                                       listen=deploy.fleet_listen(prov))
+        assert sl.fleet_address == f"127.0.0.2:{port}"  # what the kit says
+        flower = _listeners({sl.pid} | {p.pid for p in group.procs if p.name == "superlink"})
+        assert flower and all(ip == "127.0.0.1" and p != port for ip, p in flower), flower
+        assert ("127.0.0.2", port) in _listeners({sl.gate.pid})
+        ctx = ssl.create_default_context(cafile=str(prov.ca_cert))
+        for path in ("/v1/control/list-runs", "/v1/runtime/pull-messages", "/v1/fleet/../control/list-runs",
+                     "/v1/fleet/%2e%2e/control/list-runs"):
+            with socket.create_connection(("127.0.0.2", port), 10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.2") as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+                assert s.recv(200).startswith(b"HTTP/1.1 403"), path
+        # a site's kit address reaches Flower's Fleet API (uvicorn answers, not the gate)
+        with socket.create_connection(("127.0.0.2", port), 10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.2") as s:
+            s.sendall(b"POST /v1/fleet/get-run HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            reply = s.recv(300).lower()
+            assert b"server: uvicorn" in reply and not reply.startswith(b"http/1.1 403"), reply
+    finally:
+        group.stop_all(timeout=10)
+
+
+def test_fleet_gate_refuses_smuggling_and_non_fleet_heads():
+    from fl_server.fleet_gate import Refused, parse_head
+    ok = b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: keep-alive"
+    line, headers, n = parse_head(ok)
+    assert n == 3 and all(k.lower() != b"connection" for k, _ in headers)
+    for bad in (b"POST /v1/control/start-run HTTP/1.1\r\nContent-Length: 0",
+                b"POST /v1/fleet/x?y=/v1/control HTTP/1.1",
+                b"POST /v1/fleet/x HTTP/1.1\r\nTransfer-Encoding: chunked",
+                b"POST /v1/fleet/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 40",
+                b"POST /v1/fleet/x HTTP/1.1\r\nContent-Length : 3",
+                b"PRI * HTTP/2.0"):
+        with pytest.raises(Refused):
+            parse_head(bad)
