@@ -93,6 +93,8 @@ def test_constants_and_types_the_runner_uses():
     from fl_client.runner import ACQUIRE_METHOD
     methods = _internal("flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS")
     assert ACQUIRE_METHOD in methods, f"Flower signs {methods} with the SuperExec secret, runner signs {ACQUIRE_METHOD}"
+    retry = _internal("flwr.supercore.retry.make_simple_http_retry_invoker")()
+    assert retry.max_time is None, "Flower's HTTP retry invoker changed (the runner bounds its max_time)"
     from fl_client.runner import READY_LINE
     from fl_client.supernode import RUNNER_READY
     assert re.search(RUNNER_READY, READY_LINE)
