@@ -116,7 +116,7 @@ class Runner:
         try:
             with _Heartbeat(client) as hb:
                 try:
-                    message, context, run, fab = pull_task_input(client)
+                    message, context, _run, fab = pull_task_input(client)
                     self.check(fab.content, fab.hash_str)
                     reply = self.app(message=message, context=context)
                     status, details = SubStatus.COMPLETED, ""
