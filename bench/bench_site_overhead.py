@@ -21,7 +21,13 @@ warm-up and not counted). Per message (all wall-clock, one machine):
 The server pulls replies every --poll s (Flower's own send_and_receive sleeps
 3 s between pulls; that would add 0-3 s per stage to both modes alike).
 
-    python bench/bench_site_overhead.py [--rounds 5] [--sites 1] [--poll 0.1]
+With --engine runner (what `fedvox site` runs) each SuperNode runs with
+`--isolation process` and one long-lived runner process (fl_client.runner's
+loop, this benchmark's ClientApp): "deliver"/"startup" then count from that
+process's start and mean nothing; total_overhead and round_s compare. With
+--engine flower, Flower's SuperExec starts one process per message.
+
+    python bench/bench_site_overhead.py [--rounds 5] [--sites 1] [--poll 0.1] [--engine runner]
 
 Last line: one JSON object (medians, ratios, round breakdown).
 """
@@ -77,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--poll", type=float, default=0.1)
     ap.add_argument("--run-timeout", type=float, default=900.0)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--engine", choices=("runner", "flower"), default="runner",
+                    help="runner: one long-lived runner per site; flower: a process per message")
     a = ap.parse_args(argv)
     work = Path(a.work).absolute() if a.work else Path(tempfile.mkdtemp(prefix="fvbench-ovh-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +107,8 @@ def main(argv=None) -> int:
                 time.sleep(0.2)
             return {K.NODE_SITE_NAME: s, K.NODE_WORKER_SOCKET: str(sock), "data-npy": str(data)}
 
-        _, cli = start_federation(work, sites, group, start_worker)
+        kw = {"runner": [sys.executable, str(APP_MODULE)]} if a.engine == "runner" else {}
+        _, cli = start_federation(work, sites, group, start_worker, kw)
         app = make_app(work / "app-overhead", APP_MODULE, "fvbench-overhead",
                        "fedvox site-overhead benchmark app", "server", "client", APP_CONFIG)
         rec = run_app(app, cli, {"rounds": a.rounds, "min-nodes": len(sites), "poll": a.poll}, work,
@@ -129,7 +138,7 @@ def main(argv=None) -> int:
         d["messages"] = len(msgs)
         per_mode[mode] = d
 
-    result = {"bench": "site_overhead", "sites": len(sites), "rounds_per_mode": a.rounds,
+    result = {"bench": "site_overhead", "engine": a.engine, "sites": len(sites), "rounds_per_mode": a.rounds,
               "warmup_rounds_per_mode": 1, "poll_s": a.poll, "tls": True, "node_auth": True,
               "status": rec.get("status"), "wall_s": round(time.monotonic() - t_all, 1),
               "median_per_message_s": per_mode}

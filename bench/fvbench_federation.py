@@ -71,10 +71,11 @@ def make_app(dst: Path, module: Path, name: str, description: str, server: str, 
 
 
 def start_federation(work: Path, sites: list[str], group: ProcessGroup,
-                     node_config: Callable[[str, Path, Path], dict]):
+                     node_config: Callable[[str, Path, Path], dict], supernode_kw: dict | None = None):
     """Provision ``sites`` under ``work``, start the SuperLink and one SuperNode
     a site, and wait until all are connected. ``node_config(site, kit, site_dir)``
-    gives each SuperNode's node config. Returns (provision, cli config dir)."""
+    gives each SuperNode's node config; ``supernode_kw`` goes to start_supernode
+    (e.g. runner=...). Returns (provision, cli config dir)."""
     t0 = time.monotonic()
     prov = provision(work / "prov", sites, federation=FED, force=True)
     sl = start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
@@ -86,7 +87,7 @@ def start_federation(work: Path, sites: list[str], group: ProcessGroup,
         kit, sw = prov.site_kits[s], work / "sites" / s
         sw.mkdir(parents=True, exist_ok=True)
         start_supernode(s, sl.address, kit / KIT_CA, kit / KIT_AUTH_KEY, node_config(s, kit, sw),
-                        workdir=sw, group=group, wait_connected=90)
+                        workdir=sw, group=group, wait_connected=90, **(supernode_kw or {}))
     wait_for_nodes(cli, FED, len(sites), timeout=90)
     print(f"federation up in {time.monotonic() - t0:.1f} s ({work})", flush=True)
     return prov, cli

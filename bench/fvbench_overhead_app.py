@@ -18,6 +18,11 @@ exit, and the compute time measured around the compute itself (by the handler
 in plain mode, by the worker in shim mode). The ServerApp pushes the messages,
 pulls every `poll` s, and records when each was sent and when its reply came;
 all of it goes to the run-config `out-file` as JSON.
+
+Run as a script, this module is the site's ClientApp runner for the
+benchmark's `--engine runner` (fl_client.runner's loop with this module's
+ClientApp; the benchmark's FAB carries this file, so no FAB pin here):
+    python bench/fvbench_overhead_app.py --runtime-api HOST:PORT ...
 """
 from __future__ import annotations
 
@@ -188,3 +193,11 @@ def main(grid: Grid, context: Context) -> None:
     write_json(out, rec)
 
 
+
+
+if __name__ == "__main__":  # the benchmark's long-lived runner (see the module docstring)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fl_client.runner import main as runner_main
+    sys.exit(runner_main(sys.argv[1:], app=client, check=lambda content, hash_str: None))

@@ -83,21 +83,25 @@ def start_site(group: ProcessGroup, kit: SiteKit, federation: Path, site_toml: P
                          node_config(kit.name, sock, work, kit.auth_key, roster, audit_dir, site_toml,
                                      load_federation(federation, require_sites=False).federation.colluding_sites),
                          log_path=work / "supernode.log", workdir=work, insecure=insecure, group=group,
-                         wait_connected=120)
+                         wait_connected=120, runner=True)  # only the installed ClientApp runs here
+    sn.keeper.wait_ready(120)
     return SiteProcs(kit.name, worker, sn, sock)
 
 
 def run_site(kit_dir, work, data_root, *, federation=None, superlink: str | None = None,
              insecure: bool = False, device: str | None = None) -> int:
     """`fedvox site`: start this site from its kit and keep it up until a process
-    exits (status 1) or Ctrl-C / SIGTERM (everything is stopped either way)."""
+    exits (status 1) or Ctrl-C / SIGTERM (everything is stopped either way).
+    The ClientApp runner is restarted by its keeper; the site stops if the
+    keeper gives up."""
     kit = read_kit(kit_dir)
     fed = Path(federation) if federation else kit.dir / "federation.toml"
     with ProcessGroup("fedvox-site") as group:
         sp = start_site(group, kit, fed, kit.site_toml, Path(work), superlink or kit.superlink_address,
                         data_root=Path(data_root), insecure=insecure, device=device)
         print(f"{kit.name}: worker on {sp.socket}, SuperNode connected; Ctrl-C to stop", file=sys.stderr)
-        while sp.worker.alive() and sp.supernode.alive():
+        keeper = sp.supernode.keeper
+        while sp.worker.alive() and sp.supernode.alive() and (keeper.proc.alive() or keeper.watching()):
             time.sleep(2)
         print(f"{kit.name}: a process exited; stopping", file=sys.stderr)
         return 1

@@ -1,10 +1,22 @@
 """Start a site's own `flower-supernode`: it connects to the coordinator's
 SuperLink with the federation CA and the site's auth key, and hands its node
 config (worker socket, roster, state directory) to every ClientApp. Flower's
-quirks: fl_common.flower."""
+quirks: fl_common.flower.
+
+With ``runner=True`` (what `fedvox site` uses) the SuperNode runs with
+`--isolation process` and a fresh SuperExec auth secret, and fedvox's own
+long-lived runner (fl_client.runner) executes every task: it checks the
+shipped FAB and runs only the installed ClientApp. A RunnerKeeper thread
+restarts the runner if it dies while its SuperNode lives. Without it, Flower's
+SuperExec starts one `flwr-clientapp` per message (any app: tests' tiny app)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tomli_w  # a dependency of flwr (its CLI writes config.toml with it)
@@ -13,13 +25,17 @@ from fl_common.flower import BIN_DIR, flower_env
 from fl_common.supervise import LaunchError, Proc, ProcessGroup, default_group, free_port
 
 SUPERNODE_CONNECTED = r"SuperNode ID: \d+"  # logged once the SuperLink accepted it (Flower 1.41)
+# -P: the runner's cwd (a site work dir) never goes on sys.path.
+RUNNER_CMD = [sys.executable, "-P", "-m", "fl_client.runner"]
+RUNNER_READY = r"fedvox runner: ready"  # fl_client.runner.READY_LINE (not imported: it imports flwr)
 
 
 def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_config: Mapping | None,
                     clientappio_port: int | None = None, log_path=None, *, workdir=None,
                     insecure: bool = False, group: ProcessGroup | None = None,
                     wait_connected: float | None = 60.0, max_wait_time: float | None = None,
-                    extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> Proc:
+                    extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+                    runner: bool | Sequence[str] = False) -> Proc:
     """Start `flower-supernode` for site ``name``.
 
     ``clientappio_port``: its local Runtime API port (None: a free one) --
@@ -56,6 +72,14 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
     if max_wait_time is not None:
         opts += ["--max-wait-time", str(max_wait_time)]
     opts += list(extra_args)
+    secret_file = workdir / "superexec.secret"
+    if runner:
+        # Only a holder of this secret may acquire the site's tasks on the local Runtime API.
+        secret_file.unlink(missing_ok=True)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        opts += ["--isolation", "process", "--superexec-auth-secret-file", secret_file]
 
     pick = clientappio_port is None
     for attempt in range(3 if pick else 1):
@@ -66,6 +90,11 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
                            cwd=workdir)
         proc.port, proc.flwr_home, proc.workdir = port, flwr_home, workdir
         proc.address = f"127.0.0.1:{port}"
+        proc.keeper = None
+        if runner:
+            cmd = RUNNER_CMD if runner is True else list(runner)
+            proc.keeper = RunnerKeeper(group, name, proc, secret_file, workdir / "runner.log",
+                                       flower_env(flwr_home, env), workdir, cmd)
         if wait_connected is None:
             return proc
         try:
@@ -73,8 +102,61 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
             return proc
         except LaunchError:
             in_use = "address already in use" in proc.log_text()[proc.log_start:].lower()
+            if proc.keeper:
+                proc.keeper.stop()
             proc.stop(5.0)
             if pick and in_use and attempt < 2:
                 continue  # our free port was taken before the SuperNode bound it
             raise
     raise LaunchError("could not start the SuperNode")  # not reached
+
+
+class RunnerKeeper:
+    """Starts fl_client.runner for one SuperNode and restarts it when it dies
+    while the SuperNode lives (at most ``max_restarts``; each restart is a log
+    line). Stopped with its group (the group's ``stopping`` flag) or stop()."""
+
+    def __init__(self, group: ProcessGroup, name: str, supernode: Proc, secret_file: Path, log_path: Path,
+                 env: Mapping[str, str], cwd: Path, cmd: Sequence[str] = RUNNER_CMD,
+                 max_restarts: int = 20, check_s: float = 0.5):
+        self.group, self.name, self.supernode = group, name, supernode
+        self.argv = [*cmd, "--runtime-api", supernode.address,
+                     "--secret-file", str(secret_file), "--supernode-pid", str(supernode.pid)]
+        self.log_path, self.env, self.cwd = log_path, dict(env), cwd
+        self.max_restarts, self.check_s, self.restarts = max_restarts, check_s, 0
+        self._stop = threading.Event()
+        self.proc = self._start()
+        self._th = threading.Thread(target=self._watch, daemon=True, name=f"runner-keeper:{name}")
+        self._th.start()
+
+    def _start(self) -> Proc:
+        return self.group.start(f"runner:{self.name}", self.argv, self.log_path, env=self.env, cwd=self.cwd)
+
+    def watching(self) -> bool:
+        """Whether it will still restart a dead runner."""
+        return self._th.is_alive()
+
+    def wait_ready(self, timeout: float) -> None:
+        self.proc.wait_for_log(RUNNER_READY, timeout)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_s):
+            if self.proc.alive():
+                continue
+            if self.group.stopping or not self.supernode.alive():
+                return
+            if self.restarts >= self.max_restarts:
+                print(f"runner:{self.name} died {self.restarts + 1} times; not restarting", file=sys.stderr)
+                return
+            self.restarts += 1
+            with open(self.log_path, "ab") as f:
+                f.write(f"# fedvox: runner exited with {self.proc.returncode}; restart {self.restarts}\n".encode())
+            time.sleep(min(0.2 * self.restarts, 2.0))  # no tight crash loop
+            if self._stop.is_set() or self.group.stopping or not self.supernode.alive():
+                return
+            self.proc = self._start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._th.join(timeout=2 * self.check_s + 3)
+        self.proc.stop(timeout)

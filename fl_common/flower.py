@@ -31,6 +31,11 @@ fl_client.supernode (measured on 1.41.0):
 - `--node-config`/`--run-config` given a single *.toml path read it as a file:
   we pass TOML files, so paths with spaces or quotes need no shell quoting.
 - Flower's update check and telemetry call the internet; both are turned off.
+- A fedvox site does not let Flower start ClientApps: its SuperNode runs with
+  `--isolation process` and fl_client.runner (one long-lived process, FAB
+  checked, installed ClientApp only) takes the tasks. The SuperNode still
+  waits a literal 3 s between empty pulls from the SuperLink (no knob in
+  1.41): that, not process start, now bounds a message stage.
 """
 from __future__ import annotations
 

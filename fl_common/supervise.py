@@ -301,6 +301,7 @@ class ProcessGroup:
         self.name = name
         self.tag = f"{name}-{os.getpid()}-{secrets.token_hex(6)}"
         self.procs: list[Proc] = []
+        self.stopping = False  # set by stop_all: supervisors must not restart anything then
         self.handle_signals = handle_signals
         self._old_handlers: dict[int, object] = {}
         self._lock = threading.Lock()
@@ -339,6 +340,7 @@ class ProcessGroup:
 
     def stop_all(self, timeout: float = 10.0) -> None:
         """Stop everything started here and sweep helpers (bounded: ~timeout + 5 s)."""
+        self.stopping = True
         with self._lock:
             procs = list(self.procs)
         # A second Ctrl-C must not cut the cleanup short (it is bounded anyway).

@@ -1,0 +1,116 @@
+"""Loud pins on the Flower internals fl_client.runner relies on (flwr is pinned
+exactly in pyproject.toml). When an upgrade changes one of them, the test that
+fails names the internal: read the new flwr/supernode/runtime/run_clientapp.py
+and flwr/supercore/superexec/run_superexec.py, adapt fl_client.runner, then
+move the pin."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FLWR_PIN = re.compile(r"^flwr==(\S+)$")
+
+
+def _internal(path: str):
+    """``module.attr[.attr]`` (the longest importable module prefix), or a failure naming it."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for a in parts[cut:]:
+                obj = getattr(obj, a)
+            return obj
+        except AttributeError as e:
+            pytest.fail(f"Flower internal {path} is gone ({e}): fl_client.runner needs it")
+    pytest.fail(f"Flower internal {path} is gone (no module): fl_client.runner needs it")
+
+
+def _params(path: str, want: list[str]) -> None:
+    got = list(inspect.signature(_internal(path)).parameters)
+    assert got[:len(want)] == want, f"Flower internal {path} changed its signature: {got}, runner calls {want}"
+
+
+def test_flwr_is_pinned_exactly_to_the_installed_version():
+    import flwr
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [m.group(1) for d in deps if (m := FLWR_PIN.match(d.replace(" ", "")))]
+    assert pins, "pyproject.toml must pin flwr exactly (flwr==X.Y.Z): fl_client.runner uses its internals"
+    assert pins == [flwr.__version__], f"flwr {flwr.__version__} installed, pyproject pins {pins}"
+
+
+@pytest.mark.parametrize("path, params", [
+    ("flwr.supernode.runtime.run_clientapp.pull_task_input", ["client"]),
+    ("flwr.supernode.runtime.run_clientapp.push_message", ["client", "message", "context"]),
+    ("flwr.supernode.runtime.run_clientapp.push_task_output", ["client", "context", "sub_status", "details"]),
+    ("flwr.supercore.runtime.RuntimeHttpClient.from_server_address",
+     ["server_address", "insecure", "root_certificates", "interceptors", "retry_invoker"]),
+    ("flwr.supercore.interceptors.RuntimeTokenHttpInterceptor", ["token"]),
+    ("flwr.supercore.interceptors.RuntimeVersionHttpInterceptor", ["component_name"]),
+    ("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor", ["master_secret", "protected_methods"]),
+    ("flwr.supercore.retry.make_simple_http_retry_invoker", []),
+    ("flwr.app.error.Error", ["code", "reason"]),
+])
+def test_functions_the_runner_calls_keep_their_signatures(path, params):
+    _params(path, params)
+
+
+def test_the_runtime_client_keeps_the_calls_the_runner_makes():
+    cls = _internal("flwr.supercore.runtime.RuntimeHttpClient")
+    for m in ("AcquireTask", "SendTaskHeartbeat", "PullTaskInput", "PullMessages", "PushMessages",
+              "PushTaskOutput", "PullObject", "PushObject", "ConfirmMessageReceived", "close"):
+        assert callable(getattr(cls, m, None)), f"Flower internal RuntimeHttpClient.{m} is gone"
+
+
+@pytest.mark.parametrize("message, fields", [
+    ("AcquireTaskRequest", {"supported_task_types", "agentapp_fab_hashes"}),
+    ("AcquireTaskResponse", {"task", "token"}),
+    ("SendTaskHeartbeatRequest", set()),
+    ("SendTaskHeartbeatResponse", {"success"}),
+    ("PullTaskInputResponse", {"context", "run", "fab", "task_id"}),
+])
+def test_runtime_proto_messages_keep_their_fields(message, fields):
+    cls = _internal(f"flwr.proto.runtime_pb2.{message}")
+    have = set(cls.DESCRIPTOR.fields_by_name)
+    assert fields <= have, f"Flower proto flwr.proto.runtime_pb2.{message} lost {fields - have}"
+
+
+def test_constants_and_types_the_runner_uses():
+    assert _internal("flwr.supercore.constant.TaskType").CLIENT_APP == "flwr-clientapp"
+    sub = _internal("flwr.common.constant.SubStatus")
+    assert (sub.COMPLETED, sub.FAILED) == ("completed", "failed"), "Flower internal SubStatus changed"
+    code = _internal("flwr.common.constant.ErrorCode")
+    assert isinstance(code.LOAD_CLIENT_APP_EXCEPTION, int) and isinstance(code.CLIENT_APP_RAISED_EXCEPTION, int)
+    assert {"hash_str", "content"} <= set(_internal("flwr.supercore.fab.Fab").__dataclass_fields__)
+    from fl_client.runner import ACQUIRE_METHOD
+    methods = _internal("flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS")
+    assert ACQUIRE_METHOD in methods, f"Flower signs {methods} with the SuperExec secret, runner signs {ACQUIRE_METHOD}"
+    retry = _internal("flwr.supercore.retry.make_simple_http_retry_invoker")()
+    assert retry.max_time is None, "Flower's HTTP retry invoker changed (the runner bounds its max_time)"
+    from fl_client.runner import READY_LINE
+    from fl_client.supernode import RUNNER_READY
+    assert re.search(RUNNER_READY, READY_LINE)
+
+
+def test_the_supernode_still_takes_the_flags_the_site_passes():
+    src = inspect.getsource(importlib.import_module("flwr.supernode.cli.flower_supernode"))
+    src += inspect.getsource(importlib.import_module("flwr.supercore.auth.superexec_secret"))
+    for flag in ('"--isolation"', '"--superexec-auth-secret-file"'):
+        assert flag in src, f"flower-supernode lost {flag}"
+    assert _internal("flwr.common.constant.ISOLATION_MODE_PROCESS") == "process"
+
+
+def test_the_supernode_idle_poll_is_still_the_literal_3_s():
+    # The SuperNode waits a literal 3 s between empty pulls from the SuperLink (no
+    # flag, no env var in 1.41). If this fails, Flower changed it: use its knob
+    # in fl_client.supernode instead of living with the 3 s.
+    src = inspect.getsource(importlib.import_module("flwr.supernode.start_client_internal"))
+    assert src.count("time.sleep(3)") == 1, "the SuperNode's idle poll changed: look for a knob"
