@@ -71,7 +71,9 @@ def _secagg(context: Context, session: str):
     from .secagg import SiteSecAgg
     roster = json.loads(Path(_node(context, K.NODE_ROSTER)).read_text())
     state = Path(_node(context, K.NODE_STATE_DIR)) / "secagg" / session.replace("/", "_")
-    return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state)
+    # the pin comes from the site's own trust.toml (fl_client.site), never from the coordinator
+    return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state,
+                      roster_fingerprint=_node(context, K.NODE_ROSTER_FINGERPRINT))
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:

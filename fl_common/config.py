@@ -82,11 +82,19 @@ class SuperlinkTable(Table):
     auth_key: str = KIT_AUTH_KEY
 
 
+class TrustTable(Table):
+    """[trust]: what the site itself pinned (`fedvox site trust`). It is only
+    honoured in the site's own key directory (fl_client.enroll), never in a
+    file the coordinator wrote."""
+    roster_fingerprint: Annotated[str, Field(pattern=r"^[A-Z2-7]{4}(-[A-Z2-7]{4}){7}$")]
+
+
 class SiteFile(Table):
-    """A whole site.toml."""
+    """A whole site.toml (or the site's own trust.toml: [site] name + [trust])."""
     site: SiteTable
     federation: SiteFederationTable = SiteFederationTable()
     superlink: SuperlinkTable = SuperlinkTable()
+    trust: TrustTable | None = None
 
 
 class SiteConfig(Table):

@@ -74,16 +74,18 @@ class SiteSecAgg:
 
     enrollment_key: the site's EC private key (object, OpenSSH/PEM text, bytes
     or a path); roster: {site_id: enrollment public key (OpenSSH line, path or
-    key)} for every enrolled site, from provisioning."""
+    key)} for every enrolled site, from provisioning; roster_fingerprint: the
+    fingerprint the site pinned (a roster that does not match is refused)."""
 
     def __init__(self, site_id: str, run_id: str, enrollment_key: Any,
-                 roster: Mapping[str, Any], state_dir: str | os.PathLike):
+                 roster: Mapping[str, Any], state_dir: str | os.PathLike,
+                 roster_fingerprint: str | None = None):
         self.site_id = str(site_id)
         self.run_id = str(run_id)
         if not isinstance(enrollment_key, pki.ec.EllipticCurvePrivateKey):
             enrollment_key = pki.load_enrollment_private_key(enrollment_key)
         self._key = enrollment_key
-        self.roster = load_roster(roster)
+        self.roster = load_roster(roster, roster_fingerprint, f"site {self.site_id!r} roster")
         if self.site_id not in self.roster:
             raise ProtocolError(f"site {self.site_id!r} is not in its own roster")
         if (pki.enrollment_public_openssh(self._key)
