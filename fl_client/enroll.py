@@ -57,7 +57,7 @@ def check_site_name(name: str, where=None) -> str:
     return str(name)
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
+def _write_file(path: Path, data: bytes, mode: int) -> None:
     # created with its final mode (never briefly readable by others); replaced atomically
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -84,9 +84,9 @@ def init_site(site: str, out_dir, force: bool = False) -> Path:
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     req = {"format": REQUEST_FORMAT, "site": site, "auth_public_key": pub, "created": created,
            "fingerprint": pki.request_fingerprint(site, pub, created)}
-    _write_private(key_path, pki.openssh_private(key), 0o600)
-    _write_private(d / KIT_AUTH_PUB, (pub + "\n").encode(), 0o644)
-    _write_private(d / KEYS_REQUEST, (json.dumps(req, indent=2) + "\n").encode(), 0o644)
+    _write_file(key_path, pki.openssh_private(key), 0o600)
+    _write_file(d / KIT_AUTH_PUB, (pub + "\n").encode(), 0o644)
+    _write_file(d / KEYS_REQUEST, (json.dumps(req, indent=2) + "\n").encode(), 0o644)
     (d / KEYS_TRUST).unlink(missing_ok=True)  # a new key means a new roster to pin
     return d / KEYS_REQUEST
 
@@ -143,7 +143,7 @@ def _write_trust(keys: SiteKeys, fingerprint: str) -> Path:
     text = (f"# Pinned by this site (`fedvox site trust`), not by the coordinator.\n"
             f"[site]\nname = {json.dumps(keys.site)}\n\n"
             f"[trust]\nroster_fingerprint = \"{fingerprint}\"\n")
-    _write_private(path, text.encode(), 0o600)
+    _write_file(path, text.encode(), 0o600)
     return path
 
 

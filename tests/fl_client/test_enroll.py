@@ -199,3 +199,30 @@ def test_attack_coordinator_cannot_play_a_site(fed, tmp_path):
         SiteSecAgg("hospital_a", "run-1", read_keys(keys["hospital_a"]).auth_key,
                    {**prov.roster, "hospital_b": pki.openssh_public(forged, comment="hospital_b")},
                    tmp_path / "a2", roster_fingerprint=pin)
+
+
+def test_attack_the_clientapp_loads_only_the_pinned_roster(fed, tmp_path):
+    """The ClientApp's own loader (fl_client.client_app), fed the node config
+    `fedvox site` writes: a roster file swapped under the running site, or a
+    node config without the site's pin, is refused."""
+    from flwr.common import Context, RecordDict
+
+    from fl_client import client_app
+    from fl_client.site import node_config
+    from fl_common import keys as K
+    prov, keys = fed
+    pin = check_trust(read_kit(prov.site_kits["hospital_a"]), keys["hospital_a"])
+    roster = tmp_path / "roster.json"
+    roster.write_text(json.dumps(prov.roster))
+    cfg = node_config("hospital_a", tmp_path / "w.sock", tmp_path, read_keys(keys["hospital_a"]).auth_key,
+                      roster, None, pin)
+
+    def ctx(c):
+        return Context(run_id=1, node_id=1, node_config=c, state=RecordDict(), run_config={})
+    assert client_app._secagg(ctx(cfg), "s1").site_id == "hospital_a"
+    _swap_one_key(tmp_path, "hospital_b")
+    with pytest.raises(ProtocolError, match="does not match the pinned"):
+        client_app._secagg(ctx(cfg), "s2")
+    unpinned = {k: v for k, v in cfg.items() if k != K.NODE_ROSTER_FINGERPRINT}
+    with pytest.raises(RuntimeError, match="roster-fingerprint"):
+        client_app._secagg(ctx(unpinned), "s3")
