@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_common.supervise import ProcessGroup  # noqa: E402
-from fvbench_federation import make_app, run_app, start_federation  # noqa: E402
+from fvbench_federation import make_app, run_app, site_key, start_federation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP_MODULE = HERE / "fvbench_rounds_app.py"
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
               "poll_s": a.poll, "tls": True, "node_auth": True}
     with ProcessGroup("fvbench-rounds") as group:
         prov, cli = start_federation(work, SITES, group, lambda s, kit, sw: {
-            "site-name": s, "auth-key": str(kit / "auth.key"), "roster": str(kit / "roster.json"),
+            "site-name": s, "auth-key": str(site_key(work, s)), "roster": str(kit / "roster.json"),
             "state-dir": str(sw / "state")})
 
         common = {"sizes": ",".join(map(str, sizes)), "rounds": a.rounds,

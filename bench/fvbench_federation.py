@@ -1,7 +1,8 @@
 """The deployment-engine scaffolding the Flower benches share: a throwaway
 Flower app directory for a bench module, and a federation on loopback
-(provisioned CA, SuperLink with TLS + SuperNode authentication, registered
-site keys, one SuperNode per site) started inside a
+(each site's key made by `site init` in its own key directory, provisioned
+from the requests, SuperLink with TLS + SuperNode authentication, registered
+site keys, one SuperNode per site with its own key) started inside a
 fl_common.supervise.ProcessGroup.
 """
 from __future__ import annotations
@@ -17,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl_client.supernode import start_supernode  # noqa: E402
 from fl_common.kit import KIT_AUTH_KEY, KIT_CA  # noqa: E402
+from fl_server.demo import enroll_and_provision  # noqa: E402
 from fl_common.supervise import ProcessGroup  # noqa: E402
 from fl_server.flwr_cli import flwr_run, register_sites, wait_for_nodes, write_cli_config  # noqa: E402
-from fl_server.provision import provision  # noqa: E402
 from fl_server.superlink import start_superlink  # noqa: E402
 
 FED = "fvbench"
@@ -70,6 +71,11 @@ def make_app(dst: Path, module: Path, name: str, description: str, server: str, 
     return dst
 
 
+def site_key(work: Path, site: str) -> Path:
+    """The site's own enrollment key, as `start_federation` made it (at the "site")."""
+    return work / "site-keys" / site / KIT_AUTH_KEY
+
+
 def start_federation(work: Path, sites: list[str], group: ProcessGroup,
                      node_config: Callable[[str, Path, Path], dict], supernode_kw: dict | None = None):
     """Provision ``sites`` under ``work``, start the SuperLink and one SuperNode
@@ -77,7 +83,7 @@ def start_federation(work: Path, sites: list[str], group: ProcessGroup,
     gives each SuperNode's node config; ``supernode_kw`` goes to start_supernode
     (e.g. runner=...). Returns (provision, cli config dir)."""
     t0 = time.monotonic()
-    prov = provision(work / "prov", sites, federation=FED, force=True)
+    prov, _ = enroll_and_provision(work, sites, FED)  # the bench plays every site's `site init`
     sl = start_superlink(work / "superlink", tls=(prov.ca_cert, prov.server_cert, prov.server_key),
                          auth=True, group=group, ready_timeout=90)
     cli = work / "cli"
@@ -86,7 +92,7 @@ def start_federation(work: Path, sites: list[str], group: ProcessGroup,
     for s in sites:
         kit, sw = prov.site_kits[s], work / "sites" / s
         sw.mkdir(parents=True, exist_ok=True)
-        start_supernode(s, sl.address, kit / KIT_CA, kit / KIT_AUTH_KEY, node_config(s, kit, sw),
+        start_supernode(s, sl.address, kit / KIT_CA, site_key(work, s), node_config(s, kit, sw),
                         workdir=sw, group=group, wait_connected=90, **(supernode_kw or {}))
     wait_for_nodes(cli, FED, len(sites), timeout=90)
     print(f"federation up in {time.monotonic() - t0:.1f} s ({work})", flush=True)

@@ -137,10 +137,11 @@ def _secagg(context: Context, session: str):
     roster = json.loads(Path(_node(context, K.NODE_ROSTER)).read_text())
     # every session's state under one directory, which also holds the site-wide ledger
     state = Path(_node(context, K.NODE_STATE_DIR)) / "secagg" / session.replace("/", "_")
-    # the site's own collusion bound (its policy, never the server's word)
+    # the site's own collusion bound (its policy, never the server's word); the
+    # roster pin comes from the site's own trust.toml (fl_client.site), never from the coordinator
     colluding = int(context.node_config.get(K.NODE_COLLUDING_SITES, DEFAULT_COLLUDING_SITES))
     return SiteSecAgg(_node(context, K.NODE_SITE_NAME), session, _node(context, K.NODE_AUTH_KEY), roster, state,
-                      colluding_sites=colluding)
+                      colluding_sites=colluding, roster_fingerprint=_node(context, K.NODE_ROSTER_FINGERPRINT))
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:

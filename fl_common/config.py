@@ -109,12 +109,20 @@ class PolicyTable(Table):
     metrics: list[Literal[POLICY_METRICS]] = ["dice_fg_mean", "dice_<c>", "hd95_<c>"]
 
 
+class TrustTable(Table):
+    """[trust]: what the site itself pinned (`fedvox site trust`). It is only
+    honoured in the site's own key directory (fl_client.enroll), never in a
+    file the coordinator wrote."""
+    roster_fingerprint: Annotated[str, Field(pattern=r"^[A-Z2-7]{4}(-[A-Z2-7]{4}){7}$")]
+
+
 class SiteFile(Table):
-    """A whole site.toml."""
+    """A whole site.toml (or the site's own trust.toml: [site] name + [trust])."""
     site: SiteTable
     federation: SiteFederationTable = SiteFederationTable()
     superlink: SuperlinkTable = SuperlinkTable()
     policy: PolicyTable = PolicyTable()
+    trust: TrustTable | None = None
 
 
 class SiteConfig(Table):

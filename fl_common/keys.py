@@ -38,6 +38,7 @@ SECAGG_SHARE = "share"
 NODE_SITE_NAME = "site-name"
 NODE_WORKER_SOCKET = "worker-socket"
 NODE_ROSTER = "roster"
+NODE_ROSTER_FINGERPRINT = "roster-fingerprint"  # the site's own pin (KEYS/trust.toml)
 NODE_STATE_DIR = "state-dir"
 NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"

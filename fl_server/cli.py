@@ -70,11 +70,14 @@ def _cmd_metrics(a) -> int:
 
 def _cmd_provision(a) -> int:
     from fl_server.provision import provision
-    sites = [x for s in a.sites for x in s.split(",") if x]
-    prov = provision(a.out, sites, hosts=a.host or ("127.0.0.1", "localhost"), federation=a.name,
+    prov = provision(a.out, a.enroll, hosts=a.host or ("127.0.0.1", "localhost"), federation=a.name,
                      force=a.force, port=a.port)
+    enrolled = json.loads((prov.root / "federation.json").read_text())["enrolled"]
     print(json.dumps({"provision": str(prov.root), "superlink": prov.superlink_address,
+                      "roster_fingerprint": prov.roster_fingerprint, "enrolled": enrolled,
                       "kits": {k: str(v) for k, v in prov.site_kits.items()}}, indent=2))
+    print(f"roster fingerprint: {prov.roster_fingerprint} -- read it to every site out of band; "
+          "each pins it with `fedvox site trust`", file=sys.stderr)
     return 0
 
 
@@ -107,9 +110,38 @@ def _cmd_server(a) -> int:
 
 
 def _cmd_site(a) -> int:
+    missing = [f for f, v in (("--kit", a.kit), ("--keys", a.keys), ("--data", a.data)) if not v]
+    if missing:
+        print(f"fedvox site: {', '.join(missing)} required (or a subcommand: init, trust, fingerprint)",
+              file=sys.stderr)
+        return 2
     from fl_client.site import run_site  # lazy: only `fedvox site` starts a site
-    return run_site(a.kit, a.work, a.data, federation=a.federation, superlink=a.superlink,
-                    insecure=a.insecure, device=a.device)
+    return run_site(a.kit, a.keys, a.work, a.data, federation=a.federation, superlink=a.superlink,
+                    insecure=a.insecure, device=a.device, trust_on_first_use=a.trust_on_first_use)
+
+
+def _cmd_site_init(a) -> int:
+    from fl_client.enroll import init_site, read_request
+    req = read_request(init_site(a.site, a.out, force=a.force))
+    print(json.dumps({"site": req.site, "request": str(req.path), "fingerprint": req.fingerprint}, indent=2))
+    print(f"send {req.path} to the coordinator and confirm its fingerprint {req.fingerprint} out of band; "
+          f"{a.out} holds the private key: it never leaves this site", file=sys.stderr)
+    return 0
+
+
+def _cmd_site_trust(a) -> int:
+    from fl_client.enroll import trust_roster
+    from fl_common.kit import read_kit
+    print(f"pinned in {trust_roster(read_kit(a.kit), a.keys, a.fingerprint)}")
+    return 0
+
+
+def _cmd_site_fingerprint(a) -> int:
+    from fl_common.crypto.pki import roster_fingerprint
+    from fl_common.kit import read_kit
+    kit = read_kit(a.kit)
+    print(roster_fingerprint(kit.roster))
+    return 0
 
 
 def _pinned_key(a):
@@ -248,9 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     _device_flag(p, "cpu")
 
-    p = cmd("provision", _cmd_provision, "federation CA, server certificate and one startup kit per site")
+    p = cmd("provision", _cmd_provision,
+            "federation CA, server certificate, bundle-signing key and one startup kit per enrolled site")
     p.add_argument("--out", required=True, help="provisioning directory (written)")
-    p.add_argument("--sites", nargs="+", required=True, help="site names (space or comma separated)")
+    p.add_argument("--enroll", nargs="+", required=True, metavar="REQUEST",
+                   help="each site's enroll.json from `fedvox site init` (no site key is made here)")
     p.add_argument("--host", action="append", help="SuperLink host name/IP for the certificate (repeatable)")
     p.add_argument("--name", default="fedvox", help="federation name")
     p.add_argument("--port", type=int, default=8000)
@@ -272,14 +306,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="no TLS, no node auth (local development only)")
     p.add_argument("--no-secure-aggregation", action="store_true")
 
-    p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode")
-    p.add_argument("--kit", required=True, help="this site's startup kit")
-    p.add_argument("--data", required=True, help="this site's data root (holds dataset.json)")
+    p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
+    p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
+    p.add_argument("--keys", default=None, help="this site's key directory from `fedvox site init` (required to run)")
+    p.add_argument("--data", default=None, help="this site's data root, holds dataset.json (required to run)")
+    p.add_argument("--trust-on-first-use", action="store_true",
+                   help="no pinned roster yet: pin the kit's roster now instead of refusing")
     p.add_argument("--federation", default=None, help="federation TOML (default: KIT/federation.toml)")
     p.add_argument("--work", default="work/site", help="worker cache, SuperNode state and logs")
     p.add_argument("--superlink", default=None, help="override the kit's SuperLink address")
     _device_flag(p, None)
     p.add_argument("--insecure", action="store_true")
+    ssub = p.add_subparsers(dest="site_cmd", required=False, metavar="SUBCOMMAND")
+
+    def scmd(name, fn, helptext):
+        q = ssub.add_parser(name, help=helptext, description=helptext, epilog=EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.set_defaults(fn=fn)
+        return q
+
+    q = scmd("init", _cmd_site_init, "make this site's key pair here and its enrollment request")
+    q.add_argument("--site", required=True, help="this site's name")
+    q.add_argument("--out", required=True, help="key directory (written, 0700): auth.key, enroll.json")
+    q.add_argument("--force", action="store_true", help="replace an existing site key")
+    q = scmd("trust", _cmd_site_trust, "pin the kit's roster fingerprint (as the coordinator read it to you)")
+    q.add_argument("kit", metavar="KIT")
+    q.add_argument("--keys", required=True, help="this site's key directory (the pin is written there)")
+    q.add_argument("--fingerprint", required=True, help="the roster fingerprint you were given out of band")
+    q = scmd("fingerprint", _cmd_site_fingerprint, "print the roster fingerprint of a startup kit")
+    q.add_argument("kit", metavar="KIT")
 
     p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
     p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")

@@ -1,7 +1,9 @@
 """`fedvox demo`: the example federation end to end on this machine.
 
-Generates sites_example, provisions a federation (CA, server certificate, one
-startup kit per site), starts a SuperLink with TLS and node authentication, a
+Generates sites_example, plays each hospital's enrollment (`fedvox site init`:
+each site's key made in its own key directory, never in the provision tree),
+provisions a federation from the requests (CA, server certificate, one startup
+kit per site), has each site pin the roster fingerprint, starts a SuperLink with TLS and node authentication, a
 site worker + SuperNode per hospital, runs the federation with secure
 aggregation, shows a live per-round table, and ends with the per-site vs
 global comparison, the report and the exported bundle. Every process it
@@ -71,10 +73,26 @@ def comparison_table(run_dir: Path, labels: dict) -> Table:
     return t
 
 
+def enroll_and_provision(work: Path, names: list[str], federation: str, **provision_kw):
+    """What each hospital and the coordinator do, played on one machine: every
+    site makes its key in its own directory (work/site-keys/<site>), the
+    coordinator provisions from the requests, and each site pins the roster
+    fingerprint the coordinator "reads out" (here: passes in memory).
+    ``provision_kw``: hosts, port (as `fedvox provision --host/--port`)."""
+    from fl_client.enroll import init_site, trust_roster
+    from fl_common.kit import read_kit
+    from .provision import provision
+    keys = {n: work / "site-keys" / n for n in names}
+    reqs = [init_site(n, keys[n], force=True) for n in names]  # the demo owns these directories
+    prov = provision(work / "provision", reqs, federation=federation, force=True, **provision_kw)
+    for n in names:
+        trust_roster(read_kit(prov.site_kits[n]), keys[n], prov.roster_fingerprint)
+    return prov, keys
+
+
 def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0, rounds: int | None = None,
              secure: bool = True, federation: str | Path | None = None, data_base: str | Path | None = None,
              timeout: float = 3600.0, hosts: bool = False) -> int:
-    from .provision import provision
     from sites_example.generate import generate
     work = Path(work).resolve()
     if federation is None:
@@ -95,8 +113,7 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
         prov_hosts = {"hosts": [COORD_NAME]}
     else:
         prov_hosts = {}
-    prov = provision(work / "provision", names, federation=fed.federation.name.replace("_", "-"),
-                     force=True, **prov_hosts)
+    prov, keys = enroll_and_provision(work, names, fed.federation.name.replace("_", "-"), **prov_hosts)
     run_dir = work / "run"
     if run_dir.exists():  # a demo always starts a fresh run
         import shutil
@@ -104,7 +121,7 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
     labels = dict(fed.labels)
     if hosts:
         from .demo_hosts import run_on_hosts
-        rc = run_on_hosts(fed, Path(federation), Path(data_base) if data_base else None, prov, work, run_dir,
+        rc = run_on_hosts(fed, Path(federation), Path(data_base) if data_base else None, prov, keys, work, run_dir,
                           secure, rounds, timeout, lambda: round_table(run_dir, labels))
         if rc:
             return rc
@@ -122,7 +139,8 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
         for s in fed.sites:
             with console.status(f"starting {s.name}: worker (cache) + SuperNode"):
                 kit = read_kit(prov.site_kits[s.name])
-                start_site(group, kit, Path(federation), Path(s.config_path), work / "sites-work" / s.name,
+                start_site(group, kit, keys[s.name], Path(federation), Path(s.config_path),
+                           work / "sites-work" / s.name,
                            sl.address, data_base=Path(data_base) if data_base else None)
             console.print(f"  {s.name}: worker ready, SuperNode connected")
         spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,

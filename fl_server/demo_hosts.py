@@ -27,7 +27,8 @@ def _fill_kit(kit: Path, site_toml: Path) -> None:
         p.write_text(re.sub(r'^modality = "\w+"', f'modality = "{m.group(1)}"', p.read_text(), flags=re.M))
 
 
-def run_on_hosts(fed, federation: Path, data_base: Path | None, prov, work: Path, run_dir: Path, secure: bool,
+def run_on_hosts(fed, federation: Path, data_base: Path | None, prov, keys: dict, work: Path, run_dir: Path,
+                 secure: bool,
                  rounds: int | None, timeout: float, table) -> int:
     why = namespaces_available()
     if why:
@@ -53,6 +54,7 @@ def run_on_hosts(fed, federation: Path, data_base: Path | None, prov, work: Path
         for s in fed.sites:
             _fill_kit(prov.site_kits[s.name], Path(s.config_path))
             group.start(f"site-{s.name}", [*rh.exec_prefix(s.name), *py, "site", "--kit", prov.site_kits[s.name],
+                                           "--keys", keys[s.name],
                                            "--data", Path(s.datalist_path).parent, "--federation", federation,
                                            "--work", work / "sites-work" / s.name], work / f"site-{s.name}.log")
             console.print(f"  {s.name}: `fedvox site` started in {rh.sites[s.name]}")

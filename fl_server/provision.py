@@ -1,36 +1,38 @@
-"""`fedvox provision`: a federation CA, the SuperLink's TLS identity and one
-startup kit per site, written atomically.
+"""`fedvox provision`: a federation CA, the SuperLink's TLS identity, the
+coordinator's bundle-signing key and one startup kit per site, built from the
+sites' enrollment requests (`fedvox site init`), written atomically. No site
+private key is made or kept here: each site made its own.
 
 Layout of ``out_dir``::
 
-    federation.json           name, hosts, SuperLink address, sites, CA fingerprint
+    federation.json           name, hosts, SuperLink address, sites, CA and roster fingerprints
     server/                   stays with the coordinator (0700)
-      ca.crt  server.pem  server.key (0600)  ca.key (0600)  roster.json
-    sites/<name>/             handed to that site only (0700)
-      ca.crt  auth.key (0600)  auth.key.pub  roster.json  site.toml
+      ca.crt  server.pem  server.key (0600)  ca.key (0600)  roster.json  roster.fingerprint
+      bundle_signing.key (0600)  bundle_signing.pub  enroll/<site>.json (the requests)
+    sites/<name>/             handed to that site (nothing secret in it)
+      ca.crt  roster.json  roster.fingerprint  site.toml  bundle_signing.pub
 
-The site kit's format and its reader: fl_common.kit. ``roster.json`` maps every site name to its OpenSSH public key: the server
-registers these with the SuperLink; sites get it so they can see who else is in
-the federation. ``ca.key`` is kept so the server certificate can be re-issued
-(new host name) without re-distributing kits. Paths inside ``site.toml`` are
-relative to the kit directory, so a kit can be copied anywhere.
+The kit's format and its reader: fl_common.kit. ``roster.json`` maps every site
+name to the OpenSSH public key of its request: the server registers these with
+the SuperLink; each site pins the roster's fingerprint itself (`fedvox site
+trust`) after comparing it out of band. ``ca.key`` is kept so the server
+certificate can be re-issued (new host name) without re-distributing kits.
 
-The key and certificate generation itself lives in ``fl_common.crypto.pki``
-(all of fedvox's cryptography is in that one package).
+The key and certificate generation itself lives in ``fl_common.crypto.pki``.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_common.crypto import pki as crypto
-from fl_common.kit import KIT_AUTH_KEY, KIT_AUTH_PUB, KIT_CA, KIT_ROSTER, KIT_SITE_TOML
+from fl_common.kit import (KIT_BUNDLE_PUB, KIT_CA, KIT_ROSTER, KIT_ROSTER_FP, KIT_SITE_TOML,
+                           SERVER_BUNDLE_KEY)
 from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
@@ -38,7 +40,6 @@ DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
 # and ServerApp processes connect to its Runtime API on 127.0.0.1 with the same
 # certificate, so TLS would fail without it even when sites use a DNS name.
 LOOPBACK = ("127.0.0.1", "localhost")
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class ProvisionError(ValueError):
@@ -57,23 +58,30 @@ class Provision:
     ca_key: Path
     roster_path: Path
     roster: dict[str, str]
+    roster_fingerprint: str
+    bundle_key: Path
     site_kits: dict[str, Path] = field(default_factory=dict)
 
 
-def _check_sites(sites) -> list[str]:
-    sites = [str(s) for s in sites]
-    if not sites:
-        raise ProvisionError("no sites given")
-    for s in sites:
-        if not _SITE_NAME.match(s):
-            raise ProvisionError(f"bad site name {s!r}: use letters, digits, '_', '-', '.' "
-                                 "(it becomes a directory and a SuperNode name)")
-    dup = sorted({s for s in sites if sites.count(s) > 1})
-    if dup:
-        raise ProvisionError(f"duplicate site names: {', '.join(dup)}")
-    if "server" in sites:
-        raise ProvisionError("'server' is reserved for the coordinator's directory")
-    return sites
+def _read_requests(paths) -> dict:
+    """Enrollment requests -> {site: request}; a bad, duplicated or altered request
+    is one error naming its file."""
+    from fl_client.enroll import read_request  # the request format lives with `site init`
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ProvisionError("no enrollment requests given (--enroll: each site's enroll.json)")
+    by_site: dict = {}
+    by_key: dict = {}
+    for p in paths:
+        r = read_request(p)
+        key = r.public_key.rsplit(" ", 1)[0]
+        if r.site in by_site:
+            raise ProvisionError(f"{p}: site {r.site!r} is already enrolled by {by_site[r.site].path}")
+        if key in by_key:
+            raise ProvisionError(f"{p}: the same public key as {by_key[key].path}: "
+                                 "each site makes its own key")
+        by_site[r.site], by_key[key] = r, r
+    return by_site
 
 
 def _write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -95,7 +103,8 @@ def _toml_str(s: str) -> str:
 def _site_toml(name: str, federation: str, address: str) -> str:
     return f"""# Startup kit of site {_toml_str(name)} in federation {_toml_str(federation)}.
 # Paths are relative to this file's directory unless absolute.
-# Keep auth.key private: it is this site's identity towards the SuperLink.
+# The site's key stays in its own key directory (`fedvox site init`); the
+# roster fingerprint is pinned there too (`fedvox site trust`), not here.
 
 [site]
 name = {_toml_str(name)}
@@ -111,21 +120,22 @@ name = {_toml_str(federation)}
 [superlink]
 address = {_toml_str(address)}
 root_certificates = "{KIT_CA}"
-auth_key = "{KIT_AUTH_KEY}"
 """
 
 
-def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedvox",
+def provision(out_dir, requests, hosts=LOOPBACK, federation: str = "fedvox",
               force: bool = False, port: int = DEFAULT_PORT,
               superlink_address: str | None = None) -> Provision:
-    """Create a federation's CA, server identity and site startup kits in ``out_dir``.
+    """Create a federation's CA, server identity, bundle-signing key and site
+    startup kits in ``out_dir`` from the sites' enrollment request files.
 
     ``hosts``: names/IPs the SuperLink is reached by (loopback is always added).
     ``superlink_address`` (default ``hosts[0]:port``) goes into each site.toml.
     Refuses to replace an existing ``out_dir`` unless ``force``.
     """
     out = Path(out_dir).absolute()
-    sites = _check_sites(sites)
+    reqs = _read_requests(requests)
+    sites = list(reqs)
     hosts = [str(h) for h in hosts if str(h).strip()]
     if not hosts:
         raise ProvisionError("no hosts given for the server certificate")
@@ -143,10 +153,11 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
         srv_key = crypto.new_key()
         srv = crypto.issue_server_cert(ca, ca_key, srv_key, san_hosts,
                                     common_name=hosts[0], org=federation)
-        site_keys = {s: crypto.new_key() for s in sites}
-        roster = {s: crypto.openssh_public(k, comment=s) for s, k in site_keys.items()}
+        bundle_key = crypto.new_key()  # its own pair: the CA key only signs certificates
+        roster = {s: reqs[s].public_key for s in sites}
         roster_json = json.dumps(roster, indent=2) + "\n"
-        ca_pem = crypto.cert_pem(ca)
+        roster_fp = crypto.roster_fingerprint(roster)
+        ca_pem, bundle_pub = crypto.cert_pem(ca), crypto.public_pem(bundle_key)
 
         sdir = tmp / "server"
         sdir.mkdir(mode=0o700)
@@ -154,20 +165,27 @@ def provision(out_dir, sites: list[str], hosts=LOOPBACK, federation: str = "fedv
         _write(sdir / "server.pem", crypto.cert_pem(srv))
         _write(sdir / "server.key", crypto.key_pem(srv_key), 0o600)
         _write(sdir / "ca.key", crypto.key_pem(ca_key), 0o600)
+        _write(sdir / SERVER_BUNDLE_KEY, crypto.key_pem(bundle_key), 0o600)
+        _write(sdir / KIT_BUNDLE_PUB, bundle_pub)
         _write(sdir / "roster.json", roster_json)
+        _write(sdir / KIT_ROSTER_FP, roster_fp + "\n")
+        (sdir / "enroll").mkdir(mode=0o700)
+        for s in sites:  # what each site sent, kept for audit
+            _write(sdir / "enroll" / f"{s}.json", reqs[s].path.read_bytes())
 
         (tmp / "sites").mkdir(mode=0o755)
-        for s, k in site_keys.items():
+        for s in sites:
             d = tmp / "sites" / s
-            d.mkdir(mode=0o700)
+            d.mkdir(mode=0o755)
             _write(d / KIT_CA, ca_pem)
-            _write(d / KIT_AUTH_KEY, crypto.openssh_private(k), 0o600)
-            _write(d / KIT_AUTH_PUB, roster[s] + "\n")
             _write(d / KIT_ROSTER, roster_json)
+            _write(d / KIT_ROSTER_FP, roster_fp + "\n")  # for display: the site pins what it was told
+            _write(d / KIT_BUNDLE_PUB, bundle_pub)
             _write(d / KIT_SITE_TOML, _site_toml(s, federation, address))
 
         meta = {"federation": federation, "superlink_address": address, "hosts": san_hosts,
-                "sites": sites, "ca_sha256": crypto.fingerprint(ca),
+                "sites": sites, "ca_sha256": crypto.fingerprint(ca), "roster_fingerprint": roster_fp,
+                "enrolled": {s: reqs[s].fingerprint for s in sites},
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write(tmp / "federation.json", json.dumps(meta, indent=2) + "\n")
 
@@ -193,6 +211,8 @@ def load_provision(out_dir) -> Provision:
                      ca_cert=s / "ca.crt", server_cert=s / "server.pem",
                      server_key=s / "server.key", ca_key=s / "ca.key",
                      roster_path=s / "roster.json", roster=roster,
+                     roster_fingerprint=crypto.roster_fingerprint(roster),
+                     bundle_key=s / SERVER_BUNDLE_KEY,
                      site_kits={n: out / "sites" / n for n in meta["sites"]})
 
 

@@ -37,9 +37,10 @@ class SiteSecAgg:
 
     enrollment_key: the site's EC private key (object, OpenSSH/PEM text, bytes
     or a path); roster: {site_id: enrollment public key (OpenSSH line, path or
-    key)} for every enrolled site, from provisioning. colluding_sites: the
-    number of sites this site assumes may collude with the server (its own
-    policy, not the server's word): it refuses a threshold below
+    key)} for every enrolled site, from provisioning; roster_fingerprint: the
+    fingerprint the site pinned (a roster that does not match is refused).
+    colluding_sites: the number of sites this site assumes may collude with the
+    server (its own policy, not the server's word): it refuses a threshold below
     min_threshold(roster size, colluding_sites). ledger_dir: where the
     site-wide ledger of masked updates lives (default: the parent of
     state_dir, which holds every session's state directory)."""
@@ -47,13 +48,14 @@ class SiteSecAgg:
     def __init__(self, site_id: str, run_id: str, enrollment_key: Any,
                  roster: Mapping[str, Any], state_dir: str | os.PathLike,
                  colluding_sites: int = DEFAULT_COLLUDING_SITES,
-                 ledger_dir: str | os.PathLike | None = None):
+                 ledger_dir: str | os.PathLike | None = None,
+                 roster_fingerprint: str | None = None):
         self.site_id = str(site_id)
         self.run_id = str(run_id)
         if not isinstance(enrollment_key, pki.ec.EllipticCurvePrivateKey):
             enrollment_key = pki.load_enrollment_private_key(enrollment_key)
         self._key = enrollment_key
-        self.roster = load_roster(roster)
+        self.roster = load_roster(roster, roster_fingerprint, f"site {self.site_id!r} roster")
         if self.site_id not in self.roster:
             raise ProtocolError(f"site {self.site_id!r} is not in its own roster")
         if (pki.enrollment_public_openssh(self._key)

@@ -5,6 +5,7 @@ writes (the federation CA and the SuperLink's TLS certificate).
 """
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import ipaddress
 import os
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Iterable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fl_common.secagg.errors import BadSignature, SecAggError
+
+from .secagg import pack, sha256
 
 # ---------------------------------------------------------- enrollment keys (EC)
 SIG_HASH = hashes.SHA384()
@@ -81,7 +84,7 @@ def load_enrollment_public_key(src: str | bytes | os.PathLike
     data, where = _read_source(src)
     try:
         key = serialization.load_ssh_public_key(data.strip())
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise SecAggError(f"{where}: not a readable OpenSSH public key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SecAggError(f"{where}: enrollment key must be an EC key, got {type(key).__name__}")
@@ -250,3 +253,54 @@ def load_key(data: bytes) -> ec.EllipticCurvePrivateKey:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 fingerprint of a certificate, colon separated (what people compare by eye)."""
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+# ---- fingerprints people compare by eye --------------------------------------
+# SHA-256 over a pack() tuple, cut to 160 bits (second preimages stay out of
+# reach) and written as base32 groups: short enough to read out on the phone.
+_FP_BITS = 160
+
+
+def _public_point(key_line: str | ec.EllipticCurvePublicKey) -> bytes:
+    """An enrollment public key as its curve point (the comment is not part of a key)."""
+    pub = load_enrollment_public_key(key_line)
+    return pub.public_bytes(serialization.Encoding.X962,
+                            serialization.PublicFormat.UncompressedPoint)
+
+
+def human_fingerprint(*fields: str | bytes | int) -> str:
+    """``XXXX-XXXX-...`` (8 groups of base32) of SHA-256 over pack(fields)."""
+    code = base64.b32encode(sha256(pack(*fields))[:_FP_BITS // 8]).decode()
+    return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
+
+
+def roster_fingerprint(roster) -> str:
+    """The fingerprint of a roster {site: OpenSSH public key}: sites sorted, keys
+    as curve points, so any added, removed, renamed or swapped key changes it."""
+    parts: list[str | bytes | int] = ["fedvox-roster-v1", len(roster)]
+    for site in sorted(roster):
+        parts += [str(site), _public_point(roster[site])]
+    return human_fingerprint(*parts)
+
+
+def request_fingerprint(site: str, public_key: str, created: str) -> str:
+    """The fingerprint of an enrollment request's content (site, key, time)."""
+    return human_fingerprint("fedvox-enroll-v1", str(site), _public_point(public_key), str(created))
+
+
+def is_private_key(data: bytes) -> bool:
+    """Whether ``data`` holds private key material in any form cryptography reads
+    (PEM PKCS#8/SEC1, OpenSSH, DER)."""
+    if b"PRIVATE KEY" in data:
+        return True
+    try:
+        serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM (the bundle-signing public key kits carry)."""
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

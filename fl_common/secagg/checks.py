@@ -24,10 +24,16 @@ DEFAULT_MAX_WEIGHT = 1000.0
 KEY_BYTES = 32  # raw X25519 public keys
 
 
-def load_roster(roster: Mapping[str, Any]) -> dict[str, Any]:
-    """{site: enrollment public key (OpenSSH line, path or key)} -> loaded keys."""
+def load_roster(roster: Mapping[str, Any], pinned: str | None = None,
+                where: str = "roster") -> dict[str, Any]:
+    """{site: enrollment public key (OpenSSH line, path or key)} -> loaded keys.
+    ``pinned``: the roster fingerprint the site pinned itself; a roster that
+    does not match it is refused (the coordinator cannot swap a key in)."""
     if not roster:
         raise ProtocolError("the roster of enrolled sites is empty")
+    if pinned is not None and (actual := pki.roster_fingerprint(roster)) != pinned:
+        raise ProtocolError(f"{where}: roster fingerprint {actual} does not match the pinned "
+                            f"{pinned}: refusing this roster")
     return {str(site): pki.load_enrollment_public_key(key) for site, key in roster.items()}
 
 

@@ -28,7 +28,7 @@ from fl_common.kit import read_kit
 from fl_common.supervise import ProcessGroup, pid_alive
 from fl_server import deploy
 from fl_server.flwr_cli import flwr_run
-from fl_server.provision import provision
+from fl_server.demo import enroll_and_provision
 
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
 SHIPPED = Path(deploy.APP_DIR)
@@ -179,11 +179,11 @@ def federation(tmp_path_factory):
         text = text.replace(a, b)
     text = text.replace("[federation]\n", "[federation]\ntrain_timeout = 90.0\neval_timeout = 90.0\n", 1)
     (work / "federation.toml").write_text(text)
-    prov = provision(work / "provision", SITES, federation="fedvox-test")
+    prov, keys = enroll_and_provision(work, SITES, "fedvox-test")
     group = ProcessGroup("test-runner")
     try:
         sl, cli = deploy.start_superlink(group, prov, work / "server", None, False)
-        sites = {n: start_site(group, read_kit(prov.site_kits[n]), work / "federation.toml",
+        sites = {n: start_site(group, read_kit(prov.site_kits[n]), keys[n], work / "federation.toml",
                                work / "sites" / f"{n}.toml", work / "site" / n, sl.address,
                                data_base=work / "data") for n in SITES}
         yield dict(work=work, prov=prov, cli=cli, sites=sites, marker=work / "SHADOW_RAN",

@@ -1,7 +1,7 @@
 """Flower's deployment engine for real on loopback (fl_server.superlink,
 fl_server.flwr_cli, fl_client.supernode): SuperLink with TLS and node
 authentication, two SuperNodes running a numpy-only app for two rounds, a
-refused unregistered key, and nothing left running afterwards.
+refused key the coordinator made itself, and nothing left running afterwards.
 
 Every wait has a deadline; the module-scoped federation is stopped in its
 fixture even when a test fails. The whole file takes 40-75 s on a shared
@@ -22,7 +22,8 @@ import pytest
 from fl_client.supernode import start_supernode
 from fl_common.supervise import PROC_ENV, LaunchError, ProcessGroup, port_open, tagged_pids
 from fl_server.flwr_cli import flwr_run, list_nodes, register_sites, write_cli_config
-from fl_server.provision import provision
+from fl_common.crypto import pki
+from fl_server.demo import enroll_and_provision
 from fl_server.superlink import start_superlink
 
 pytestmark = [pytest.mark.timeout(120),
@@ -33,9 +34,10 @@ FED = "fedvox"
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    """Provision 3 sites, run SuperLink (TLS + node auth), register only a and b."""
+    """Two sites make their keys (site init), provision from their requests, run
+    SuperLink (TLS + node auth) and register the roster."""
     work = tmp_path_factory.mktemp("fed")
-    prov = provision(work / "prov", ["hospital_a", "hospital_b", "rogue"])
+    prov, keys = enroll_and_provision(work, ["hospital_a", "hospital_b"], FED)
     group = ProcessGroup("test-deployment")
     timings = {}
     try:
@@ -49,7 +51,7 @@ def fed(tmp_path_factory):
         ids = register_sites(cli_home, FED, {s: prov.roster[s] for s in ("hospital_a", "hospital_b")})
         timings["register_2_s"] = time.monotonic() - t0
         assert all(isinstance(v, int) for v in ids.values())
-        yield dict(work=work, prov=prov, group=group, superlink=sl, cli=cli_home, timings=timings)
+        yield dict(work=work, prov=prov, keys=keys, group=group, superlink=sl, cli=cli_home, timings=timings)
     finally:
         group.stop_all(timeout=10)
         print("timings:", json.dumps({k: round(v, 2) for k, v in timings.items()}))
@@ -74,7 +76,7 @@ def test_two_sites_run_two_rounds_with_tls_and_auth(fed):
     for s in ("hospital_a", "hospital_b"):
         t0 = time.monotonic()
         kit = prov.site_kits[s]
-        start_supernode(s, sl.address, kit / "ca.crt", kit / "auth.key",
+        start_supernode(s, sl.address, kit / "ca.crt", fed["keys"][s] / "auth.key",
                           {"site": s, "data-root": str(fed["work"] / "data dir" / s)},
                           workdir=fed["work"] / "sites" / s, group=g, wait_connected=60)
         fed["timings"][f"supernode_{s}_connect_s"] = time.monotonic() - t0
@@ -102,11 +104,17 @@ def test_two_sites_run_two_rounds_with_tls_and_auth(fed):
     assert len(online) == 2
 
 
-def test_unregistered_site_key_is_refused(fed):
+def test_a_key_the_coordinator_made_for_a_site_is_refused(fed):
+    """The coordinator never holds a site's key: to play hospital_b it must make
+    one itself, and a SuperNode with that key is not let in (peers' signature
+    checks refuse it too: tests/fl_client/test_enroll.py)."""
     prov, g, sl = fed["prov"], fed["group"], fed["superlink"]
-    kit = prov.site_kits["rogue"]
+    kit = prov.site_kits["hospital_b"]
+    forged = fed["work"] / "coordinator-made.key"
+    forged.write_bytes(pki.openssh_private(pki.new_key()))
+    forged.chmod(0o600)
     t0 = time.monotonic()
-    rogue = start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
+    rogue = start_supernode("rogue", sl.address, kit / "ca.crt", forged, {"site": "rogue"},
                               workdir=fed["work"] / "sites" / "rogue", group=g, wait_connected=None)
     rc = rogue.wait(timeout=45)
     fed["timings"]["rogue_refused_s"] = time.monotonic() - t0
@@ -118,7 +126,7 @@ def test_unregistered_site_key_is_refused(fed):
     assert tagged_pids(PROC_ENV, rogue.proc_tag) == set()
     # and with wait_connected, refusal is an error, not a hang
     with pytest.raises(LaunchError, match="exited"):
-        start_supernode("rogue", sl.address, kit / "ca.crt", kit / "auth.key", {"site": "rogue"},
+        start_supernode("rogue", sl.address, kit / "ca.crt", forged, {"site": "rogue"},
                           workdir=fed["work"] / "sites" / "rogue", group=g, wait_connected=45)
 
 
@@ -182,7 +190,7 @@ def test_server_serves_sites_on_the_provisioned_address_and_port_and_flower_only
     from fl_common.supervise import free_port
     from fl_server import deploy
     port = free_port("127.0.0.2")
-    prov = provision(tmp_path / "prov", ["hospital_a"], hosts=["127.0.0.2"], port=port, federation=FED)
+    prov, _ = enroll_and_provision(tmp_path, ["hospital_a"], FED, hosts=["127.0.0.2"], port=port)
     group = ProcessGroup("test-listen")
     try:
         sl, _ = deploy.start_superlink(group, prov, tmp_path / "server", None, False,

@@ -26,7 +26,7 @@ from fl_common.supervise import ProcessGroup
 from fl_server import deploy
 from fl_common.config import example_federation_path
 from fl_server.flwr_cli import RunResult
-from fl_server.provision import provision
+from fl_server.demo import enroll_and_provision
 
 pytestmark = [pytest.mark.timeout(420)]
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
@@ -60,7 +60,8 @@ class Federation:
 
     def __init__(self, work: Path, example: dict):
         self.work, self.ex = work, example
-        self.prov = provision(work / "provision", SITES, federation="fedvox-test")
+        # each site's own key (site init) and pin (site trust), then provisioning from the requests
+        self.prov, self.keys = enroll_and_provision(work, SITES, "fedvox-test")
         self.group = ProcessGroup("test-federation")
         self.sites: dict[str, SiteProcs] = {}
         self.run_dir = work / "run"
@@ -72,7 +73,7 @@ class Federation:
         for n in names:
             kit = read_kit(self.prov.site_kits[n])
             self.sites[n] = start_site(
-                self.group, kit, self.ex["fed"], self.ex["fed"].parent / "sites" / f"{n}.toml",
+                self.group, kit, self.keys[n], self.ex["fed"], self.ex["fed"].parent / "sites" / f"{n}.toml",
                 self.work / "sites" / n, self.superlink.address, data_base=self.ex["data"],
                 audit_dir=self.work / "audit" / n)
 

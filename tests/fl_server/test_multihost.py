@@ -29,7 +29,7 @@ from fl_common.flower import BIN_DIR, flower_env
 from fl_common.supervise import ProcessGroup
 from fl_server.flwr_cli import write_cli_config
 from fl_server.netns import COORD_NAME, Rehearsal, namespaces_available
-from fl_server.provision import provision
+from fl_server.demo import enroll_and_provision
 
 pytestmark = [pytest.mark.timeout(600)]
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
@@ -94,7 +94,7 @@ def rehearsal(tmp_path_factory):
         pytest.skip(f"multi-host rehearsal needs network namespaces: {WHY_NOT}")
     work = tmp_path_factory.mktemp("multihost")
     fed, data = _federation(work)
-    prov = provision(work / "provision", SITES, hosts=[COORD_NAME], federation="fedvox-mh", port=PORT)
+    prov, keys = enroll_and_provision(work, SITES, "fedvox-mh", hosts=[COORD_NAME], port=PORT)
     for s in SITES:  # the kit's [site] table as this hospital's admin would fill it in
         kit_toml = prov.site_kits[s] / "site.toml"
         mod = re.search(r'modality = "(\w+)"', (fed.parent / "sites" / f"{s}.toml").read_text()).group(1)
@@ -120,7 +120,7 @@ def rehearsal(tmp_path_factory):
                 out["logs"].append(log)
                 out["site_start"][s] = time.monotonic()
                 out["sites"][s] = group.start(f"site-{s}", [*rh.exec_prefix(s), *py, "site", "--kit",
-                                                            prov.site_kits[s], "--data", data / s,
+                                                            prov.site_kits[s], "--keys", keys[s], "--data", data / s,
                                                             "--federation", fed, "--work", work / "sw" / s], log)
             yield out
         finally:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from fl_client.enroll import EnrollError, init_site
 from fl_common.config import load_site
 from fl_common.crypto import pki
 from fl_common.kit import KitError, read_kit
@@ -23,10 +24,16 @@ pytestmark = pytest.mark.timeout(60)
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
 
 
+def requests(base: Path, names) -> list[Path]:
+    """Each site's `fedvox site init`, in its own directory outside the provision tree."""
+    return [init_site(n, base / "site-keys" / n, force=True) for n in names]
+
+
 @pytest.fixture(scope="module")
 def prov(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prov") / "fed"
-    return provision(out, SITES, hosts=("fl.example.org", "10.1.2.3"), federation="demo")
+    base = tmp_path_factory.mktemp("prov")
+    return provision(base / "fed", requests(base, SITES), hosts=("fl.example.org", "10.1.2.3"),
+                     federation="demo")
 
 
 def _cert(p: Path) -> x509.Certificate:
@@ -96,36 +103,39 @@ def test_tls_rejects_a_name_not_in_the_certificate(prov):
 
 
 def test_private_keys_are_0600_and_dirs_private(prov):
-    keys = [prov.server_key, prov.ca_key] + [prov.site_kits[s] / "auth.key" for s in SITES]
-    for k in keys:
+    for k in [prov.server_key, prov.ca_key, prov.bundle_key]:
         assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
-    for d in [prov.root, prov.root / "server", *prov.site_kits.values()]:
+    for d in [prov.root, prov.root / "server"]:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 
 
-def test_site_keys_are_openssh_p384_and_match_the_roster(prov):
+def test_roster_is_the_sites_own_p384_keys_and_every_kit_carries_it(prov):
     roster = json.loads(prov.roster_path.read_text())
     assert sorted(roster) == sorted(SITES)
+    fp = pki.roster_fingerprint(roster)
+    assert prov.roster_fingerprint == fp
+    assert json.loads((prov.root / "federation.json").read_text())["roster_fingerprint"] == fp
     for s in SITES:
         kit = prov.site_kits[s]
-        priv = load_ssh_private_key((kit / "auth.key").read_bytes(), None)
-        assert isinstance(priv, ec.EllipticCurvePrivateKey)
-        assert isinstance(priv.curve, ec.SECP384R1)
-        pub_line = (kit / "auth.key.pub").read_text().strip()
+        pub_line = (prov.root.parent / "site-keys" / s / "auth.key.pub").read_text().strip()
         assert pub_line.startswith("ecdsa-sha2-nistp384 ") and pub_line == roster[s]
-        pub = load_ssh_public_key(pub_line.encode())
-        assert pub.public_numbers() == priv.public_key().public_numbers()
-        # every kit carries the same roster and CA as the server
+        assert isinstance(load_ssh_public_key(pub_line.encode()).curve, ec.SECP384R1)
+        # every kit carries the same roster, fingerprint, CA and bundle-signing public key
         assert json.loads((kit / "roster.json").read_text()) == roster
+        assert (kit / "roster.fingerprint").read_text().strip() == fp
         assert (kit / "ca.crt").read_bytes() == prov.ca_cert.read_bytes()
+        pub = load_pem_public_key((kit / "bundle_signing.pub").read_bytes())
+        assert pub.public_numbers() == pki.load_key(prov.bundle_key.read_bytes()).public_key().public_numbers()
     assert len(set(roster.values())) == len(SITES)  # distinct keys
+    ca = pki.load_key(prov.ca_key.read_bytes())
+    assert pki.load_key(prov.bundle_key.read_bytes()).private_numbers() != ca.private_numbers()
 
 
 def test_site_toml_is_a_valid_site_config(prov):
     kit = read_kit(prov.site_kits["hospital_b"])
     assert kit.name == "hospital_b" and kit.federation == "demo"
     assert kit.superlink_address == "fl.example.org:8000"
-    assert kit.ca_cert.is_file() and kit.auth_key.is_file() and kit.auth_pub.is_file()
+    assert kit.ca_cert.is_file() and kit.bundle_pub.is_file() and kit.roster == prov.roster
     site = load_site(kit.site_toml)
     assert site.name == "hospital_b"
     assert site.data_root == "/path/to/hospital_b/data"
@@ -135,36 +145,42 @@ def test_site_toml_is_a_valid_site_config(prov):
 
 def test_refuses_to_overwrite_then_force_replaces(tmp_path):
     out = tmp_path / "fed"
-    first = provision(out, ["a", "b"])
+    reqs = requests(tmp_path, ["a", "b", "c"])
+    first = provision(out, reqs[:2])
     ca_before = first.ca_cert.read_bytes()
     with pytest.raises(ProvisionError, match="already exists"):
-        provision(out, ["a", "b", "c"])
+        provision(out, reqs)
     assert first.ca_cert.read_bytes() == ca_before
     assert sorted(p.name for p in (out / "sites").iterdir()) == ["a", "b"]
-    second = provision(out, ["a", "b", "c"], force=True)
+    second = provision(out, reqs, force=True)
     assert second.ca_cert.read_bytes() != ca_before
     assert sorted(second.roster) == ["a", "b", "c"]
-    assert [p.name for p in tmp_path.iterdir()] == ["fed"]  # no temp or old dirs left
+    assert second.roster_fingerprint != first.roster_fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fed", "site-keys"]  # no temp or old dirs left
 
 
-@pytest.mark.parametrize("sites", [[], ["a", "a"], ["../x"], ["server"], ["a b"]])
-def test_bad_site_lists_are_refused_and_nothing_written(tmp_path, sites):
-    with pytest.raises(ProvisionError):
-        provision(tmp_path / "fed", sites)
-    assert list(tmp_path.iterdir()) == []
+def test_bad_request_lists_are_refused_and_nothing_written(tmp_path):
+    reqs = requests(tmp_path / "keys", ["a"])
+    for bad, err in (([], ProvisionError), ([reqs[0], reqs[0]], ProvisionError),
+                     ([tmp_path / "missing.json"], EnrollError)):
+        with pytest.raises(err):
+            provision(tmp_path / "fed", bad)
+    assert [p.name for p in tmp_path.iterdir()] == ["keys"]
 
 
 def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    reqs = requests(tmp_path / "keys", ["a"])
+
     def boom(_key):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(pki, "openssh_private", boom)
+    monkeypatch.setattr(pki, "public_pem", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        provision(tmp_path / "fed", ["a"])
-    assert list(tmp_path.iterdir()) == []
+        provision(tmp_path / "fed", reqs)
+    assert [p.name for p in tmp_path.iterdir()] == ["keys"]
 
 
 def test_reissue_server_cert_keeps_the_ca(tmp_path):
-    p = provision(tmp_path / "fed", ["a"])
+    p = provision(tmp_path / "fed", requests(tmp_path, ["a"]))
     kit_ca = (p.site_kits["a"] / "ca.crt").read_bytes()
     reissue_server_cert(p.root, ["coordinator.hospital.org"])
     srv = _cert(p.server_cert)
