@@ -106,15 +106,15 @@ def run_site(kit_dir, keys_dir, work, data_root, *, federation=None, superlink: 
     site stops if the keeper gives up."""
     kit = read_kit(kit_dir)
     fed = Path(federation) if federation else kit.dir / "federation.toml"
-    # the kit's site.toml came from the coordinator: say what this site will answer
-    # before it answers anything, so the hospital reviews it (docs/threat-model.md)
-    policy = read_site_file(kit.site_toml).policy
-    print(f"{kit.name}: site policy from {kit.site_toml}: {policy.model_dump()}", file=sys.stderr)
     with ProcessGroup("fedvox-site") as group:
         sp = start_site(group, kit, Path(keys_dir), fed, kit.site_toml, Path(work),
                         superlink or kit.superlink_address, data_root=Path(data_root), insecure=insecure,
                         device=device, trust_on_first_use=trust_on_first_use)
         print(f"{kit.name}: worker on {sp.socket}, SuperNode connected; Ctrl-C to stop", file=sys.stderr)
+        # the kit's site.toml came from the coordinator: say what this site answers,
+        # so the hospital reviews it (docs/threat-model.md)
+        print(f"{kit.name}: site policy from {kit.site_toml}: {read_site_file(kit.site_toml).policy.model_dump()}",
+              file=sys.stderr)
         keeper = sp.supernode.keeper
         while sp.worker.alive() and sp.supernode.alive() and (keeper.proc.alive() or keeper.watching()):
             time.sleep(2)

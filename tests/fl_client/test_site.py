@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_node_config_uses_the_shared_keys(tmp_path):
     cfg = node_config("hospital_a", tmp_path / "w.sock", tmp_path, tmp_path / "auth.key",
-                      tmp_path / "roster.json", tmp_path / "audit", "AAAA-BBBB")
+                      tmp_path / "roster.json", tmp_path / "audit", roster_fingerprint="AAAA-BBBB")
     assert cfg == {K.NODE_SITE_NAME: "hospital_a", K.NODE_WORKER_SOCKET: str(tmp_path / "w.sock"),
                    K.NODE_STATE_DIR: str(tmp_path / "state"), K.NODE_AUTH_KEY: str(tmp_path / "auth.key"),
                    K.NODE_ROSTER: str(tmp_path / "roster.json"), K.NODE_AUDIT_DIR: str(tmp_path / "audit"),

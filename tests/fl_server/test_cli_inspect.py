@@ -54,7 +54,7 @@ def test_inspect_bad_inputs_one_line(cli, tmp_path, write_nifti, example_sites):
 
 
 def test_server_and_site_with_a_wrong_kit_give_one_line(cli, tmp_path):
-    for args in (("site", "--kit", tmp_path / "nokit", "--data", tmp_path),
+    for args in (("site", "--kit", tmp_path / "nokit", "--keys", tmp_path / "keys", "--data", tmp_path),
                  ("server", "--provision", tmp_path / "noprov", "--federation", tmp_path / "f.toml",
                   "--run-dir", tmp_path / "run")):
         r = cli(*args)

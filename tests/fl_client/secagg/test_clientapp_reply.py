@@ -64,7 +64,8 @@ def test_a_masked_train_reply_carries_no_weight_clip_or_patch_count(worker, tmp_
     ctx = Context(run_id=42, node_id=5, state=RecordDict(), run_config={}, node_config={
         K.NODE_WORKER_SOCKET: str(sock), K.NODE_SITE_NAME: me, K.NODE_ROSTER: str(tmp_path / "roster.json"),
         K.NODE_STATE_DIR: str(tmp_path / "state"), K.NODE_AUTH_KEY: str(tmp_path / "auth.key"),
-        K.NODE_AUDIT_DIR: str(tmp_path / "audit"), K.NODE_SITE_CONFIG: str(tmp_path / "site.toml")})
+        K.NODE_AUDIT_DIR: str(tmp_path / "audit"), K.NODE_SITE_CONFIG: str(tmp_path / "site.toml"),
+        K.NODE_ROSTER_FINGERPRINT: pki.roster_fingerprint(roster)})
     session = "run-x.s1"
     peer_sa = SiteSecAgg(peer, session, keys[peer], roster, tmp_path / "peer" / session)
     srv = ServerSecAgg(session, roster)  # 2 sites, one colluder declared: t = 2
