@@ -215,7 +215,7 @@ def test_attack_the_clientapp_loads_only_the_pinned_roster(fed, tmp_path):
     roster = tmp_path / "roster.json"
     roster.write_text(json.dumps(prov.roster))
     cfg = node_config("hospital_a", tmp_path / "w.sock", tmp_path, read_keys(keys["hospital_a"]).auth_key,
-                      roster, None, pin)
+                      roster, None, roster_fingerprint=pin)
 
     def ctx(c):
         return Context(run_id=1, node_id=1, node_config=c, state=RecordDict(), run_config={})
