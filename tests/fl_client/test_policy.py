@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
-from fl_common.config import example_federation_path, load_federation
 
 pytestmark = [pytest.mark.timeout(120)]  # on main, epochs=10**9 would train for ever
 NODE = 11
@@ -33,19 +32,12 @@ def node_identity():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tiny_worker):
     """A tiny hospital_a worker serving on a 0600 Unix socket, as `fedvox site` runs it."""
-    from fl_client.worker import SiteWorker
     from fl_client.worker_server import serve
-    from sites_example.generate import generate
-    base = tmp_path_factory.mktemp("policy")
-    generate(base / "data", zoom=0.7, cases=0.5, seed=0)
-    fed = load_federation(example_federation_path(), data_base=base / "data").updated(
-        {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
-         "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
-    worker = SiteWorker(fed, fed.sites[0], base / "work")
-    server = serve(worker, base / "work" / "worker.sock")
-    yield {"worker": worker, "socket": base / "work" / "worker.sock"}
+    sock = tiny_worker.work_dir / "worker.sock"
+    server = serve(tiny_worker, sock)
+    yield {"worker": tiny_worker, "socket": sock}
     server.stop(0)
 
 

@@ -9,20 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from fl_common.config import example_federation_path, load_federation
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    from sites_example.generate import generate
-    from fl_client.worker import SiteWorker
-    base = tmp_path_factory.mktemp("worker")
-    generate(base / "data", zoom=0.7, cases=0.5, seed=0)
-    fed = load_federation(example_federation_path(), data_base=base / "data").updated(
-        {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
-         "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
-    site = fed.sites[0]
-    return SiteWorker(fed, site, base / "work")
+def worker(tiny_worker):
+    return tiny_worker
 
 
 def _weights(w):

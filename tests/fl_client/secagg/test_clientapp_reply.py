@@ -13,7 +13,6 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
-from fl_common.config import example_federation_path, load_federation
 from fl_common.crypto import pki
 from fl_common.secagg.checks import received
 
@@ -27,15 +26,8 @@ def server_identity():
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    from sites_example.generate import generate
-    from fl_client.worker import SiteWorker
-    base = tmp_path_factory.mktemp("worker")
-    generate(base / "data", zoom=0.7, cases=0.5, seed=0)
-    fed = load_federation(example_federation_path(), data_base=base / "data").updated(
-        {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
-         "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
-    return SiteWorker(fed, fed.sites[0], base / "work")
+def worker(tiny_worker):
+    return tiny_worker
 
 
 def _msg(content: RecordDict, kind: str) -> Message:

@@ -1,0 +1,19 @@
+"""Fixtures shared by the site tests."""
+from __future__ import annotations
+
+import pytest
+
+from fl_common.config import example_federation_path, load_federation
+
+
+@pytest.fixture(scope="module")
+def tiny_worker(tmp_path_factory):
+    """A SiteWorker of hospital_a on a small generated example (a tiny UNet, 24^3 patches)."""
+    from fl_client.worker import SiteWorker
+    from sites_example.generate import generate
+    base = tmp_path_factory.mktemp("worker")
+    generate(base / "data", zoom=0.7, cases=0.5, seed=0)
+    fed = load_federation(example_federation_path(), data_base=base / "data").updated(
+        {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
+         "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
+    return SiteWorker(fed, fed.sites[0], base / "work")
