@@ -185,7 +185,7 @@ def federation(tmp_path_factory):
         sl, cli = deploy.start_superlink(group, prov, work / "server", None, False)
         sites = {n: start_site(group, read_kit(prov.site_kits[n]), keys[n], work / "federation.toml",
                                work / "sites" / f"{n}.toml", work / "site" / n, sl.address,
-                               data_base=work / "data") for n in SITES}
+                               data_base=work / "data", pinned_app=True) for n in SITES}
         yield dict(work=work, prov=prov, cli=cli, sites=sites, marker=work / "SHADOW_RAN",
                    runner_pids={n: _runner_pid(s) for n, s in sites.items()})
     finally:

@@ -48,7 +48,10 @@ def _federation(base: Path) -> tuple[Path, Path]:
                 .replace("strides = [2, 2, 2]", "strides = [2, 2]")
                 .replace("patch_size = [32, 32, 32]", "patch_size = [24, 24, 24]")
                 .replace("samples_per_case = 4", "samples_per_case = 2"))
-    text = text.replace("[federation]\n", "[federation]\ntrain_timeout = 90.0\neval_timeout = 90.0\n", 1)
+    # no colluding site declared (server and sites read it from this file): t = 2 of 3, so
+    # the round whose site loses its link can still be unmasked by the other two
+    text = text.replace("[federation]\n", "[federation]\ntrain_timeout = 90.0\neval_timeout = 90.0\n"
+                        "colluding_sites = 0\n", 1)
     shutil.copytree(src / "sites", base / "sites")
     (base / "federation.toml").write_text(text)
     return base / "federation.toml", base / "data"
