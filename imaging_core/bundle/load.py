@@ -1,23 +1,14 @@
 """Load an exported bundle back as fedvox's own UNet3D plus its data contract."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import ImagingError
+from ..io.tables import read_json
 from .contract import normalize_contract
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ImagingError(path, "missing from the bundle")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ImagingError(path, f"not valid JSON ({e})") from None
 
 
 def _net_config(root: Path, meta: dict) -> dict:
@@ -25,7 +16,7 @@ def _net_config(root: Path, meta: dict) -> dict:
     if cfg:
         return dict(cfg)
     # a bundle written elsewhere: rebuild from MONAI's network_def arguments
-    nd = _read_json(root / "configs" / "inference.json").get("network_def", {})
+    nd = read_json(root / "configs" / "inference.json").get("network_def", {})
     if not str(nd.get("_target_", "")).endswith("UNet"):
         raise ImagingError(root, "bundle network is not a MONAI UNet; fedvox cannot load it")
     keys = ("in_channels", "out_channels", "channels", "strides", "kernel_size", "up_kernel_size",
@@ -54,7 +45,7 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True, public_key=N
         problems = verify_bundle(root, public_key, scheme=scheme, allow_unsigned=allow_unsigned)
         if problems:
             raise ImagingError(root, "bundle refused: " + "; ".join(problems))
-    meta = _read_json(root / "configs" / "metadata.json")
+    meta = read_json(root / "configs" / "metadata.json")
     if "data_contract" not in meta:
         raise ImagingError(root / "configs" / "metadata.json", "no data_contract (not a fedvox bundle)")
     try:
