@@ -4,6 +4,8 @@
     rounds.json / rounds.csv  one row per round: central (held-out) metrics, sites, failures
     sites.json / sites.csv    one row per round and site: training and validation scalars
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
+    cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
+                              "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}]}
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
@@ -45,6 +47,7 @@ __all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_
 
 DEFAULT_BEST_METRIC = "dice_fg_mean"
 RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
+CROSS_SITE = "cross_site.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
@@ -206,6 +209,11 @@ class RunRecord:
     @property
     def final_sites(self) -> dict:
         return read_json(self.dir / FINAL_SITES, {"sites": [], "failures": []})
+
+    @property
+    def cross_site(self) -> list[dict]:
+        """The cross-site matrix rows (model x evaluation set), [] when the run has none."""
+        return list(read_json(self.dir / CROSS_SITE, {}).get("rows", []))
 
     @property
     def site_names(self) -> list[str]:
