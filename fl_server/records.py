@@ -11,6 +11,7 @@
                               (run.json "files": the SHA-256 of each of these, as written)
     state.json                the last completed round (written last, atomically)
     report/                   what `fedvox report` writes
+    tensorboard/              TensorBoard event files of the records (fl_server/tracking.py)
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
 
 This module is the only code that knows these names and what the rows mean;
@@ -52,6 +53,7 @@ MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
 REPORT_DIR = "report"
+TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
 
 
@@ -332,6 +334,10 @@ class RunRecord:
     @property
     def report_dir(self) -> Path:
         return self.dir / REPORT_DIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.dir / TENSORBOARD_DIR
 
     @property
     def coordinator_cache(self) -> Path:

@@ -19,13 +19,14 @@ def make_report(run_dir: str | os.PathLike, baselines: Sequence[str | os.PathLik
                 overlays: Sequence[dict] = (), per_case: Sequence[dict] | None = None,
                 console=None, quiet: bool = False, evaluate: bool = False,
                 federation_path: str | os.PathLike | None = None, data_base: str | os.PathLike | None = None,
-                device: str = "cpu") -> Path:
+                device: str = "cpu", tracking: bool = True) -> Path:
     """Write RUN/report/ (see the package doc) and print the tables; returns the report directory.
 
     ``overlays``: cases to draw, each ``{"name", "image", "gt", "pred"}`` with (X, Y, Z)
     arrays and optional ``"spacing"``, ``"title"``. ``per_case``: optional per-case rows
     ({"model", "eval_set", "case_id", "hd95_<c>", ...}) for the HD95 box plot.
-    ``evaluate``: compute both from the coordinator's held-out cases
+    ``tracking``: also write RUN/tensorboard/ and log to MLflow when configured
+    (fl_server/tracking.py); the report says where. ``evaluate``: compute both from the coordinator's held-out cases
     (``evaluate.held_out_evaluation``; needs the federation config and the coordinator's data,
     both taken from run.json unless given).
     """
@@ -68,7 +69,11 @@ def make_report(run_dir: str | os.PathLike, baselines: Sequence[str | os.PathLik
         ov_names.append(p.name)
         described[p.name] = {"overlay": True}
     write_json(out / "figures.json", described)
-    content = blocks(run, rows, gains, labels, list(figs), ov_names, bl, per_case, matrix)
+    tracked = None
+    if tracking:  # TensorBoard events (and MLflow when configured) of the same records
+        from ..tracking import track
+        tracked = track(run)
+    content = blocks(run, rows, gains, labels, list(figs), ov_names, bl, per_case, matrix, tracked)
     write_bytes_atomic(out / "report.md", render_markdown(content).encode())
     write_bytes_atomic(out / "report.html", render_html(content, out, f"Federated run {run.run_id}").encode())
     if not quiet:

@@ -74,7 +74,7 @@ def print_tables(rows: list[dict], gains: list[dict], labels: dict, console=None
 
 
 def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: list[str], baselines,
-           per_case=None, matrix=None) -> list[tuple]:
+           per_case=None, matrix=None, tracked: dict | None = None) -> list[tuple]:
     """The report's content: ("h", level, text) | ("p", text) | ("table", header, body) | ("img", file, caption)."""
     info = run.info
     sa = info.get("secure_aggregation")
@@ -126,7 +126,21 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
           "`figures.json` (what each plot contains)"
           + (", `held_out_cases.csv` (per-case metrics on the held-out cases)" if per_case else "")
           + ", `report.md` and this page as `report.html`.")]
+    if tracked:
+        B.append(("p", _tracking_text(tracked, run)))
     return B
+
+
+def _tracking_text(tracked: dict, run: RunRecord) -> str:
+    tb = tracked.get("tensorboard")
+    parts = [f"Learning curves per site and round in TensorBoard: `tensorboard --logdir {tb}`." if tb else
+             "TensorBoard event files not written (tensorboard is not installed)."]
+    if tracked.get("mlflow"):
+        parts.append(f"MLflow run `{tracked['mlflow']}` at `{tracked.get('mlflow_uri')}` "
+                     f"(experiment {run.info.get('federation', 'fedvox')}).")
+    else:
+        parts.append("MLflow: not logged (needs mlflow installed and MLFLOW_TRACKING_URI set).")
+    return " ".join(parts)
 
 
 def verdict(rows: list[dict], gains: list[dict], labels: dict) -> str:
