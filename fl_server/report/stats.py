@@ -44,3 +44,34 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_00
     good_low, good_high = (lo > 0, hi < 0) if higher_is_better else (hi < 0, lo > 0)
     out["verdict"] = BETTER if good_low else WORSE if good_high else SAME
     return out
+
+
+def paired_rows(per_case: Sequence[dict], labels: dict, first: str, others: Sequence[str],
+                eval_set: str | None = None, **kw) -> list[dict]:
+    """``first`` against each of ``others`` on the cases both were scored on (per-case rows
+    {"model", "case_id", "dice_<c>", "hd95_<c>"}): one row per (other, metric) with the
+    bootstrap result."""
+    def values(model):
+        return {r["case_id"]: r for r in per_case if r["model"] == model
+                and (eval_set is None or r.get("eval_set") == eval_set)}
+    a = values(first)
+    out = []
+    for other in others:
+        b = values(other)
+        ids = sorted(set(a) & set(b))
+        if not ids:
+            continue
+        for c in (c for c in labels if c != "0"):
+            for metric, hib in (("dice", True), ("hd95", False)):
+                k = f"{metric}_{c}"
+                r = paired_bootstrap([_f(a[i].get(k)) for i in ids], [_f(b[i].get(k)) for i in ids],
+                                     higher_is_better=hib, **kw)
+                out.append({"model": first, "versus": other, "metric": k, **r})
+    return out
+
+
+def _f(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan

@@ -117,6 +117,8 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
               ("p", "On each site's own validation cases; Dice: + is better, HD95 (mm): - is better."),
               ("table", ["site", "model"] + [metric_title(k, labels) for k in keys],
                [[g["site"], g["model"]] + _gain_cells(g, keys) for g in gains])]
+    if per_case:
+        B += _ci_blocks(per_case, labels)
     B.append(("h", 2, "Plots"))
     B += [("img", name, CAPTIONS.get(name, name)) for name in figures if name != "cross_site.png"]
     if overlays:
@@ -129,6 +131,29 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
     if tracked:
         B.append(("p", _tracking_text(tracked, run)))
     return B
+
+
+def _ci_blocks(per_case, labels) -> list[tuple]:
+    """Held-out cases: the chosen global model against each baseline, paired bootstrap 95% CI."""
+    from .reading import GLOBAL_BEST, GLOBAL_FINAL
+    from .stats import paired_rows
+    models = list(dict.fromkeys(r["model"] for r in per_case))
+    first = GLOBAL_BEST if GLOBAL_BEST in models else GLOBAL_FINAL
+    others = [m for m in models if m not in (GLOBAL_BEST, GLOBAL_FINAL)]
+    rows = paired_rows(per_case, labels, first, others) if first in models else []
+    if not rows:
+        return []
+    def nd(r):
+        return 3 if r["metric"].startswith("dice") else 1
+    body = [[r["versus"], metric_title(r["metric"], labels), str(r["n"]), signed(r["mean_diff"], nd(r)),
+             f"[{signed(r['ci_low'], nd(r))}, {signed(r['ci_high'], nd(r))}]" if math.isfinite(r["ci_low"])
+             else "n/a", r["verdict"]] for r in rows]
+    return [("h", 2, f"Is the {first} model better? (held-out cases, paired)"),
+            ("p", f"Per-case difference {first} minus the other model on the same held-out cases, mean and "
+                  "95% paired bootstrap interval. *better* / *worse*: the whole interval is on one side "
+                  "(Dice: higher is better; HD95: lower is better); cases where either model has no value "
+                  "(a missed structure has no HD95) are left out of that line, hence its own n."),
+            ("table", ["versus", "metric", "n", "mean difference", "95% CI", "verdict"], body)]
 
 
 def _tracking_text(tracked: dict, run: RunRecord) -> str:

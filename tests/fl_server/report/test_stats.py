@@ -48,3 +48,26 @@ def test_interval_matches_scipy_and_covers_the_true_difference():
         r = paired_bootstrap(x, y, n_boot=1000, seed=s)
         hits += r["ci_low"] <= 0.02 <= r["ci_high"]
     assert 0.88 <= hits / 200 <= 0.99  # a 95% interval covers the truth about 95% of the time
+
+
+def test_report_states_the_paired_verdict(run_dir):
+    import json
+    from fl_server.report import make_report
+    a, b = _pair(12, 0.1, seed=5)
+    per_case = []
+    for i in range(12):
+        for model, kind, v in (("global (best)", "global", a[i]), ("pooled (baseline)", "baseline", b[i])):
+            per_case.append({"model": model, "kind": kind, "eval_set": "held-out", "case_id": f"c{i:02d}",
+                             "dice_1": v, "hd95_1": 10 - 10 * v, "dice_2": 0.5, "hd95_2": float("nan"),
+                             "missed_1": 0, "missed_2": 1})
+    out = make_report(run_dir, per_case=per_case, quiet=True, tracking=False)
+    md = (out / "report.md").read_text()
+    def line(metric):
+        return next(x for x in md.splitlines() if x.startswith(f"| pooled (baseline) | {metric} |"))
+    assert line("Dice: organ").startswith("| pooled (baseline) | Dice: organ | 12 | +0.0")
+    assert line("Dice: organ").endswith("| better |")
+    assert line("HD95 (mm): organ").endswith("| better |")  # lower HD95: better too
+    assert "| -0.9 | [-1.0, -0.8] |" in line("HD95 (mm): organ")
+    assert "| pooled (baseline) | Dice: lesion | 12 | +0.000" in md and "| not distinguishable |" in md
+    assert "| pooled (baseline) | HD95 (mm): lesion | 0 |" in md  # no HD95 pairs: n 0, not a verdict
+    assert json.loads((out / "summary.json").read_text())["rows"]
