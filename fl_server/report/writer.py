@@ -94,7 +94,7 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
     if baselines:
         B.append(("p", "Baselines: " + ", ".join(f"`{b['model']}` ({b['dir']})" for b in baselines) + "."))
     B.append(("p", "Metrics follow MONAI's semantics (Dice with ignore_empty, symmetric HD95 in mm). "
-              "A structure a model missed entirely has no HD95; it is counted under *missed* instead "
+              "A structure a model missed entirely has no HD95; it is counted under *cases missed* instead "
               "of silently dropping out of the mean."
               + (" Held-out case counts and ASSD come from this report's re-evaluation of the saved "
                  "models on the coordinator's cases (`held_out_cases.csv`); the other figures from the run "
