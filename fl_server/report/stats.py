@@ -13,14 +13,17 @@ from typing import Sequence
 import numpy as np
 
 BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
+MIN_CASES = 10  # fewer paired cases than this: no verdict beyond "not distinguishable"
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, level: float = 0.95,
-                     higher_is_better: bool = True, seed: int = 0) -> dict:
+                     higher_is_better: bool = True, seed: int = 0, min_n: int = MIN_CASES) -> dict:
     """Mean of ``a - b`` over the cases where both are finite, its ``level`` percentile
     bootstrap interval, ``n`` (cases used) and the verdict for A against B: "better" when
     the whole interval is on A's good side, "worse" when on its bad side, else
-    "not distinguishable" (also for fewer than 2 usable cases)."""
+    "not distinguishable" (also for fewer than ``min_n`` usable cases: a percentile
+    bootstrap of a handful of cases gives intervals too narrow to trust; ``too_few`` says so,
+    the interval is still given)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"a and b must be 1-D of one length (paired cases), got {x.shape} and {y.shape}")
@@ -30,7 +33,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_00
     d = x[keep] - y[keep]
     n = int(d.size)
     out = {"n": n, "n_dropped": int(x.size - n), "mean_diff": float(d.mean()) if n else math.nan,
-           "ci_low": math.nan, "ci_high": math.nan, "level": level, "verdict": SAME}
+           "ci_low": math.nan, "ci_high": math.nan, "level": level, "verdict": SAME, "too_few": n < min_n}
     if n < 2:
         return out
     rng = np.random.default_rng(seed)
@@ -42,7 +45,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_00
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     out.update(ci_low=float(lo), ci_high=float(hi))
     good_low, good_high = (lo > 0, hi < 0) if higher_is_better else (hi < 0, lo > 0)
-    out["verdict"] = BETTER if good_low else WORSE if good_high else SAME
+    if not out["too_few"]:
+        out["verdict"] = BETTER if good_low else WORSE if good_high else SAME
     return out
 
 

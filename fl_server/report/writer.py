@@ -136,7 +136,7 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
 def _ci_blocks(per_case, labels) -> list[tuple]:
     """Held-out cases: the chosen global model against each baseline, paired bootstrap 95% CI."""
     from .reading import GLOBAL_BEST, GLOBAL_FINAL
-    from .stats import paired_rows
+    from .stats import MIN_CASES, paired_rows
     models = list(dict.fromkeys(r["model"] for r in per_case))
     first = GLOBAL_BEST if GLOBAL_BEST in models else GLOBAL_FINAL
     others = [m for m in models if m not in (GLOBAL_BEST, GLOBAL_FINAL)]
@@ -147,12 +147,13 @@ def _ci_blocks(per_case, labels) -> list[tuple]:
         return 3 if r["metric"].startswith("dice") else 1
     body = [[r["versus"], metric_title(r["metric"], labels), str(r["n"]), signed(r["mean_diff"], nd(r)),
              f"[{signed(r['ci_low'], nd(r))}, {signed(r['ci_high'], nd(r))}]" if math.isfinite(r["ci_low"])
-             else "n/a", r["verdict"]] for r in rows]
+             else "n/a", r["verdict"] + (" (too few cases to tell)" if r["too_few"] else "")] for r in rows]
     return [("h", 2, f"Is the {first} model better? (held-out cases, paired)"),
             ("p", f"Per-case difference {first} minus the other model on the same held-out cases, mean and "
                   "95% paired bootstrap interval. *better* / *worse*: the whole interval is on one side "
                   "(Dice: higher is better; HD95: lower is better); cases where either model has no value "
-                  "(a missed structure has no HD95) are left out of that line, hence its own n."),
+                  "(a missed structure has no HD95) are left out of that line, hence its own n. With fewer than "
+                  f"{MIN_CASES} cases no verdict is given: so few cases cannot tell two models apart."),
             ("table", ["versus", "metric", "n", "mean difference", "95% CI", "verdict"], body)]
 
 

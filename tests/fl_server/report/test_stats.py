@@ -31,6 +31,8 @@ def test_no_difference_is_not_distinguishable_and_nan_pairs_dropped():
     r = paired_bootstrap(a, b)
     assert r["verdict"] == SAME and r["n"] == 23 and r["n_dropped"] == 2
     assert paired_bootstrap([0.5], [0.4])["verdict"] == SAME  # one case tells nothing
+    few = paired_bootstrap([0.9, 0.8, 0.85, 0.95], [0.5, 0.4, 0.45, 0.5])  # 4 cases: no verdict
+    assert few["too_few"] and few["verdict"] == SAME and few["ci_low"] > 0
     with pytest.raises(ValueError):
         paired_bootstrap([1, 2], [1, 2, 3])
 
@@ -70,4 +72,5 @@ def test_report_states_the_paired_verdict(run_dir):
     assert "| -0.9 | [-1.0, -0.8] |" in line("HD95 (mm): organ")
     assert "| pooled (baseline) | Dice: lesion | 12 | +0.000" in md and "| not distinguishable |" in md
     assert "| pooled (baseline) | HD95 (mm): lesion | 0 |" in md  # no HD95 pairs: n 0, not a verdict
+    assert line("HD95 (mm): lesion").endswith("| not distinguishable (too few cases to tell) |")
     assert json.loads((out / "summary.json").read_text())["rows"]
