@@ -51,3 +51,21 @@ def test_report_links_the_tracking(run_dir, monkeypatch):
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in html
     assert "MLflow: not logged" in html
     assert any((run_dir / "tensorboard" / "server").glob("events.out.tfevents.*"))
+
+
+def test_mlflow_run_holds_the_same_scalars(run_dir, tmp_path, monkeypatch):
+    """Runs where mlflow is installed (skipped otherwise): the logged history is the record's."""
+    mlflow = pytest.importorskip("mlflow")
+    from fl_server.records import RunRecord
+    from fl_server.tracking import log_mlflow, scalars
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rid = log_mlflow(run_dir)
+    client = mlflow.tracking.MlflowClient(uri)
+    assert client.get_run(rid).data.params["federation"] == "sites_example"
+    want = [(s, v) for name, tag, s, v in scalars(RunRecord.open(run_dir))
+            if (name, tag) == ("global_held-out", "dice/organ")]
+    got = [(m.step, m.value) for m in client.get_metric_history(rid, "global_held-out/dice/organ")]
+    _same(sorted(got), want)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert log_mlflow(run_dir) is None  # no tracking URI: nothing logged
