@@ -5,7 +5,8 @@
     sites.json / sites.csv    one row per round and site: training and validation scalars
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
     cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
-                              "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}]}
+                              "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}],
+                              "consent": {site: true if its local model went to the other sites}}
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
@@ -216,6 +217,11 @@ class RunRecord:
     def cross_site(self) -> list[dict]:
         """The cross-site matrix rows (model x evaluation set), [] when the run has none."""
         return list(read_json(self.dir / CROSS_SITE, {}).get("rows", []))
+
+    @property
+    def cross_site_consent(self) -> dict[str, bool]:
+        """Per site: did it consent to its local-only model being evaluated on the other sites."""
+        return {str(k): bool(v) for k, v in read_json(self.dir / CROSS_SITE, {}).get("consent", {}).items()}
 
     @property
     def site_names(self) -> list[str]:

@@ -101,8 +101,17 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
                  "records." if per_case else "")))
     if matrix:
         mcols = columns(matrix, labels)
-        B += [("h", 2, "Cross-site evaluation: every model on every site"),
-              ("img", "cross_site.png", CAPTIONS["cross_site.png"]),
+        B += [("h", 2, "Cross-site evaluation: every model on every site")]
+        consent = run.cross_site_consent
+        if consent:
+            yes = sorted(s for s, v in consent.items() if v)
+            no = sorted(s for s, v in consent.items() if not v)
+            B.append(("p", "Consent (each site's policy): "
+                      + (f"{', '.join(yes)} shared their local-only model with the other sites for this "
+                         "evaluation (its weights left the site). " if yes else "")
+                      + (f"{', '.join(no)} did not: their local-only model was evaluated on their own data "
+                         "only and never left them." if no else "")))
+        B += [("img", "cross_site.png", CAPTIONS["cross_site.png"]),
               ("table", ["model", "evaluated on"] + [metric_title(k, labels) for k, _ in mcols],
                [[r["model"], r["eval_set"]] + _cells(r, mcols) for r in matrix])]
     cols = columns(rows, labels)

@@ -64,7 +64,9 @@ def _lps_case():
 
 def test_html_self_contained_with_every_figure(run_dir, tmp_path, fab):
     from fl_server.report import make_report
-    write_json(run_dir / "cross_site.json", {"rows": _matrix(fab)})
+    write_json(run_dir / "cross_site.json", {"rows": _matrix(fab), "consent": {"hospital_a": True,
+                                                                                "hospital_b": True,
+                                                                                "hospital_c": False}})
     out = make_report(run_dir, [fab.baseline(tmp_path / "pooled")], overlays=[_lps_case()], quiet=True)
     page = _Page()
     page.feed((out / "report.html").read_text())
@@ -80,6 +82,8 @@ def test_html_self_contained_with_every_figure(run_dir, tmp_path, fab):
     assert "dice_fg_mean" not in text and "hd95_2" not in text
     assert "Dice (mean over foreground classes)" in page.headers and "HD95 (mm): lesion" in page.headers
     assert "Cross-site evaluation" in text and "evaluated on" in page.headers
+    assert "hospital_a, hospital_b shared their local-only model" in text
+    assert "hospital_c did not: their local-only model was evaluated on their own data only" in text
     figs = json.loads((out / "figures.json").read_text())
     heat = figs["cross_site.png"]["axes"]
     assert [a["title"] for a in heat[:2]] == ["Dice: organ", "Dice: lesion"]
