@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from imaging_core.io.tables import write_json
-
 MODE = 0o640
 
 
@@ -27,6 +25,7 @@ def start_ticks(pid: int) -> int | None:
 
 
 def write(path: Path, **extra) -> Path:
+    from imaging_core.io.tables import write_json  # here: `fedvox --help` stays light
     pid = os.getpid()
     write_json(path, {"pid": pid, "start_ticks": start_ticks(pid), "host": socket.gethostname(),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, **extra}, mode=MODE)

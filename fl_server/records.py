@@ -361,10 +361,6 @@ class RunRecord:
 
     # ----- files beside the records (their locations live here too) -----------
     @property
-    def server_file(self) -> Path:
-        return self.dir / SERVER
-
-    @property
     def report_dir(self) -> Path:
         return self.dir / REPORT_DIR
 

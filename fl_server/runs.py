@@ -21,7 +21,7 @@ from fl_common.supervise import GROUP_ENV, strip_ansi, tagged_pids
 from imaging_core.errors import ImagingError
 
 from .progress import in_flight
-from .records import DIR_MODE, RunRecord
+from .records import DIR_MODE, SERVER, RunRecord
 
 STOPPED = "stopped"
 # run.json status -> what `runs list` says; "running" becomes "interrupted" when no server runs it
@@ -31,12 +31,12 @@ RESUMABLE = "interrupted"
 def write_pid_file(run_dir: Path, log_path: Path | None, group_tag: str | None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(run_dir, DIR_MODE)
-    return pidfile.write(RunRecord(run_dir, _read_only=True).server_file,
+    return pidfile.write(Path(run_dir) / SERVER,
                          log=str(Path(log_path).absolute()) if log_path else None, group=group_tag)
 
 
 def server_info(run_dir: Path) -> dict | None:
-    return pidfile.read(RunRecord(run_dir, _read_only=True).server_file)
+    return pidfile.read(Path(run_dir) / SERVER)
 
 
 server_alive = pidfile.alive  # is the recorded `fedvox server` process still that process?
@@ -71,6 +71,10 @@ class ServerSession:
         self.interrupted = False
 
     def __enter__(self) -> "ServerSession":
+        if self.log_path is not None:  # the server's work directory: its logs and the SuperLink's state
+            work = Path(self.log_path).parent
+            work.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(work, DIR_MODE)
         write_pid_file(self.run_dir, self.log_path, self.group_tag)
         if self.progress is not None:
             self.progress.__enter__()
@@ -91,7 +95,7 @@ class ServerSession:
 # ---- what a run is doing -------------------------------------------------------------
 
 def is_run_dir(d: Path) -> bool:
-    return (d / "run.json").is_file() or (d / "server.json").is_file()
+    return (d / "run.json").is_file() or (d / SERVER).is_file()
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -135,7 +139,7 @@ def summary(run_dir: Path) -> dict:
 
 def current_round(run_dir: Path) -> dict | None:
     """The latest round the event log names: each site's state in it, and what is in flight."""
-    events, _ = RunRecord(run_dir, _read_only=True).events(0)
+    events, _ = RunRecord.open(run_dir).events(0)
     starts = [i for i, e in enumerate(events) if e.get("event") == "round_start"]
     if not starts:
         return None
@@ -229,7 +233,7 @@ def stop(run_dir: Path, timeout: float = 60.0) -> StopResult:
 def log_path(run_dir: Path) -> Path:
     info = server_info(Path(run_dir))
     if not info or not info.get("log"):
-        raise ImagingError(Path(run_dir) / "server.json", "missing: this run was not started by "
+        raise ImagingError(Path(run_dir) / SERVER, "missing: this run was not started by "
                            "`fedvox server`, so no run log is recorded (`fedvox demo`: WORK/server/run.log)")
     return Path(info["log"])
 

@@ -131,6 +131,7 @@ def test_runs_stop_stops_the_server_by_its_pid_file_and_the_record_says_stopped(
         assert p.stdout.readline().strip() == "ready"
         info = pidfile.read(run_dir / "server.json")
         assert info["pid"] == p.pid and info["log"] == str(tmp_path / "run.log")
+        assert tmp_path.stat().st_mode & 0o777 == 0o750  # the server work dir (its logs)
         rc, out, _ = _main(capsys, "runs", "stop", run_dir, "--timeout", 20)
         assert rc == X.OK and f"server pid {p.pid} stopped cleanly" in out
         assert p.wait(timeout=10) == X.INTERRUPTED
@@ -237,3 +238,18 @@ def test_the_readme_exit_status_table_is_the_one_in_fl_common_exit_codes():
     for code, _ in X.TABLE:
         assert f"| {code} |" in text, f"README has no row for exit status {code}"
     assert sorted({c for c, _ in X.TABLE}) == [0, 1, 2, 3, 130]
+
+
+def test_on_a_terminal_progress_prints_the_same_lines_through_rich_under_a_spinner(tmp_path):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    out = Tty()
+    from fl_server.progress import Progress
+    with Progress(tmp_path / "run", out=out) as prog:
+        prog.follower.poll = 0.05
+        _run(tmp_path / "run", fail_round2=False)
+    assert prog.tty and prog.console.is_terminal
+    text = out.getvalue()
+    assert "3 sites connected; 2 rounds" in text and "run completed: best held-out dice_fg_mean" in text
+    assert " fedvox: " not in text  # the plain (log) form is not used on a terminal
