@@ -253,3 +253,16 @@ def test_on_a_terminal_progress_prints_the_same_lines_through_rich_under_a_spinn
     text = out.getvalue()
     assert "3 sites connected; 2 rounds" in text and "run completed: best held-out dice_fg_mean" in text
     assert " fedvox: " not in text  # the plain (log) form is not used on a terminal
+
+
+def test_the_run_spec_holds_absolute_paths_so_relative_server_flags_work(tmp_path, monkeypatch):
+    """`fedvox server --run-dir runs/r1 --data-base sites` (README's spelling): the
+    ServerApp runs in another directory, so the spec it reads must not be relative."""
+    from fl_server.deploy import write_spec
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prov").mkdir()
+    spec_path = write_spec(Path("runs/r1"), Path("fed.toml"), Path("sites"), True, Path("prov/roster.json"))
+    spec = json.loads(spec_path.read_text())
+    assert spec_path.is_absolute() and spec_path == tmp_path / "runs" / "r1" / "spec.json"
+    assert spec["run_dir"] == str(tmp_path / "runs" / "r1") and spec["data_base"] == str(tmp_path / "sites")
+    assert spec["federation"] == str(tmp_path / "fed.toml") and spec["roster"] == str(tmp_path / "prov" / "roster.json")
