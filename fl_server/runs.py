@@ -139,13 +139,14 @@ def summary(run_dir: Path) -> dict:
 
 def current_round(run_dir: Path) -> dict | None:
     """The latest round the event log names: each site's state in it, and what is in flight."""
-    events, _ = RunRecord.open(run_dir).events(0)
+    rec = RunRecord.open(run_dir)
+    events, _ = rec.events(0)
     starts = [i for i, e in enumerate(events) if e.get("event") == "round_start"]
     if not starts:
         return None
     evs = events[starts[-1]:]
     r = evs[0]["round"]
-    sites: dict[str, dict] = {}
+    sites: dict[str, dict] = {name: {} for name in rec.site_names}  # known from earlier rounds: pending so far
     done = None
     for e in evs:
         if e.get("event") == "stage_done":
