@@ -61,7 +61,7 @@ class SiteWorker:
 
     # ----- introspection ----------------------------------------------------
     def status(self) -> dict:
-        return {"site": self.name, "num_train": len(self.data.cases("training")),
+        return {"site": self.name, "device": str(self.device), "num_train": len(self.data.cases("training")),
                 "num_val": len(self.data.cases("validation")),
                 "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
                 "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}

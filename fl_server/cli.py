@@ -16,13 +16,7 @@ import argparse
 import json
 import sys
 
-EXIT_CODES = """exit status:
-  0    done
-  1    the run or command failed (a federated run that did not complete, a process
-       that died)
-  2    bad usage or bad input, incl. a refused bundle or checkpoint (one line on
-       stderr naming the file or flag; --debug shows the traceback)
-  130  interrupted (Ctrl-C)"""
+from fl_common.exit_codes import HELP as EXIT_CODES, INTERRUPTED
 
 
 def _version() -> str:
@@ -93,7 +87,11 @@ def _cmd_server(a) -> int:
     except ValueError as e:
         print(f"fedvox server: {e}", file=sys.stderr)
         return 2
-    with ProcessGroup("fedvox-server") as group:
+    from fl_server.runs import ServerSession
+    group = ProcessGroup("fedvox-server")
+    # the session is left last: the group has stopped every process when it marks the run stopped
+    with ServerSession(Path(a.run_dir), Path(a.work) / "run.log", group.tag, progress=not a.no_progress) as session, \
+            group:
         listen = deploy.fleet_listen(prov, pairs, port)
         sl, cli = deploy.start_superlink(group, prov, Path(a.work), None, a.insecure, listen=listen)
         print(f"sites connect to {sl.fleet_address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
@@ -106,7 +104,7 @@ def _cmd_server(a) -> int:
         if not res.ok:
             print(res.details, file=sys.stderr)
             return 1
-    return 0
+    return INTERRUPTED if session.interrupted else 0
 
 
 def _cmd_site(a) -> int:
@@ -307,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=24 * 3600.0)
     p.add_argument("--insecure", action="store_true", help="no TLS, no node auth (local development only)")
     p.add_argument("--no-secure-aggregation", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no per-round progress lines on stdout")
+
+    from fl_server.runs_cli import add_runs_parser
+    add_runs_parser(cmd)
 
     p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
@@ -340,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fingerprint", required=True, help="the roster fingerprint you were given out of band")
     q = scmd("fingerprint", _cmd_site_fingerprint, "print the roster fingerprint of a startup kit")
     q.add_argument("kit", metavar="KIT")
+    from fl_client.site_status import add_status_parser  # light: its work is imported when it runs
+    add_status_parser(scmd)
 
     p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
     p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")

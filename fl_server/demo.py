@@ -152,7 +152,9 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
 
         th = threading.Thread(target=_run, daemon=True)
         th.start()
-        with Live(round_table(run_dir, labels), console=console, refresh_per_second=1) as live:
+        from .progress import Follower, line_printer  # one line per stage above the live table
+        with Live(round_table(run_dir, labels), console=console, refresh_per_second=1) as live, \
+                Follower(run_dir, line_printer(console=console), from_start=True):
             while th.is_alive():
                 th.join(2.0)
                 live.update(round_table(run_dir, labels))

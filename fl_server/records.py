@@ -14,6 +14,11 @@
     report/                   what `fedvox report` writes
     tensorboard/              TensorBoard event files of the records (fl_server/tracking.py)
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
+    events.jsonl              one line per round-loop stage as it happens (progress, `runs status`)
+    server.json               the `fedvox server` process that runs it: pid, start time, log (`runs`)
+
+The directory is 0750 and the event log 0640: run records name the sites and
+their metrics, so other local users do not read them.
 
 This module is the only code that knows these names and what the rows mean;
 report, export and demo read a run through ``RunRecord.open``.
@@ -37,7 +42,10 @@ rounds; final_sites.json has both models after the last round.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 from fl_common.keys import CENTRAL, GLOBAL, LOCAL, TRAIN, VAL
@@ -56,6 +64,8 @@ PSEUDONYMS = "site_pseudonyms.json"
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
+EVENTS, SERVER = "events.jsonl", "server.json"
+DIR_MODE, LOG_MODE = 0o750, 0o640
 
 
 def site_row_model_round(row_round: int) -> int:
@@ -80,7 +90,8 @@ class RunRecord:
         self.dir = Path(run_dir)
         self.read_only = _read_only
         if not _read_only:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(self.dir, DIR_MODE)  # also when it existed, or the umask widened mkdir's mode
         self.rounds: list[dict] = read_json(self.dir / ROUNDS, [])
         self.sites: list[dict] = read_json(self.dir / SITES, [])
         self.info: dict = read_json(self.dir / RUN, {})
@@ -132,6 +143,17 @@ class RunRecord:
         self._writable()
         write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
         write_csv(self.dir / "final_sites.csv", rows)
+
+    def event(self, kind: str, **fields) -> None:
+        """Append one progress event (a JSON line, ``kind`` and wall time ``t`` added).
+        One short O_APPEND write per line, so a reader never sees half of one."""
+        self._writable()
+        line = json.dumps({"event": kind, "t": round(time.time(), 3), **fields}, default=str) + "\n"
+        fd = os.open(self.dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     def commit_round(self, r: int) -> None:
         self._writable()
@@ -335,6 +357,23 @@ class RunRecord:
         """(round, value) of a site's training scalar ``key`` (without the train/ prefix)."""
         rows = sorted((x for x in self.sites if x["site"] == site), key=lambda x: x["round"])
         return [(x["round"], float(x[f"{TRAIN}{key}"])) for x in rows if _finite(x.get(f"{TRAIN}{key}"))]
+
+    def events(self, offset: int = 0) -> tuple[list[dict], int]:
+        """Events from byte ``offset`` on, and the offset after the last whole line."""
+        try:
+            with open(self.dir / EVENTS, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # not ours to crash on: a progress display skips it
+        return out, offset + end
 
     # ----- files beside the records (their locations live here too) -----------
     @property
