@@ -187,8 +187,9 @@ def _cmd_infer(a) -> int:
     key = _pinned_key(a)
     _warn_unsigned(a, key)
     out = infer_file(a.bundle, a.input, a.out, device=a.device, progress=not a.quiet, modality=a.modality,
-                     public_key=key, scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned)
-    print(str(out))
+                     public_key=key, scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned,
+                     dicom_seg=a.dicom_seg, seg_nrrd=a.seg_nrrd)
+    print("\n".join(str(p) for p in (out, a.dicom_seg, a.seg_nrrd) if p))
     return 0
 
 
@@ -374,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation file (written: a .nii or .nii.gz label map on the input's grid)")
     _device_flag(p, "cpu")
     p.add_argument("--modality", default=None)
+    p.add_argument("--dicom-seg", default=None, metavar="FILE.dcm",
+                   help="also write a DICOM SEG referencing the input series (DICOM input only), for PACS/OHIF")
+    p.add_argument("--seg-nrrd", default=None, metavar="FILE.seg.nrrd",
+                   help="also write a 3D Slicer segmentation (.seg.nrrd, named and coloured segments)")
     p.add_argument("--quiet", action="store_true")
     _key_flags(p)
 

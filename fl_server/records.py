@@ -4,11 +4,15 @@
     rounds.json / rounds.csv  one row per round: central (held-out) metrics, sites, failures
     sites.json / sites.csv    one row per round and site: training and validation scalars
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
+    cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
+                              "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}],
+                              "consent": {site: true if its local model went to the other sites}}
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
     state.json                the last completed round (written last, atomically)
     report/                   what `fedvox report` writes
+    tensorboard/              TensorBoard event files of the records (fl_server/tracking.py)
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
     events.jsonl              one line per round-loop stage as it happens (progress, `runs status`)
     server.json               the `fedvox server` process that runs it: pid, start time, log (`runs`)
@@ -53,10 +57,12 @@ __all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_
 
 DEFAULT_BEST_METRIC = "dice_fg_mean"
 RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
+CROSS_SITE = "cross_site.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
 REPORT_DIR = "report"
+TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
 EVENTS, SERVER = "events.jsonl", "server.json"
 DIR_MODE, LOG_MODE = 0o750, 0o640
@@ -230,6 +236,16 @@ class RunRecord:
         return read_json(self.dir / FINAL_SITES, {"sites": [], "failures": []})
 
     @property
+    def cross_site(self) -> list[dict]:
+        """The cross-site matrix rows (model x evaluation set), [] when the run has none."""
+        return list(read_json(self.dir / CROSS_SITE, {}).get("rows", []))
+
+    @property
+    def cross_site_consent(self) -> dict[str, bool]:
+        """Per site: did it consent to its local-only model being evaluated on the other sites."""
+        return {str(k): bool(v) for k, v in read_json(self.dir / CROSS_SITE, {}).get("consent", {}).items()}
+
+    @property
     def site_names(self) -> list[str]:
         return sorted({r["site"] for r in self.sites})
 
@@ -363,6 +379,10 @@ class RunRecord:
     @property
     def report_dir(self) -> Path:
         return self.dir / REPORT_DIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.dir / TENSORBOARD_DIR
 
     @property
     def coordinator_cache(self) -> Path:

@@ -76,9 +76,10 @@ def segment(net: torch.nn.Module, contract: dict, vol: Volume, device: str | tor
 def infer_file(bundle_dir: str | os.PathLike, input_path: str | os.PathLike, out_path: str | os.PathLike,
                device: str = "cpu", progress: bool = True, modality: str | None = None,
                verify: bool = True, public_key=None, amp: str | None = None, scheme=None,
-               allow_unsigned: bool = False) -> Path:
+               allow_unsigned: bool = False, dicom_seg=None, seg_nrrd=None) -> Path:
     """Segment ``input_path`` (NIfTI/NRRD file or DICOM series directory) with the bundle;
-    write a uint8 label NIfTI to ``out_path`` on the input's grid. Returns ``out_path``.
+    write a uint8 label NIfTI to ``out_path`` on the input's grid, and the same labels as a
+    DICOM SEG (``dicom_seg``, DICOM input only) and/or Slicer .seg.nrrd. Returns ``out_path``.
     The bundle is verified against the pinned ``public_key`` first (load.load_bundle)."""
     from .load import load_bundle
     out_path = Path(out_path)
@@ -100,4 +101,7 @@ def infer_file(bundle_dir: str | os.PathLike, input_path: str | os.PathLike, out
     else:
         out, _ = segment(net, contract, vol, device, modality, amp=amp)
     save_volume(out, out_path, dtype=np.uint8)
+    if dicom_seg is not None or seg_nrrd is not None:  # clinical formats beside the NIfTI
+        from ..io.dicom_seg import write_clinical_outputs
+        write_clinical_outputs(out, vol, contract["labels"], bundle_dir, dicom_seg, seg_nrrd)
     return out_path
