@@ -70,13 +70,15 @@ class RoundLoop:
 
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
-                 central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
+                 central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None,
+                 cross_models: dict[str, dict] | None = None):
         import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
         self.cfg, self.central = settings, central
         self.run_info = dict(run_info or {})  # what the run record states besides the loop's own settings
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
+        self.cross_models = dict(cross_models or {})  # e.g. the pooled baseline, for the cross-site matrix
 
     # ----- state ------------------------------------------------------------
     def flat(self) -> np.ndarray:
@@ -257,3 +259,5 @@ class RoundLoop:
         ok, failed = self._send(nodes, K.MSG_EVALUATE, self.cfg.rounds + 1, {}, self.cfg.eval_timeout)
         rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
         self.record.add_final_sites(rows, failed)
+        from .cross_site import CrossSite  # every model on every site's data, within the sites' policies
+        CrossSite(self, self.cross_models).run(sorted(ok), rows)
