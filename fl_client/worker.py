@@ -22,6 +22,7 @@ import torch
 
 from fl_common import keys as K
 from fl_common.config import Federation, SiteConfig
+from imaging_core.metrics.summary import per_case_values
 from imaging_core.task import Task, float_state
 from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
 from imaging_core.train.trainer import Trainer, seed_everything
@@ -172,8 +173,7 @@ class SiteWorker:
             net = self.task.build_net()
             self._load(net, weights)
             ev = self.task.evaluate(net, val)
-            cases = {k: [float(c[k]) for c in ev.per_case] for k in ev.per_case[0] if k != "case_id"
-                     and all(isinstance(c.get(k), (int, float, np.floating, np.integer)) for c in ev.per_case)}
+            cases = per_case_values(ev.per_case, self.num_classes)
             return {"num_val": float(len(val)), **_scalars("", ev.scores), "cases": cases}, float(len(val))
         self._load(self.net, weights)
         out: dict[str, float] = {"num_val": float(len(val))}

@@ -24,6 +24,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fl_common import keys as K
+from imaging_core.metrics.summary import per_case_values
 
 from .report.reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, LOCAL
 
@@ -51,13 +52,6 @@ def _numpy(state: dict) -> dict[str, np.ndarray]:
 
 def _matches(template: dict, weights: dict) -> bool:
     return set(template) == set(weights) and all(np.shape(template[k]) == np.shape(weights[k]) for k in template)
-
-
-def _per_case_lists(per_case: list[dict]) -> dict[str, list[float]]:
-    if not per_case:
-        return {}
-    keys = [k for k in per_case[0] if k != "case_id" and isinstance(per_case[0][k], (int, float))]
-    return {k: [float(c.get(k, np.nan)) for c in per_case] for k in keys}
 
 
 class CrossSite:
@@ -135,7 +129,7 @@ class CrossSite:
             if loop.central is not None:
                 scores, per_case, _ = loop.central.evaluate(weights)
                 rows.append({"model": name, "eval_set": HELD_OUT, "cases": len(per_case), **scores,
-                             "per_case": _per_case_lists(per_case)})
+                             "per_case": per_case_values(per_case, loop.central.num_classes)})
         # a site that did not share its local model: that model on its own data only
         for r in final_rows:
             site = r["site"]
