@@ -260,8 +260,8 @@ def admit_share_local(pol: PolicyTable, state_dir, cfg: dict) -> int:
 
 def outgoing_cases(pol: PolicyTable, cases: dict) -> dict[str, list[float]]:
     """Per-case value lists (no case ids) of allow-listed metrics, only where the
-    policy lets case-level output leave (``num_val`` allowed)."""
-    if not case_counts_allowed(pol) or not isinstance(cases, dict):
+    site opted in (``cross_site_per_case``)."""
+    if not pol.cross_site_per_case or not isinstance(cases, dict):
         return {}
     pat = _pattern(pol.metrics)
     return {k: [float(x) for x in v] for k, v in cases.items()

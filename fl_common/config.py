@@ -112,6 +112,9 @@ class PolicyTable(Table):
     share_local_model: bool = False
     # other models this site evaluates after the final one (cross-site matrix), each once
     max_cross_site_models: Annotated[int, Field(ge=0)] = 8
+    # per-case values (lists in case order, no case ids) of the allowed metrics, in the
+    # cross-site replies only: finer than any mean, so off unless the site opts in
+    cross_site_per_case: bool = False
 
 
 class TrustTable(Table):

@@ -136,7 +136,8 @@ def _direct(worker, weights: dict):
 
 
 def test_cross_site_metrics_equal_evaluating_the_model_directly_with_per_case_values(served, tmp_path):
-    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "hd95_<c>", "num_val"]')
+    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "hd95_<c>", "num_val"]\n'
+                                  "cross_site_per_case = true")
     worker = served["worker"]
     site.run_to_the_end(_weights(worker))
     other = {k: v * 0.9 for k, v in worker.local_model(2).items()}
@@ -154,13 +155,14 @@ def test_cross_site_metrics_equal_evaluating_the_model_directly_with_per_case_va
     assert not any(k.startswith("missed") for k in cases)  # only allow-listed names leave
 
 
-def test_without_case_level_output_no_per_case_values_leave(served, tmp_path):
-    site = Site(tmp_path, served, "")  # the default metrics: no num_val
+def test_without_the_sites_opt_in_no_per_case_values_leave(served, tmp_path):
+    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "missed_<c>"]')  # counts, no opt-in
     worker = served["worker"]
     site.run_to_the_end(_weights(worker))
     reply = site.cross(_weights(worker))
     assert not reply.has_error() and K.REC_CASES not in reply.content.metric_records
-    assert K.NUM_EXAMPLES not in reply.content.metric_records[K.REC_METRICS]
+    assert set(reply.content.metric_records[K.REC_METRICS]) <= {"dice_fg_mean", "dice_1", "dice_2",
+                                                                "missed_1", "missed_2"}
 
 
 def test_the_policy_bound_refuses_an_extra_model_a_repeat_and_an_early_request(served, tmp_path):
