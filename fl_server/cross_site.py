@@ -59,6 +59,7 @@ class CrossSite:
 
     def __init__(self, loop, extra: dict[str, dict] | None = None):
         self.loop, self.extra = loop, dict(extra or {})
+        self.failures: list[dict] = []
 
     def _messages(self, nodes, kind: str, cfg: dict, weights: dict | None) -> list[Message]:
         out = []
@@ -94,8 +95,11 @@ class CrossSite:
                     continue
                 consent[site] = True
                 models[local_name(site)] = _numpy(weights)
-            for f in failed:  # a refusal (no consent) or a failure: nothing of that model leaves the site
+            for f in failed:  # a refusal (no consent) or a failure: nothing of that model left the site
                 consent.setdefault(f["site"], False)
+                if not f["error"].startswith("policy:"):  # a refusal is the site's answer, not a failure
+                    self.failures.append({"model": local_name(f["site"]), "site": f["site"],
+                                          "error": f["error"][:200]})
         for name, weights in self.extra.items():
             if _matches(loop.weights, weights):
                 models[name] = _numpy(weights)
@@ -107,7 +111,7 @@ class CrossSite:
         loop = self.loop
         models, consent = self.models(nodes)
         rows: list[dict] = []
-        failures: list[dict] = []
+        failures = self.failures
         evaluated: dict[str, str] = {}  # model hash -> the first name it was evaluated under
         for name, weights in models.items():
             digest = model_hash_of(weights)
@@ -128,8 +132,9 @@ class CrossSite:
                 rows.append(row)
             if loop.central is not None:
                 scores, per_case, _ = loop.central.evaluate(weights)
+                n_cls = getattr(loop.central, "num_classes", 0)  # CentralEvaluator's; without it no per-case
                 rows.append({"model": name, "eval_set": HELD_OUT, "cases": len(per_case), **scores,
-                             "per_case": per_case_values(per_case, loop.central.num_classes)})
+                             **({"per_case": per_case_values(per_case, n_cls)} if n_cls and per_case else {})})
         # a site that did not share its local model: that model on its own data only
         for r in final_rows:
             site = r["site"]

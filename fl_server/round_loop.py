@@ -260,4 +260,8 @@ class RoundLoop:
         rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
         self.record.add_final_sites(rows, failed)
         from .cross_site import CrossSite  # every model on every site's data, within the sites' policies
-        CrossSite(self, self.cross_models).run(sorted(ok), rows)
+        try:
+            CrossSite(self, self.cross_models).run(sorted(ok), rows)
+        except Exception as e:  # noqa: BLE001 - the rounds are complete; the matrix is an extra
+            log.exception("cross-site evaluation failed")
+            self.record.event("cross_site_failed", error=f"{type(e).__name__}: {e}"[:300])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fl_common import keys as K
 from fl_common.tensors import flatten, unflatten
@@ -39,9 +39,13 @@ class ConsentSite(FakeSite):
         content[K.REC_METRICS] = MetricRecord({**m, f"{K.LOCAL}dice_1": score(local_weights(self.name), self.target)})
         return content
 
+    def reply(self, msg):
+        if msg.metadata.message_type == K.query_type(K.LOCAL_MODEL) and not CONSENT[self.name]:
+            from fl_client.policy import NO_CONSENT  # as the ClientApp shim refuses it
+            return Message(Error(K.ERR_REFUSED, NO_CONSENT), reply_to=msg)
+        return super().reply(msg)
+
     def query_local_model(self, msg, r):
-        if not CONSENT[self.name]:
-            raise PermissionError("policy: this site does not share its local model")
         return RecordDict({K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in local_weights(self.name).items()}),
                            K.REC_INFO: self._info()})
 
