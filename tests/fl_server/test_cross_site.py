@@ -113,3 +113,23 @@ def test_every_model_on_every_set_equals_evaluating_it_directly_and_a_withheld_m
     cross = [(n, flatten(a).tobytes()) for (t, a), (_, n, _) in zip(grid.arrays, grid.pushed)
              if t == K.evaluate_type(K.CROSS_SITE)]
     assert len(cross) == len(set(cross))
+
+
+def test_a_failed_share_or_a_refused_evaluation_is_recorded_and_the_matrix_keeps_the_rest(tmp_path):
+    sites = {10 + i: ConsentSite(s, TARGETS[s], WEIGHTS[s]) for i, s in enumerate(NAMES)}
+    sites[10].fail[K.query_type(K.LOCAL_MODEL)] = "error"        # site-a's worker failed: not a refusal
+    sites[11].fail[K.evaluate_type(K.CROSS_SITE)] = "error"      # site-b answers no cross-site evaluation
+    loop = make_loop(tmp_path, RecordingGrid(sites), site_round={"local_epochs": 1, "local_baseline": True})
+    loop.central = Central()
+    loop.run()
+    rec = RunRecord.open(tmp_path)
+    assert rec.info["status"] == "completed"
+    assert rec.cross_site_consent == {"site-a": False, "site-b": True, "site-c": False}
+    doc = json.loads((tmp_path / "cross_site.json").read_text())
+    failed = {(f["model"], f["site"]) for f in doc["failures"]}
+    assert (local_name("site-a"), "site-a") in failed                      # the share that failed
+    assert {m for m, s in failed if s == "site-b"} >= {GLOBAL_FINAL, local_name("site-b")}
+    sets = {(r["model"], r["eval_set"]) for r in rec.cross_site}
+    assert (local_name("site-b"), "site-c") in sets and (local_name("site-b"), "site-b") not in sets
+    assert (local_name("site-a"), "site-a") in sets and not any(
+        m == local_name("site-a") and e != "site-a" for m, e in sets)   # not shared: own data only
