@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -120,7 +121,9 @@ class CrossSite:
                 continue
             evaluated[digest] = name
             cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODEL: name}
+            t0 = time.perf_counter()
             ok, failed = self._send(nodes, K.evaluate_type(K.CROSS_SITE), cfg, weights)
+            loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {name}", ok, failed, t0)
             failures += [{"model": name, "site": f["site"], "error": f["error"][:200]} for f in failed]
             for n, m in ok.items():
                 row = {"model": name, "eval_set": loop.stage.site(n), **dict(m.content.metric_records[K.REC_METRICS])}

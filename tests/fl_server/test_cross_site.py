@@ -13,7 +13,8 @@ from fl_common.tensors import flatten, unflatten
 from fl_server.cross_site import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, local_name
 from fl_server.records import RunRecord
 
-from tests.fl_server.test_round_loop import NAMES, TARGETS, TEMPLATE, WEIGHTS, FakeGrid, FakeSite, make_loop, server_identity  # noqa: F401
+from tests.fl_server.test_round_loop import (NAMES, TARGETS, TEMPLATE, WEIGHTS, FakeGrid, FakeSite, make_loop,
+                                             server_identity)  # noqa: F401
 
 CONSENT = {"site-a": True, "site-b": True, "site-c": False}
 CASES = 4
