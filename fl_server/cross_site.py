@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -108,36 +109,46 @@ class CrossSite:
                 log.warning("cross-site: %s is not the federation's model; left out", name)
         return models, consent
 
+    def _at_sites(self, nodes, name: str, weights: dict) -> list[dict]:
+        """One model at every site: a row per site that answered."""
+        loop = self.loop
+        cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODEL: name}
+        t0 = time.perf_counter()
+        ok, failed = self._send(nodes, K.evaluate_type(K.CROSS_SITE), cfg, weights)
+        loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {name}", ok, failed, t0)
+        self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]} for f in failed]
+        rows = []
+        for n, m in ok.items():
+            row = {"model": name, "eval_set": loop.stage.site(n), **dict(m.content.metric_records[K.REC_METRICS])}
+            if K.NUM_EXAMPLES in row:
+                row["cases"] = row.pop(K.NUM_EXAMPLES)
+            cases = m.content.metric_records.get(K.REC_CASES)
+            if cases is not None:
+                row["per_case"] = {k: list(v) for k, v in cases.items()}
+            rows.append(row)
+        return rows
+
     def run(self, nodes: list[int], final_rows: list[dict]) -> None:
         loop = self.loop
         models, consent = self.models(nodes)
         rows: list[dict] = []
-        failures = self.failures
-        evaluated: dict[str, str] = {}  # model hash -> the first name it was evaluated under
+        unique: dict[str, str] = {}  # model hash -> the first name (a site evaluates a model once)
+        alias: dict[str, str] = {}   # e.g. global (best) -> global (final) when they are one model
         for name, weights in models.items():
-            digest = model_hash_of(weights)
-            if digest in evaluated:  # e.g. best == final: the sites evaluate a model once
-                rows += [{**r, "model": name} for r in rows if r["model"] == evaluated[digest]]
-                continue
-            evaluated[digest] = name
-            cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODEL: name}
-            t0 = time.perf_counter()
-            ok, failed = self._send(nodes, K.evaluate_type(K.CROSS_SITE), cfg, weights)
-            loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {name}", ok, failed, t0)
-            failures += [{"model": name, "site": f["site"], "error": f["error"][:200]} for f in failed]
-            for n, m in ok.items():
-                row = {"model": name, "eval_set": loop.stage.site(n), **dict(m.content.metric_records[K.REC_METRICS])}
-                if K.NUM_EXAMPLES in row:
-                    row["cases"] = row.pop(K.NUM_EXAMPLES)
-                cases = m.content.metric_records.get(K.REC_CASES)
-                if cases is not None:
-                    row["per_case"] = {k: list(v) for k, v in cases.items()}
-                rows.append(row)
-            if loop.central is not None:
-                scores, per_case, _ = loop.central.evaluate(weights)
-                n_cls = getattr(loop.central, "num_classes", 0)  # CentralEvaluator's; without it no per-case
+            alias[name] = unique.setdefault(model_hash_of(weights), name)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the held-out evaluations run here while the sites evaluate (the server is idle then)
+            central = {name: pool.submit(loop.central.evaluate, models[name])
+                       for name in unique.values()} if loop.central is not None else {}
+            for name in unique.values():
+                rows += self._at_sites(nodes, name, models[name])
+            n_cls = getattr(loop.central, "num_classes", 0)  # CentralEvaluator's; without it no per-case
+            for name, fut in central.items():
+                scores, per_case, _ = fut.result()
                 rows.append({"model": name, "eval_set": HELD_OUT, "cases": len(per_case), **scores,
                              **({"per_case": per_case_values(per_case, n_cls)} if n_cls and per_case else {})})
+        rows += [{**r, "model": name} for name, first in alias.items() if name != first
+                 for r in list(rows) if r["model"] == first]
         # a site that did not share its local model: that model on its own data only
         for r in final_rows:
             site = r["site"]
@@ -148,6 +159,6 @@ class CrossSite:
                 consent.setdefault(site, False)
                 rows.append({"model": local_name(site), "eval_set": site, **own,
                              **({"cases": r[K.NUM_EXAMPLES]} if K.NUM_EXAMPLES in r else {})})
-        loop.record.add_cross_site(rows, consent, failures)
+        loop.record.add_cross_site(rows, consent, self.failures)
         loop.record.event("cross_site_done", models=len(models), rows=len(rows),
-                          shared=sorted(s for s, c in consent.items() if c), failed=len(failures))
+                          shared=sorted(s for s, c in consent.items() if c), failed=len(self.failures))
