@@ -89,7 +89,7 @@ class CrossSite:
         if loop.cfg.site_round.get("local_baseline"):
             cfg = loop._round_config(loop.cfg.rounds + 1)
             ok, failed = self._send(nodes, K.query_type(K.LOCAL_MODEL), cfg, None)
-            for n, m in ok.items():
+            for n, m in sorted(ok.items(), key=lambda nm: loop.stage.site(nm[0])):  # rows in site order
                 site = loop.stage.site(n)
                 weights = {k: a.numpy() for k, a in m.content.array_records[K.REC_ARRAYS].items()}
                 if not _matches(loop.weights, weights):
