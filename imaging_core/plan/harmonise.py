@@ -106,12 +106,16 @@ def flags_for(summaries: Mapping[str, Mapping]) -> list[Flag]:
     for ax in range(3):
         vals = {s: v[ax] for s, v in sp.items()}
         if vals and max(vals.values()) > SPACING_SPREAD * min(vals.values()):
-            lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
-            flags.append(Flag("spacing_spread", sorted({lo, hi}),
-                              f"axis {ax} median spacing {vals[lo]:g} mm at {lo} vs {vals[hi]:g} mm at {hi} "
-                              f"(> {SPACING_SPREAD:g}x)", "resampling to one spacing interpolates the coarse "
+            ref = median(vals.values())
+            # the sites far from the federation's median; with two sites both ends
+            odd = sorted(s for s, v in vals.items() if max(v / ref, ref / v) > SPACING_SPREAD ** 0.5) \
+                or sorted({min(vals, key=vals.get), max(vals, key=vals.get)})
+            flags.append(Flag("spacing_spread", odd,
+                              f"axis {ax} median spacing " + ", ".join(f"{s} {vals[s]:g} mm" for s in odd)
+                              + f" vs {ref:g} mm across sites (range > {SPACING_SPREAD:g}x)",
+                              "resampling to one spacing interpolates the coarse "
                               "site heavily: blurred labels and thin structures lost there",
-                              "check the plan's target spacing suits both; consider excluding or "
+                              "check the plan's target spacing suits every site; consider excluding or "
                               "re-acquiring the outlier"))
     # orientation mix
     orients = {s: v.get("orientations") or [v.get("orientation")] for s, v in summaries.items()}
