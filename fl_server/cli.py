@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = scmd("fingerprint", _cmd_site_fingerprint, "print the roster fingerprint of a startup kit")
     q.add_argument("kit", metavar="KIT")
 
+    from fl_server.plan_cli import add_plan_commands
+    add_plan_commands(cmd)
+
     p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
     p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")
     p.add_argument("--baseline", action="append", default=[], help="baseline run dir from `fedvox train`")

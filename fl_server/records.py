@@ -48,6 +48,7 @@ RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
+PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox check (fl_server.plan)
 REPORT_DIR = "report"
 COORDINATOR_CACHE = "coordinator-cache"
 
@@ -126,6 +127,26 @@ class RunRecord:
         self._writable()
         write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
         write_csv(self.dir / "final_sites.csv", rows)
+
+    def save_plan(self, plan: dict) -> Path:
+        """plan.json: the [preprocess]/[sampling]/[model] tables and their reasons."""
+        self._writable()
+        write_json(self.dir / PLAN, plan)
+        return self.dir / PLAN
+
+    def save_harmonisation(self, table: dict) -> Path:
+        """harmonisation.json: every site's summary row and the flags."""
+        self._writable()
+        write_json(self.dir / HARMONISATION, table)
+        return self.dir / HARMONISATION
+
+    @property
+    def plan(self) -> dict | None:
+        return read_json(self.dir / PLAN, {}) or None
+
+    @property
+    def harmonisation(self) -> dict | None:
+        return read_json(self.dir / HARMONISATION, {}) or None
 
     def commit_round(self, r: int) -> None:
         self._writable()

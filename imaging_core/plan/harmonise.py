@@ -129,7 +129,8 @@ def flags_for(summaries: Mapping[str, Mapping]) -> list[Flag]:
                           "(an overlay of image and label in a viewer)"))
     for mod, group in _by_modality(summaries).items():
         conv = {s: v.get("background") for s, v in group.items()}
-        if len(set(conv.values())) > 1:
+        # CT has an absolute scale: its window clips any air fill to one value
+        if mod.upper() != "CT" and len(set(conv.values())) > 1:
             odd = sorted(s for s, c in conv.items() if c == "zero-filled") or sorted(conv)
             flags.append(Flag("background_differs", odd, f"{mod} background: " + ", ".join(
                 f"{s} {c}" for s, c in sorted(conv.items())),
