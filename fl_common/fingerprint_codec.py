@@ -42,3 +42,42 @@ def decode_sum(mean: np.ndarray, survivors: int, clip_range: float) -> np.ndarra
     digit_sums = np.rint(m * survivors * BASE / clip_range).astype(np.int64)
     n = m.size // DIGITS
     return sum(digit_sums[d * n:(d + 1) * n] * BASE ** d for d in range(DIGITS))
+
+
+# ----- one vector for the whole federation -------------------------------------
+# Sites of different modalities bin on different edges; the secure sum needs one
+# length, so every site sends the blocks of all MODALITIES, zeros but its own.
+MODALITIES = ("CT", "MR")   # fl_common.config.SiteTable.modality
+
+
+def _sizes() -> dict[str, int]:
+    from imaging_core.plan.layout import Layout
+    return {m: Layout(m).size for m in MODALITIES}
+
+
+def federation_vector(modality: str, vector) -> np.ndarray:
+    """The site's vector in its modality's block of the federation vector."""
+    sizes = _sizes()
+    if modality not in sizes:
+        raise CountCodecError(f"modality {modality!r} is none of {MODALITIES}")
+    v = np.asarray(vector, dtype=np.int64)
+    if v.shape != (sizes[modality],):
+        raise CountCodecError(f"{modality} fingerprint vector has {v.size} entries, its layout {sizes[modality]}")
+    out = np.zeros(sum(sizes.values()), dtype=np.int64)
+    start = sum(sizes[m] for m in MODALITIES[:MODALITIES.index(modality)])
+    out[start:start + v.size] = v
+    return out
+
+
+def split_federation_vector(total) -> dict[str, np.ndarray]:
+    """modality -> its block of a summed federation vector."""
+    sizes = _sizes()
+    total = np.asarray(total, dtype=np.int64)
+    if total.shape != (sum(sizes.values()),):
+        raise CountCodecError(f"summed fingerprint has {total.size} entries, the federation layout "
+                              f"{sum(sizes.values())}")
+    out, i = {}, 0
+    for m in MODALITIES:
+        out[m] = total[i:i + sizes[m]]
+        i += sizes[m]
+    return out
