@@ -109,7 +109,7 @@ def run_fingerprint_stage(stage, nodes, record, secure=None, timeout: float = 60
                           memory_gb: float | None = None, base_channels: int | None = None) -> dict:
     """The query, the harmonisation check and (with ``memory_gb``) the plan, into ``record``."""
     total, replies = fingerprint_sum(stage, nodes, record.info["run_id"], secure, timeout)
-    checked = {s: check_reply(s, r) for s, r in replies.items()}
+    checked = {s: check_reply(s, replies[s]) for s in sorted(replies)}  # table rows by site name
     blocks = split_federation_vector(total)
     pooled = {}
     for mod in sorted({r["modality"] for r in checked.values()}):

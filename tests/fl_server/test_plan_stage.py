@@ -123,7 +123,7 @@ def test_stage_writes_table_and_plan_and_strict_refuses(tmp_path):
     harm = run_fingerprint_stage(Stage(sites), sites.get_node_ids(), rec, sites.secure(), timeout=30,
                                  memory_gb=1.0)
     assert {f["name"]: f["sites"] for f in harm["flags"]}["ct_not_hu"] == ["raw"]
-    assert RunRecord(tmp_path / "run").harmonisation["rows"][0]["site"] == "a"
+    assert RunRecord(tmp_path / "run").harmonisation["rows"][0]["site"] == "a"  # rows by site name
     plan = RunRecord(tmp_path / "run").plan
     assert plan["preprocess"]["pixdim"] == [2.0, 2.0, 3.0] and plan["cases"] == 20
     sites2 = Sites(tmp_path / "again", {**SPECS, "raw": ("CT", 5, 3, False)})
@@ -144,3 +144,20 @@ def test_bad_or_refused_reply_stops_with_one_line(tmp_path):
     # without secure aggregation the sites' default policy refuses to send the vector
     with pytest.raises(PlanError, match="only under secure aggregation"):
         fingerprint_sum(Stage(Sites(tmp_path / "plain", SPECS)), [10, 11, 12], "run-1", None, timeout=30)
+
+
+def test_round_loop_runs_the_check_first_and_a_refusal_fails_the_run(tmp_path):
+    from fl_server.aggregation import PlainAggregation
+    from fl_server.round_loop import RoundLoop, RoundSettings
+    from fl_server.strategy import ServerOptimizer
+    sites = Sites(tmp_path, {**SPECS, "raw": ("CT", 5, 3, False)})
+    rec = RunRecord(tmp_path / "run")
+    loop = RoundLoop(sites, rec, PlainAggregation(), ServerOptimizer("fedavg"), {"w": np.zeros(3, np.float32)},
+                     RoundSettings(rounds=1, min_sites=2, connect_timeout=5), stage=Stage(sites),
+                     before_rounds=lambda st, nodes: run_fingerprint_stage(st, nodes, rec, sites.secure(),
+                                                                           timeout=30, strict=True))
+    with pytest.raises(ValueError, match="ct_not_hu"):
+        loop.run()
+    info = RunRecord.open(tmp_path / "run").info
+    assert info["status"] == "failed" and info["reason"].startswith("harmonisation check failed under --strict")
+    assert not RunRecord.open(tmp_path / "run").rounds     # no round ran
