@@ -104,6 +104,9 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
               ("p", "On each site's own validation cases; Dice: + is better, HD95 (mm): - is better."),
               ("table", ["site", "model"] + [metric_title(k, labels) for k in keys],
                [[g["site"], g["model"]] + _gain_cells(g, keys) for g in gains])]
+    if run.harmonisation:  # the plan stage's table (fl_server.plan_stage / fedvox check)
+        from imaging_core.plan.harmonise import report_blocks
+        B += report_blocks(run.harmonisation)
     B.append(("h", 2, "Plots"))
     B += [("img", name, CAPTIONS.get(name, name)) for name in figures]
     if overlays:

@@ -190,3 +190,12 @@ def check(summaries: Mapping[str, Mapping], strict: bool = False) -> dict[str, A
     if strict and flags:
         raise HarmonisationRefused(flags)
     return {"rows": rows, "flags": [asdict(f) for f in flags], "text": render(rows, flags)}
+
+
+def report_blocks(result: Mapping[str, Any]) -> list[tuple]:
+    """The table and flags as report blocks (fl_server.report.writer's format)."""
+    flags = [Flag(**f) for f in result.get("flags", [])]
+    out: list[tuple] = [("h", 2, "Harmonisation check (before round 1)"),
+                        ("table", list(COLUMNS), [[_fmt(r.get(c)) for c in COLUMNS] for r in result.get("rows", [])])]
+    out += [("p", f.line()) for f in flags] or [("p", "No flags: the sites agree.")]
+    return out

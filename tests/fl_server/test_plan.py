@@ -82,3 +82,18 @@ def test_site_without_usable_case_stops_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fedvox plan: site broken: fingerprinted no case (every case was skipped or unlabelled)"]
     assert not (tmp_path / "r" / "plan.json").exists()
+
+
+def test_table_goes_into_the_report(run_dir):
+    from fl_server.report import make_report
+    from imaging_core.plan.harmonise import check
+    summaries = {"a": {"modality": "CT", "cases": 6, "skipped": 0, "spacing": [1.0, 1.0, 2.0], "background": "noisy",
+                       "min_value": -1024.0, "whole": {"0.5": -1000.0, "99.5": 300.0}, "foreground": {"50.0": 40.0},
+                       "label_values": [0, 1], "label_names": {"0": "background", "1": "organ"}},
+                 "raw": {"modality": "CT", "cases": 6, "skipped": 0, "spacing": [1.0, 1.0, 2.0],
+                         "background": "noisy", "min_value": 0.0, "whole": {"0.5": 20.0, "99.5": 1300.0},
+                         "foreground": {"50.0": 1064.0}, "label_values": [0, 1],
+                         "label_names": {"0": "background", "1": "organ"}}}
+    RunRecord(run_dir).save_harmonisation(check(summaries))
+    md = (make_report(run_dir, quiet=True) / "report.md").read_text()
+    assert "## Harmonisation check (before round 1)" in md and "[ct_not_hu] raw:" in md
