@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 
 from imaging_core.plan.fingerprint import fingerprint_site
@@ -42,3 +44,20 @@ def test_bad_case_is_skipped_and_named(site_writer):
     assert list(fp.skipped) == ["c1"] and fp.summary["skipped"] == 1 and fp.summary["cases"] == 2
     assert "c1.nii.gz" in fp.skipped["c1"]
     assert Layout("MR").unpack(fp.vector)["skipped"][0] == 1
+
+
+def test_dicom_series_scanner_and_hu(tmp_path):
+    from imaging_core.io import Volume, save_volume
+    from imaging_core.io.dicom_write import write_dicom_series
+    rng = np.random.default_rng(0)
+    x = (-1000 + rng.normal(0, 5, (1, 16, 16, 8))).astype(np.float32)
+    x[0, 4:12, 4:12, 2:6] = 40.0
+    lab = np.zeros_like(x, dtype=np.uint8)
+    lab[0, 5:9, 5:9, 3:5] = 1
+    aff = np.diag([0.8, 0.8, 2.5, 1.0])
+    write_dicom_series(Volume(x, aff), tmp_path / "img" / "c0", modality="CT", rescale_intercept=-1024.0)
+    save_volume(Volume(lab, aff), tmp_path / "c0_seg.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "img/c0", "label": "c0_seg.nii.gz"}]}))
+    fp = fingerprint_site(tmp_path / "dataset.json", "CT")
+    assert fp.cases[0].scanner.startswith("fedvox|") and fp.summary["whole"]["0.5"] < -900
+    assert fp.categorical["scanner"] == {"other": 1}   # one case: below the small-count bound
