@@ -5,9 +5,8 @@ Here the sites' fingerprints are computed where this process can read the
 sites' data (the demo, a single-institution federation, `--data-base` over
 copies): each site's reply goes through the same checks as a remote reply
 (imaging_core.plan.aggregate.check_reply) and is pooled in plaintext. Over a
-real federation the vector must be summed under secure aggregation
-(fl_common.fingerprint_codec: the weights' protocol, tested equal to this
-plaintext sum); that query stage is not wired into the round loop yet.
+real federation `fedvox server` asks the sites instead (fl_server.plan_stage:
+the vectors summed under secure aggregation, tested equal to this plaintext sum).
 """
 from __future__ import annotations
 

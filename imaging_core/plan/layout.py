@@ -68,12 +68,17 @@ class Layout:
         return out
 
 
-def intensity_index(values: np.ndarray, modality: str, scale: float = 1.0) -> np.ndarray:
-    """Bin index of each value (0 underflow, nb + 1 overflow) on the fixed edges."""
+def intensity_counts(values: np.ndarray, modality: str, scale: float = 1.0) -> np.ndarray:
+    """Counts on the fixed edges (index 0 underflow, nb + 1 overflow); ``scale``
+    stretches the edges (relative modalities: the case's 99.5th percentile)."""
     lo, hi, nb, _ = intensity_bins(modality)
-    width = (hi - lo) / nb
-    idx = np.floor((values.astype(np.float64) / scale - lo) / width).astype(np.int64) + 1
-    return np.clip(idx, 0, nb + 1)
+    lo, hi = lo * scale, hi * scale
+    v = values.reshape(-1)
+    inner, _ = np.histogram(v, bins=nb, range=(lo, hi))   # numpy's uniform-bin fast path
+    out = np.empty(nb + 2, dtype=np.int64)
+    out[0], out[-1] = np.count_nonzero(v < lo), np.count_nonzero(v > hi)
+    out[1:-1] = inner
+    return out
 
 
 def grid_index(value: float, step: float, bins: int) -> int:
