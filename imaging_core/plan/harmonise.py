@@ -40,14 +40,13 @@ COLUMNS = ("site", "modality", "cases", "skipped", "spacing", "orientation", "ba
            "min", "p0.5", "p99.5", "fg p50", "labels")
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, column: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "x".join(_fmt(x) for x in v) if all(isinstance(x, (int, float)) for x in v) and len(v) == 3 \
-            else ",".join(map(str, v))
+    if isinstance(v, (list, tuple)):   # spacing as 1x1x2.5, label values as 0,1,2
+        return "x".join(_fmt(x) for x in v) if column == "spacing" else ",".join(map(str, v))
     return str(v)
 
 
@@ -64,7 +63,7 @@ def table_rows(summaries: Mapping[str, Mapping]) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]], flags: list[Flag]) -> str:
-    cells = [[_fmt(r[c]) for c in COLUMNS] for r in rows]
+    cells = [[_fmt(r[c], c) for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(COLUMNS)]
     out = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
     out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]
@@ -196,6 +195,7 @@ def report_blocks(result: Mapping[str, Any]) -> list[tuple]:
     """The table and flags as report blocks (fl_server.report.writer's format)."""
     flags = [Flag(**f) for f in result.get("flags", [])]
     out: list[tuple] = [("h", 2, "Harmonisation check (before round 1)"),
-                        ("table", list(COLUMNS), [[_fmt(r.get(c)) for c in COLUMNS] for r in result.get("rows", [])])]
+                        ("table", list(COLUMNS), [[_fmt(r.get(c), c) for c in COLUMNS]
+                                                         for r in result.get("rows", [])])]
     out += [("p", f.line()) for f in flags] or [("p", "No flags: the sites agree.")]
     return out
