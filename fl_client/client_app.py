@@ -220,6 +220,11 @@ def _fingerprint(msg: Message, context: Context, pol) -> Message:
     cfg = _config(msg)
     reply = read_fingerprint(fingerprint_path(_node(context, K.NODE_WORKER_SOCKET)))
     vector = federation_vector(reply["modality"], reply["vector"])
+    if reply["summary"]["cases"] < 1:
+        raise P.SiteFault("the site fingerprinted no case (every case skipped or unlabelled)")
+    if not P.case_counts_allowed(pol):  # its case counts stay (they are inside the masked sum only)
+        from imaging_core.plan.harmonise import hide_counts
+        reply = {**reply, "summary": hide_counts(reply["summary"])}
     content = RecordDict({K.REC_INFO: _info(context)})
     if sec is None:
         side = {**reply, "vector": [int(v) for v in vector]}

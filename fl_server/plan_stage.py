@@ -115,7 +115,8 @@ def run_fingerprint_stage(stage, nodes, record, secure=None, timeout: float = 60
     for mod in sorted({r["modality"] for r in checked.values()}):
         mine = {s: r for s, r in checked.items() if r["modality"] == mod}
         pooled[mod] = pooled_from_sum(mod, blocks[mod], mine)
-        if pooled[mod].num_cases != sum(r["summary"]["cases"] for r in mine.values()):
+        counts = [r["summary"]["cases"] for r in mine.values()]
+        if None not in counts and pooled[mod].num_cases != sum(counts):
             raise PlanError("plan", f"the summed {mod} fingerprint counts {pooled[mod].num_cases} cases, the "
                                     "sites' summaries another number: a site's vector and summary disagree")
     harm = check({s: r["summary"] for s, r in checked.items()})

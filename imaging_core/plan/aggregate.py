@@ -53,9 +53,11 @@ def check_reply(site: str, reply: Any) -> dict:
                                   f"{reply['modality']} layout has {size}")
         if (arr < 0).any():
             raise PlanError(site, "fingerprint vector has negative counts")
-    if not isinstance(reply["summary"], Mapping) or not isinstance(reply["summary"].get("cases"), int):
+    summary = reply["summary"]
+    hidden = isinstance(summary, Mapping) and summary.get("cases") is None and "few_cases" in summary
+    if not isinstance(summary, Mapping) or not (hidden or isinstance(summary.get("cases"), int)):
         raise PlanError(site, "fingerprint summary is missing or has no case count")
-    if reply["summary"]["cases"] < 1:
+    if not hidden and summary["cases"] < 1:
         raise PlanError(site, "fingerprinted no case (every case was skipped or unlabelled)")
     return dict(reply)
 

@@ -169,18 +169,30 @@ def flags_for(summaries: Mapping[str, Mapping]) -> list[Flag]:
                         f"{s} {hi[s]:.4g}" for s in odd) + f" vs {ref:.4g} across sites",
                         "per-image z-score absorbs a scale but not a different contrast or bias field",
                         "check the sequence and the export of the flagged sites"))
-    few = sorted(s for s, v in summaries.items() if (v.get("cases") or 0) < MIN_CASES)
+    # a site whose policy keeps its case counts sends only the two booleans (hide_counts)
+    few = sorted(s for s, v in summaries.items()
+                 if v.get("few_cases") or (isinstance(v.get("cases"), int) and v["cases"] < MIN_CASES))
     if few:
-        flags.append(Flag("too_few_cases", few, ", ".join(f"{s} {summaries[s].get('cases')}" for s in few)
+        flags.append(Flag("too_few_cases", few, ", ".join(f"{s} {_fmt(summaries[s].get('cases'))}" for s in few)
                           + f" labelled cases (< {MIN_CASES})", "these sites' local epochs overfit a "
                           "handful of cases and their validation metrics are noise",
                           "add cases, or let them join for evaluation only"))
-    skipped = sorted(s for s, v in summaries.items() if v.get("skipped"))
+    skipped = sorted(s for s, v in summaries.items() if v.get("skipped") or v.get("any_skipped"))
     if skipped:
-        flags.append(Flag("cases_skipped", skipped, ", ".join(f"{s} {summaries[s]['skipped']}" for s in skipped)
+        flags.append(Flag("cases_skipped", skipped, ", ".join(f"{s} {_fmt(summaries[s].get('skipped'))}"
+                                                              for s in skipped)
                           + " case(s) could not be read", "they are left out of training and of the plan",
                           "read the reason per case in the site's fingerprint (skipped) and fix the files"))
     return flags
+
+
+def hide_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary row of a site that keeps its case counts (its [policy]): the
+    counts replaced by the two facts the check needs."""
+    out = dict(summary)
+    out.update(cases=None, skipped=None, few_cases=bool(summary["cases"] < MIN_CASES),
+               any_skipped=bool(summary["skipped"]))
+    return out
 
 
 def check(summaries: Mapping[str, Mapping], strict: bool = False) -> dict[str, Any]:

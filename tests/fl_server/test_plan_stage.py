@@ -114,6 +114,17 @@ def test_secure_fingerprint_sum_equals_plaintext_sum(tmp_path):
     # what the server got from each site beside the masked vector: summary and counts, no vector
     assert sorted(replies) == ["a", "b", "c"] and all(r["vector"] is None for r in replies.values())
     assert replies["c"]["summary"]["modality"] == "MR"
+    # the sites' default policy keeps case counts: the row says only whether they are few
+    assert replies["a"]["summary"]["cases"] is None and replies["a"]["summary"]["few_cases"] is False
+
+
+def test_few_cases_flagged_without_the_count_leaving(tmp_path):
+    sites = Sites(tmp_path, {**SPECS, "small": ("CT", 2, 5, True)})
+    rec = RunRecord(tmp_path / "run")
+    rec.start({"run_id": "run-1"})
+    harm = run_fingerprint_stage(Stage(sites), sites.get_node_ids(), rec, sites.secure(), timeout=30)
+    flag = {f["name"]: f for f in harm["flags"]}["too_few_cases"]
+    assert flag["sites"] == ["small"] and "2" not in flag["detail"]
 
 
 def test_stage_writes_table_and_plan_and_strict_refuses(tmp_path):
