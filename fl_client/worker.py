@@ -57,6 +57,10 @@ class SiteWorker:
             raise ValueError(f"{self.name}: the datalist has {self.data.num_classes} labels, the federation's "
                              f"[labels] {self.task.num_classes}")
         self.num_classes = self.task.num_classes
+        # the plan's fingerprint query is answered from this file (fl_client.fingerprint)
+        from fl_client.fingerprint import fingerprint_in_background
+        from fl_common.keys import FINGERPRINT_FILE
+        fingerprint_in_background(site.datalist_path, site.modality, site.name, self.work_dir / FINGERPRINT_FILE)
         self.net = self.task.build_net(seed=self.seed)
         self.loss_fn = self.task.loss()
 

@@ -13,6 +13,7 @@ OK = 0            # done (a run completed; a status query found what it looked f
 FAILED = 1        # the run or command failed: a federated run that did not complete, a process that died
 USAGE = 2         # bad usage or bad input: one line on stderr naming the file or flag
 NOT_RUNNING = 3   # `runs stop|log --follow` / `site status`: nothing is running there
+REFUSED = 4       # `fedvox check|plan --strict`: the harmonisation check raised a flag
 INTERRUPTED = 130  # stopped on purpose: Ctrl-C, SIGTERM, `fedvox runs stop`
 
 TABLE = (
@@ -22,6 +23,7 @@ TABLE = (
             "the file or flag; --debug shows the traceback)"),
     (NOT_RUNNING, "not running: `runs stop` / `runs log --follow` of a run no server is running, "
                   "`site status` of a site that is not up"),
+    (REFUSED, "refused by the harmonisation check: `fedvox check|plan --strict` found a flag"),
     (INTERRUPTED, "interrupted on purpose (Ctrl-C, SIGTERM, `fedvox runs stop`)"),
 )
 

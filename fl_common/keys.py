@@ -15,6 +15,7 @@ REC_DELTA = "delta"          # ArrayRecord: an unmasked update (secure aggregati
 REC_MASKED = "masked"        # ArrayRecord: a masked update
 REC_SECAGG = "secagg"        # ConfigRecord: a secure-aggregation payload
 REC_CASES = "cases"          # MetricRecord: per-case value lists of a cross-site evaluation (where allowed)
+REC_FINGERPRINT = "fingerprint"  # ConfigRecord: a site's fingerprint summary + categorical counts (JSON)
 
 # ----- keys inside those records ----------------------------------------------
 SERVER_ROUND = "server-round"
@@ -37,6 +38,8 @@ SECAGG_ADVERTISE = "advertise"
 SECAGG_SHARE = "share"
 CROSS_SITE = "cross_site"    # evaluate.cross_site: one more model on the site's validation cases (final stage)
 LOCAL_MODEL = "local_model"  # query.local_model: a consenting site's local-only model (final stage)
+PLAN_FINGERPRINT = "fingerprint"        # query.fingerprint: the site's fingerprint (vector masked)
+PLAN_REVEAL = "fingerprint_reveal"      # query.fingerprint_reveal: unmask the summed fingerprint
 
 # ----- the SuperNode's node config (written by the site launcher) -------------
 NODE_SITE_NAME = "site-name"
@@ -48,6 +51,7 @@ NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"
 NODE_SITE_CONFIG = "site-config"  # the site's own site.toml: its [policy] is read for every message
 NODE_COLLUDING_SITES = "secagg-colluding-sites"  # the site's own bound on sites colluding with the server
+FINGERPRINT_FILE = "fingerprint.json"  # in the worker's work dir (next to its socket): what a query answers
 AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
 
 # ----- error replies of a site (Flower Message Error codes; Flower's own are < 100) -----

@@ -98,7 +98,8 @@ def _cmd_server(a) -> int:
               file=sys.stderr)
         spec = deploy.write_spec(Path(a.run_dir), Path(a.federation), Path(a.data_base) if a.data_base else None,
                                  not a.no_secure_aggregation, prov.roster_path, rounds=a.rounds,
-                                 connect_timeout=a.connect_timeout)
+                                 connect_timeout=a.connect_timeout, harmonisation_check=True,
+                                 strict_check=a.strict_check or None, plan_memory_gb=a.plan_memory_gb)
         res = deploy.run_federation(cli, prov.federation, spec, a.timeout, Path(a.work) / "run.log")
         print(f"run {res.run_id}: {res.status} in {res.seconds:.0f} s; records in {a.run_dir}", file=sys.stderr)
         if not res.ok:
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fl_server.runs_cli import add_runs_parser
     add_runs_parser(cmd)
+    p.add_argument("--strict-check", action="store_true", help="refuse to start on any harmonisation flag")
+    p.add_argument("--plan-memory-gb", type=float, default=None,
+                   help="also derive plan.json from the sites' fingerprints for this training memory")
 
     p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
@@ -344,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("kit", metavar="KIT")
     from fl_client.site_status import add_status_parser  # light: its work is imported when it runs
     add_status_parser(scmd)
+
+    from fl_server.plan_cli import add_plan_commands
+    add_plan_commands(cmd)
 
     p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
     p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")

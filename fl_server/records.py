@@ -62,6 +62,7 @@ CROSS_SITE = "cross_site.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
+PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox check (fl_server.plan)
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
@@ -162,6 +163,25 @@ class RunRecord:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+    def save_plan(self, plan: dict) -> Path:
+        """plan.json: the [preprocess]/[sampling]/[model] tables and their reasons."""
+        self._writable()
+        write_json(self.dir / PLAN, plan)
+        return self.dir / PLAN
+
+    def save_harmonisation(self, table: dict) -> Path:
+        """harmonisation.json: every site's summary row and the flags."""
+        self._writable()
+        write_json(self.dir / HARMONISATION, table)
+        return self.dir / HARMONISATION
+
+    @property
+    def plan(self) -> dict | None:
+        return read_json(self.dir / PLAN, {}) or None
+
+    @property
+    def harmonisation(self) -> dict | None:
+        return read_json(self.dir / HARMONISATION, {}) or None
 
     def commit_round(self, r: int) -> None:
         self._writable()

@@ -71,12 +71,13 @@ class RoundLoop:
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None,
-                 cross_models: dict[str, dict] | None = None):
+                 before_rounds: Callable | None = None, cross_models: dict[str, dict] | None = None):
         import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
         self.cfg, self.central = settings, central
         self.run_info = dict(run_info or {})  # what the run record states besides the loop's own settings
+        self.before_rounds = before_rounds   # (stage, nodes): the plan's fingerprint query + check (plan_stage)
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
         self.cross_models = dict(cross_models or {})  # e.g. the pooled baseline, for the cross-site matrix
 
@@ -134,6 +135,12 @@ class RoundLoop:
                            "secure_aggregation": self.aggregation.describe(), "best_metric": self.cfg.best_metric})
         nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout)
         self.record.event("sites_connected", sites=len(nodes), first_round=start, rounds=self.cfg.rounds)
+        if self.before_rounds is not None and start == 1 and self.record.harmonisation is None:
+            try:
+                self.before_rounds(self.stage, nodes)
+            except ValueError as e:  # PlanError, HarmonisationRefused: the run does not start
+                self.record.finish("failed", reason=str(e))
+                raise
         self.aggregation.setup(self.stage, nodes)
         if start == 1 and self.central is not None and not self.record.rounds:
             scores, _, _ = self.central.evaluate(self.weights)

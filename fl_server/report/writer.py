@@ -128,6 +128,9 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
                [[g["site"], g["model"]] + _gain_cells(g, keys) for g in gains])]
     if per_case:
         B += _ci_blocks(per_case, labels)
+    if run.harmonisation:  # the plan stage's table (fl_server.plan_stage / fedvox check)
+        from imaging_core.plan.harmonise import report_blocks
+        B += report_blocks(run.harmonisation)
     B.append(("h", 2, "Plots"))
     B += [("img", name, CAPTIONS.get(name, name)) for name in figures if name != "cross_site.png"]
     if overlays:

@@ -239,7 +239,7 @@ def test_the_readme_exit_status_table_is_the_one_in_fl_common_exit_codes():
     text = (REPO / "README.md").read_text()
     for code, _ in X.TABLE:
         assert f"| {code} |" in text, f"README has no row for exit status {code}"
-    assert sorted({c for c, _ in X.TABLE}) == [0, 1, 2, 3, 130]
+    assert sorted({c for c, _ in X.TABLE}) == [0, 1, 2, 3, 4, 130]
 
 
 def test_on_a_terminal_progress_prints_the_same_lines_through_rich_under_a_spinner(tmp_path):
