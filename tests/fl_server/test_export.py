@@ -57,3 +57,45 @@ def test_export_run_needs_federation_path(run_dir, tmp_path):
     assert export_run(run_dir, tmp_path / "b", federation_path=fed).is_dir()  # unsigned is allowed
 
 
+
+
+def test_export_auto_postprocess_decided_on_sites_validation(run_dir, tmp_path):
+    """nnU-Net's rule on the sites' recorded validation metrics: class 1 gains from keeping
+    its largest component, class 2 loses; the decision is recorded in the run directory
+    and the bundle ships it (MONAI's KeepLargestConnectedComponentd on class 1 only)."""
+    from fl_server.export import DECISION_FILE, export_run
+    final = json.loads((run_dir / "final_sites.json").read_text())
+    for i, row in enumerate(final["sites"]):
+        row.update({"global/raw_dice_1": 0.70 + 0.01 * i, "global/lcc_dice_1": 0.78,
+                    "global/raw_dice_2": 0.50, "global/lcc_dice_2": 0.40})
+    write_json(run_dir / "final_sites.json", final)
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    rounds[-1].update({"central/raw_dice_1": 0.6, "central/lcc_dice_1": 0.7,
+                       "central/raw_dice_2": 0.3, "central/lcc_dice_2": 0.2})
+    write_json(run_dir / "rounds.json", rounds)
+    out = export_run(run_dir, tmp_path / "b", which="final", postprocess="auto")
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["data_contract"]["postprocess"]["chain"] == [{"name": "largest_component", "classes": [1]}]
+    prov = meta["federated_provenance"]
+    assert prov["postprocess"]["policy"] == "auto" and prov["postprocess"]["decision"]["source"].startswith("sites")
+    # the held-out figures the bundle states are those expected under the shipped chain
+    assert prov["metrics"]["held_out"]["dice_1"] == 0.7 and prov["metrics"]["held_out"]["dice_2"] == 0.3
+    inf = json.loads((out / "configs" / "inference.json").read_text())
+    assert inf["postprocessing"]["transforms"][1]["applied_labels"] == [1]
+    rec = json.loads((run_dir / DECISION_FILE).read_text())
+    assert rec["classes"] == [1] and rec["per_class"]["2"]["keep"] is False
+    # "run" (the default) ships the chain the run evaluated with: here none
+    out2 = export_run(run_dir, tmp_path / "b2", which="final")
+    assert json.loads((out2 / "configs" / "metadata.json").read_text())["data_contract"]["postprocess"] == \
+        {"chain": []}
+
+
+def test_export_refuses_a_chain_monai_cannot_express(run_dir, tmp_path):
+    from fl_server.export import export_run
+    from imaging_core.errors import ImagingError
+    info = json.loads((run_dir / "run.json").read_text())
+    info["postprocess"] = {"chain": ["crf", "largest_component"]}
+    write_json(run_dir / "run.json", info)
+    with pytest.raises(ImagingError, match=r"run\.json: \[postprocess\] of the run: .*'crf' cannot be expressed"):
+        export_run(run_dir, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
