@@ -125,7 +125,11 @@ def readme(meta: dict) -> str:
           "With fedvox (NIfTI file or DICOM series in, label NIfTI out in the input's original grid):", "",
           "```bash", "fedvox bundle verify BUNDLE_DIR --kit SITE_KIT   # or --public-key bundle_signing.pub",
           "fedvox infer BUNDLE_DIR /path/to/image.nii.gz --out seg.nii.gz --kit SITE_KIT [--device cuda]",
-          "```", "", "`fedvox infer` verifies the bundle itself and refuses an unsigned, re-signed or "
+          "fedvox infer BUNDLE_DIR /path/to/folder --out /path/to/out --kit SITE_KIT   # every file / series in it",
+          "fedvox infer BUNDLE_DIR /path/to/dicom --series-uid UID --out seg.nii.gz --kit SITE_KIT",
+          "```", "", "`fedvox infer` checks each input against this bundle first: a DICOM Modality "
+          "(0008,0060) the bundle was not made for, a CT not in Hounsfield units, or a voxel spacing far "
+          "from the bundle's is one clear error, unless `--force modality|intensity|spacing|all`.", "", "`fedvox infer` verifies the bundle itself and refuses an unsigned, re-signed or "
           "changed one (exit 2) unless given `--allow-unsigned`.", "",
           f"TorchScript (`models/model.ts`): input `(N, {c['in_channels']}, X, Y, Z)` float32 already "
           f"preprocessed as above, each spatial size a multiple of {mult}; output `(N, {len(labels)}, X, Y, Z)` "

@@ -99,3 +99,31 @@ def test_export_refuses_a_chain_monai_cannot_express(run_dir, tmp_path):
     with pytest.raises(ImagingError, match=r"run\.json: \[postprocess\] of the run: .*'crf' cannot be expressed"):
         export_run(run_dir, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_infer_folder_in_folder_out_and_a_refused_input(cli, run_dir, tmp_path, fab):
+    """`fedvox infer BUNDLE DIR --out DIR` segments every image in DIR; an input the
+    bundle was not made for (a CT not in HU) is one line on stderr, exit 2, unless forced."""
+    import nibabel as nib
+    import numpy as np
+    key, crt = fab.bundle_key(tmp_path)
+    assert cli("export", "--out", tmp_path / "bundle", "--key", key, run_dir).returncode == 0
+    aff = np.diag([-2.5, -2.5, 5.0, 1.0])
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        img = np.where(rng.random((24, 20, 12)) > 0.5, 40, -1000).astype(np.int16)
+        nib.save(nib.Nifti1Image(img, aff), tmp_path / "in" / f"p{i}.nii.gz")
+    r = cli("infer", tmp_path / "bundle", tmp_path / "in", "--out", tmp_path / "out", "--public-key", crt,
+            "--quiet", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0_seg.nii.gz", "p1_seg.nii.gz"]
+    nib.save(nib.Nifti1Image(np.full((24, 20, 12), 500, np.int16) + np.arange(12, dtype=np.int16), aff),
+             tmp_path / "raw.nii.gz")
+    r = cli("infer", tmp_path / "bundle", tmp_path / "raw.nii.gz", "--out", tmp_path / "raw_seg.nii.gz",
+            "--public-key", crt, "--quiet")
+    assert r.returncode == 2 and "raw.nii.gz" in r.stderr and "Hounsfield" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("infer", tmp_path / "bundle", tmp_path / "raw.nii.gz", "--out", tmp_path / "raw_seg.nii.gz",
+            "--public-key", crt, "--quiet", "--force", "intensity", timeout=240)
+    assert r.returncode == 0 and (tmp_path / "raw_seg.nii.gz").is_file(), r.stderr
