@@ -73,8 +73,11 @@ def test_export_auto_postprocess_decided_on_sites_validation(run_dir, tmp_path):
     rounds[-1].update({"central/raw_dice_1": 0.6, "central/lcc_dice_1": 0.7,
                        "central/raw_dice_2": 0.3, "central/lcc_dice_2": 0.2})
     write_json(run_dir / "rounds.json", rounds)
+    write_json(run_dir / "plan.json", {"pixdim": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32]})  # `fedvox plan`'s
     out = export_run(run_dir, tmp_path / "b", which="final", postprocess="auto")
     meta = json.loads((out / "configs" / "metadata.json").read_text())
+    plan = meta["data_contract"]["plan"]  # the run's plan travels, with the decision in it
+    assert plan["patch_size"] == [32, 32, 32] and plan["postprocess"]["classes"] == [1]
     assert meta["data_contract"]["postprocess"]["chain"] == [{"name": "largest_component", "classes": [1]}]
     prov = meta["federated_provenance"]
     assert prov["postprocess"]["policy"] == "auto" and prov["postprocess"]["decision"]["source"].startswith("sites")
