@@ -91,6 +91,18 @@ def _dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> dict:
     return out
 
 
+def _largest(base: np.ndarray, num_classes: int, connectivity):
+    """Each class's largest component kept (the candidate), or None where fedvox's
+    compiled ops cannot be built here: an evaluation without a chain must not need a
+    compiler, so the candidate is then simply not measured."""
+    from ..postprocess.build import OpsBuildError
+    from ..postprocess.components import keep_largest
+    try:
+        return keep_largest(base, classes=list(range(1, num_classes)), connectivity=connectivity)
+    except OpsBuildError:
+        return None
+
+
 def evaluate_cases(net: torch.nn.Module, cases, roi: Sequence[int], num_classes: int,
                    device: torch.device, amp: str | None = None, overlap: float = 0.5,
                    sw_batch_size: int = 4, postprocess: Callable | Mapping | None = None,
@@ -108,7 +120,6 @@ def evaluate_cases(net: torch.nn.Module, cases, roi: Sequence[int], num_classes:
     preprocessed grid (the report keeps some for overlays)."""
     if space not in ("original", "preprocessed"):
         raise ValueError(f"space must be 'original' or 'preprocessed', got {space!r}")
-    from ..postprocess.components import keep_largest
     from .invert import labels_to_grid
     conn = postprocess.get("connectivity") if isinstance(postprocess, Mapping) else None
     results = []
@@ -121,19 +132,23 @@ def evaluate_cases(net: torch.nn.Module, cases, roi: Sequence[int], num_classes:
             pred = postprocess(pred)
         pre_pred, gt = pred, np.asarray(item["label"].array[0])
         row = {"case_id": cc.case_id, "dice_preprocessed": _dice(pred, gt, num_classes)}
-        lcc = keep_largest(base, classes=list(range(1, num_classes)), connectivity=conn)
+        lcc = _largest(base, num_classes, conn)
         lab = original_label(cc, num_classes) if space == "original" else None
         if lab is not None:
             aff, shape = item["image"].affine, lab.spatial_shape
             gt, spacing = lab.array[0], lab.spacing
-            pred, base, lcc = (labels_to_grid(x, aff, lab.affine, shape) for x in (pred, base, lcc))
+            same = base is pred  # no label steps: one inversion serves both
+            pred = labels_to_grid(pred, aff, lab.affine, shape)
+            base = pred if same else labels_to_grid(base, aff, lab.affine, shape)
+            lcc = None if lcc is None else labels_to_grid(lcc, aff, lab.affine, shape)
             row["space"] = "original"
         else:
             spacing = item["image"].spacing
             row["space"] = "preprocessed"
         m = case_metrics(pred, gt, num_classes, spacing=tuple(float(s) for s in spacing))
         row.update(m)
-        row["candidates"] = {"raw": _dice(base, gt, num_classes), "largest": _dice(lcc, gt, num_classes)}
+        if lcc is not None:
+            row["candidates"] = {"raw": _dice(base, gt, num_classes), "largest": _dice(lcc, gt, num_classes)}
         results.append(row)
         if on_prediction is not None:
             on_prediction(cc, item, pre_pred)
