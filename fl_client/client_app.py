@@ -174,6 +174,16 @@ def share(msg: Message, context: Context) -> Message:
     return _guarded(_share, msg, context)
 
 
+@app.query(K.PLAN_FINGERPRINT)
+def fingerprint(msg: Message, context: Context) -> Message:
+    return _guarded(_fingerprint, msg, context)
+
+
+@app.query(K.PLAN_REVEAL)
+def fingerprint_reveal(msg: Message, context: Context) -> Message:
+    return _guarded(_fingerprint_reveal, msg, context)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return _guarded(_train, msg, context)
@@ -198,6 +208,47 @@ def _share(msg: Message, context: Context, pol) -> Message:
     payload = _secagg(context, str(rec[K.SESSION])).receive_roster_and_share(bytes(rec[K.PAYLOAD]))
     return _reply(msg, RecordDict({K.REC_SECAGG: ConfigRecord({K.SITE: _node(context, K.NODE_SITE_NAME),
                                                                K.PAYLOAD: payload})}), context)
+
+
+def _fingerprint(msg: Message, context: Context, pol) -> Message:
+    """The plan's query: summary + categorical counts in clear, the vector masked
+    (in the federation's layout) with the round's secure-aggregation request."""
+    from fl_common.fingerprint_codec import encode_counts, federation_vector
+    from .fingerprint import fingerprint_path, read_fingerprint
+    sec = msg.content.config_records.get(K.REC_SECAGG)
+    P.admit_fingerprint(pol, secure=sec is not None)
+    cfg = _config(msg)
+    reply = read_fingerprint(fingerprint_path(_node(context, K.NODE_WORKER_SOCKET)))
+    vector = federation_vector(reply["modality"], reply["vector"])
+    if reply["summary"]["cases"] < 1:
+        raise P.SiteFault("the site fingerprinted no case (every case skipped or unlabelled)")
+    if not P.case_counts_allowed(pol):  # its case counts stay (they are inside the masked sum only)
+        from imaging_core.plan.harmonise import hide_counts
+        reply = {**reply, "summary": hide_counts(reply["summary"])}
+    content = RecordDict({K.REC_INFO: _info(context)})
+    if sec is None:
+        side = {**reply, "vector": [int(v) for v in vector]}
+    else:
+        from fl_common.secagg.checks import received
+        sa = _secagg(context, str(sec[K.SESSION]))
+        rnd = int(cfg.get(K.SERVER_ROUND, 0))
+        clip, weight = sa.setup_bounds()
+        # equal weights: the unmasked mean times the survivors is the exact sum
+        up = sa.mask(rnd, encode_counts(vector, clip), weight, bytes(sec[K.PAYLOAD]),
+                     received=received({}, cfg, str(cfg.get(K.RUN_ID, "")), rnd))
+        content[K.REC_MASKED] = ArrayRecord({K.VECTOR: Array(up.vector)})
+        content[K.REC_SECAGG] = ConfigRecord({K.PAYLOAD: up.payload})
+        side = {**reply, "vector": None}
+    content[K.REC_FINGERPRINT] = ConfigRecord({K.PAYLOAD: json.dumps(side).encode()})
+    return _reply(msg, content, context)
+
+
+def _fingerprint_reveal(msg: Message, context: Context, pol) -> Message:
+    cfg = _config(msg)
+    sec = msg.content.config_records[K.REC_SECAGG]
+    payload = _secagg(context, str(sec[K.SESSION])).reveal(int(cfg.get(K.SERVER_ROUND, 0)), bytes(sec[K.PAYLOAD]))
+    return _reply(msg, RecordDict({K.REC_SECAGG: ConfigRecord({K.PAYLOAD: payload}),
+                                   K.REC_INFO: _info(context)}), context)
 
 
 def _in_background(fn, *args):

@@ -186,6 +186,13 @@ def admit_train(pol: PolicyTable, state_dir, cfg: dict, arrays: dict, secure: bo
     return rnd
 
 
+def admit_fingerprint(pol: PolicyTable, secure: bool) -> None:
+    """The plan's fingerprint query: its histogram vector leaves only masked,
+    like an update, unless the site itself opted out of secure aggregation."""
+    if pol.require_secure_aggregation and not secure:
+        raise Refused(SECAGG_REQUIRED)
+
+
 def admit_evaluate(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:
     """Raise Refused unless this is the one evaluation of the round's trained model,
     or the run's one final evaluation (a round after the last one trained)."""

@@ -7,6 +7,7 @@ one ProcessGroup, so Ctrl-C or a failure stops everything."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -109,9 +110,14 @@ def run_site(kit_dir, keys_dir, work, data_root, *, federation=None, superlink: 
     up until a process exits (status 1) or Ctrl-C / SIGTERM (everything is
     stopped either way). The ClientApp runner is restarted by its keeper; the
     site stops if the keeper gives up."""
+    from .site_status import write_site_pid
     kit = read_kit(kit_dir)
     fed = Path(federation) if federation else kit.dir / "federation.toml"
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.chmod(work, 0o750)  # the site's logs and state: not for other local users
     with ProcessGroup("fedvox-site") as group:
+        write_site_pid(work, kit.name, superlink or kit.superlink_address, group.tag)  # `fedvox site status`
         sp = start_site(group, kit, Path(keys_dir), fed, kit.site_toml, Path(work),
                         superlink or kit.superlink_address, data_root=Path(data_root), insecure=insecure,
                         device=device, trust_on_first_use=trust_on_first_use, pinned_app=pinned_app)

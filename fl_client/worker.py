@@ -56,12 +56,16 @@ class SiteWorker:
             raise ValueError(f"{self.name}: the datalist has {self.data.num_classes} labels, the federation's "
                              f"[labels] {self.task.num_classes}")
         self.num_classes = self.task.num_classes
+        # the plan's fingerprint query is answered from this file (fl_client.fingerprint)
+        from fl_client.fingerprint import fingerprint_in_background
+        from fl_common.keys import FINGERPRINT_FILE
+        fingerprint_in_background(site.datalist_path, site.modality, site.name, self.work_dir / FINGERPRINT_FILE)
         self.net = self.task.build_net(seed=self.seed)
         self.loss_fn = self.task.loss()
 
     # ----- introspection ----------------------------------------------------
     def status(self) -> dict:
-        return {"site": self.name, "num_train": len(self.data.cases("training")),
+        return {"site": self.name, "device": str(self.device), "num_train": len(self.data.cases("training")),
                 "num_val": len(self.data.cases("validation")),
                 "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
                 "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}

@@ -14,6 +14,7 @@ REC_METRICS = "metrics"      # MetricRecord: the scalars a site reports
 REC_DELTA = "delta"          # ArrayRecord: an unmasked update (secure aggregation off)
 REC_MASKED = "masked"        # ArrayRecord: a masked update
 REC_SECAGG = "secagg"        # ConfigRecord: a secure-aggregation payload
+REC_FINGERPRINT = "fingerprint"  # ConfigRecord: a site's fingerprint summary + categorical counts (JSON)
 
 # ----- keys inside those records ----------------------------------------------
 SERVER_ROUND = "server-round"
@@ -33,6 +34,8 @@ MSG_EVALUATE = "evaluate"
 MSG_QUERY = "query"          # query.<action>: secure-aggregation setup stages
 SECAGG_ADVERTISE = "advertise"
 SECAGG_SHARE = "share"
+PLAN_FINGERPRINT = "fingerprint"        # query.fingerprint: the site's fingerprint (vector masked)
+PLAN_REVEAL = "fingerprint_reveal"      # query.fingerprint_reveal: unmask the summed fingerprint
 
 # ----- the SuperNode's node config (written by the site launcher) -------------
 NODE_SITE_NAME = "site-name"
@@ -44,6 +47,7 @@ NODE_AUTH_KEY = "auth-key"
 NODE_AUDIT_DIR = "audit-dir"
 NODE_SITE_CONFIG = "site-config"  # the site's own site.toml: its [policy] is read for every message
 NODE_COLLUDING_SITES = "secagg-colluding-sites"  # the site's own bound on sites colluding with the server
+FINGERPRINT_FILE = "fingerprint.json"  # in the worker's work dir (next to its socket): what a query answers
 AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
 
 # ----- error replies of a site (Flower Message Error codes; Flower's own are < 100) -----

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LOG_MODE = 0o640  # logs name sites, paths and errors: not for other local users
 GROUP_ENV = "FEDVOX_LAUNCH_GROUP"
 PROC_ENV = "FEDVOX_LAUNCH_PROC"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -39,6 +40,13 @@ class LaunchError(RuntimeError):
 def strip_ansi(text: str) -> str:
     """Text without terminal colour codes (Flower colours its logs)."""
     return _ANSI.sub("", text)
+
+
+def open_log(path: str | os.PathLike):
+    """``path`` opened for appending, created 0640 (and made so if it existed wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+    os.fchmod(fd, LOG_MODE)
+    return os.fdopen(fd, "ab")
 
 
 def read_log(path: Path) -> str:
@@ -318,7 +326,7 @@ class ProcessGroup:
         env = dict(os.environ if env is None else env)
         _add_tag(env, GROUP_ENV, self.tag)
         _add_tag(env, PROC_ENV, proc_tag)
-        with open(log_path, "ab") as log:
+        with open_log(log_path) as log:
             log.write(f"\n# fedvox: start {name}: {' '.join(map(str, argv))}\n".encode())
             log.flush()
             log_start = len(read_log(log_path))  # waits look after this header (argv may match)

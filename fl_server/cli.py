@@ -16,13 +16,7 @@ import argparse
 import json
 import sys
 
-EXIT_CODES = """exit status:
-  0    done
-  1    the run or command failed (a federated run that did not complete, a process
-       that died)
-  2    bad usage or bad input, incl. a refused bundle or checkpoint (one line on
-       stderr naming the file or flag; --debug shows the traceback)
-  130  interrupted (Ctrl-C)"""
+from fl_common.exit_codes import HELP as EXIT_CODES, INTERRUPTED
 
 
 def _version() -> str:
@@ -93,20 +87,25 @@ def _cmd_server(a) -> int:
     except ValueError as e:
         print(f"fedvox server: {e}", file=sys.stderr)
         return 2
-    with ProcessGroup("fedvox-server") as group:
+    from fl_server.runs import ServerSession
+    group = ProcessGroup("fedvox-server")
+    # the session is left last: the group has stopped every process when it marks the run stopped
+    with ServerSession(Path(a.run_dir), Path(a.work) / "run.log", group.tag, progress=not a.no_progress) as session, \
+            group:
         listen = deploy.fleet_listen(prov, pairs, port)
         sl, cli = deploy.start_superlink(group, prov, Path(a.work), None, a.insecure, listen=listen)
         print(f"sites connect to {sl.fleet_address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
               file=sys.stderr)
         spec = deploy.write_spec(Path(a.run_dir), Path(a.federation), Path(a.data_base) if a.data_base else None,
                                  not a.no_secure_aggregation, prov.roster_path, rounds=a.rounds,
-                                 connect_timeout=a.connect_timeout)
+                                 connect_timeout=a.connect_timeout, harmonisation_check=True,
+                                 strict_check=a.strict_check or None, plan_memory_gb=a.plan_memory_gb)
         res = deploy.run_federation(cli, prov.federation, spec, a.timeout, Path(a.work) / "run.log")
         print(f"run {res.run_id}: {res.status} in {res.seconds:.0f} s; records in {a.run_dir}", file=sys.stderr)
         if not res.ok:
             print(res.details, file=sys.stderr)
             return 1
-    return 0
+    return INTERRUPTED if session.interrupted else 0
 
 
 def _cmd_site(a) -> int:
@@ -190,11 +189,12 @@ def _cmd_infer(a) -> int:
     _warn_unsigned(a, key)
     kw = dict(device=a.device, progress=not a.quiet, modality=a.modality, public_key=key,
               scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned, force=tuple(a.force))
-    if is_study_folder(a.input) and a.series_uid is None:  # folder in, folder out (nnU-Net's -i/-o)
-        outs = infer_folder(a.bundle, a.input, a.out, **kw)
+    if is_study_folder(a.input) and a.series_uid is None and not (a.dicom_seg or a.seg_nrrd):
+        outs = infer_folder(a.bundle, a.input, a.out, **kw)  # folder in, folder out (nnU-Net's -i/-o)
     else:
-        outs = [infer_file(a.bundle, a.input, a.out, series_uid=a.series_uid, **kw)]
-    print("\n".join(map(str, outs)))
+        outs = [infer_file(a.bundle, a.input, a.out, series_uid=a.series_uid, dicom_seg=a.dicom_seg,
+                           seg_nrrd=a.seg_nrrd, **kw), a.dicom_seg, a.seg_nrrd]
+    print("\n".join(str(p) for p in outs if p))
     return 0
 
 
@@ -310,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=24 * 3600.0)
     p.add_argument("--insecure", action="store_true", help="no TLS, no node auth (local development only)")
     p.add_argument("--no-secure-aggregation", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no per-round progress lines on stdout")
+
+    from fl_server.runs_cli import add_runs_parser
+    add_runs_parser(cmd)
+    p.add_argument("--strict-check", action="store_true", help="refuse to start on any harmonisation flag")
+    p.add_argument("--plan-memory-gb", type=float, default=None,
+                   help="also derive plan.json from the sites' fingerprints for this training memory")
 
     p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
@@ -343,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fingerprint", required=True, help="the roster fingerprint you were given out of band")
     q = scmd("fingerprint", _cmd_site_fingerprint, "print the roster fingerprint of a startup kit")
     q.add_argument("kit", metavar="KIT")
+    from fl_client.site_status import add_status_parser  # light: its work is imported when it runs
+    add_status_parser(scmd)
+
+    from fl_server.plan_cli import add_plan_commands
+    add_plan_commands(cmd)
 
     p = cmd("report", _cmd_report, "per-site vs global tables, CSV/JSON, PNG plots and an HTML page of a run")
     p.add_argument("run", metavar="RUN", help="federated run directory (read; the report goes to RUN/report)")
@@ -383,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "intensity range (e.g. CT not in HU), spacing far from the bundle's")
     _device_flag(p, "cpu")
     p.add_argument("--modality", default=None)
+    p.add_argument("--dicom-seg", default=None, metavar="FILE.dcm",
+                   help="also write a DICOM SEG referencing the input series (DICOM input only), for PACS/OHIF")
+    p.add_argument("--seg-nrrd", default=None, metavar="FILE.seg.nrrd",
+                   help="also write a 3D Slicer segmentation (.seg.nrrd, named and coloured segments)")
     p.add_argument("--quiet", action="store_true")
     _key_flags(p)
 

@@ -106,6 +106,10 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
             raise ImagingError(site.datalist_path, f"{site.name}: datalist not found "
                                "(check --data-base and the site's data_root)")
     work.mkdir(parents=True, exist_ok=True)
+    from .plan import run_check  # the harmonisation check before round 1 (issue 16)
+    with console.status("harmonisation check: fingerprinting the sites"):
+        harmonisation = run_check(federation, data_base)
+    console.print(harmonisation["text"])
     t0 = time.monotonic()
     names = [s.name for s in fed.sites]
     if hosts:
@@ -118,6 +122,7 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
     if run_dir.exists():  # a demo always starts a fresh run
         import shutil
         shutil.rmtree(run_dir)
+    RunRecord(run_dir).save_harmonisation(harmonisation)
     labels = dict(fed.labels)
     if hosts:
         from .demo_hosts import run_on_hosts
@@ -152,7 +157,9 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
 
         th = threading.Thread(target=_run, daemon=True)
         th.start()
-        with Live(round_table(run_dir, labels), console=console, refresh_per_second=1) as live:
+        from .progress import Follower, line_printer  # one line per stage above the live table
+        with Live(round_table(run_dir, labels), console=console, refresh_per_second=1) as live, \
+                Follower(run_dir, line_printer(console=console), from_start=True):
             while th.is_alive():
                 th.join(2.0)
                 live.update(round_table(run_dir, labels))

@@ -13,7 +13,7 @@ are read only if their SHA-256 is the one the run record recorded.
 
 The bundle is the evaluated pipeline: the preprocessing, sliding window and
 post-processing chain the run evaluated with (run.json "postprocess"), the
-run's plan when it has one (plan.json), and the held-out figures with the space
+run's plan when it has one (RunRecord.plan), and the held-out figures with the space
 they were measured in (run.json "evaluation_space"). ``postprocess="auto"``
 ships the chain chosen from the run's validation metrics instead
 (imaging_core.inference.choose_postprocess: keep the largest component of a
@@ -34,7 +34,6 @@ from .records import PSEUDONYMS, RunRecord
 
 __all__ = ["PSEUDONYMS", "data_contract", "export_run", "postprocess_decision", "site_pseudonyms"]
 
-PLAN_FILE = "plan.json"  # written by `fedvox plan` into the run directory, when the run had a plan
 DECISION_FILE = "postprocess_decision.json"
 
 
@@ -161,7 +160,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     r = run.model_round(which)
     per_site = run.site_metrics_after(r)
     fl = fed.federation
-    from imaging_core.io.tables import read_json, write_json
+    from imaging_core.io.tables import write_json
     held = _finite(run.central(r))
     decision = postprocess_decision(run, r, len(fed.labels))
     write_json(run.dir / DECISION_FILE, decision)
@@ -171,8 +170,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     if postprocess == "auto" and decision["per_class"]:
         chain = {k: v for k, v in chain.items() if k in ("connectivity",)} | {"chain": decision["chain"]}
         held = _expected_held_out(held, decision, len(fed.labels))
-    plan_path = run.dir / PLAN_FILE
-    plan = read_json(plan_path) if plan_path.is_file() else None
+    plan = run.plan  # `fedvox plan`'s plan.json in the run record, when the run had one
     if plan is not None:
         plan = {**plan, "postprocess": decision}
     provenance = {

@@ -19,7 +19,7 @@ from pathlib import Path
 import tomli_w  # a dependency of flwr (its CLI writes config.toml with it)
 
 from fl_common.flower import BIN_DIR, flower_env
-from fl_common.supervise import LaunchError, read_log, strip_ansi
+from fl_common.supervise import LaunchError, open_log, read_log, strip_ansi
 
 
 def write_cli_config(flwr_home, name: str, address: str, root_cert=None, *,
@@ -206,7 +206,7 @@ def flwr_run(app_dir, flwr_home, name: str, run_config: Mapping | None = None, s
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = len(read_log(log_path))  # an existing log is appended to: look only at our part
     started = re.compile(r"Successfully started run (\d+)")
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         p = subprocess.Popen([str(BIN_DIR / "flwr"), *map(str, args), "--stream"],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              env=flower_env(flwr_home, env), start_new_session=True)

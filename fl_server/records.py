@@ -4,12 +4,21 @@
     rounds.json / rounds.csv  one row per round: central (held-out) metrics, sites, failures
     sites.json / sites.csv    one row per round and site: training and validation scalars
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
+    cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
+                              "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}],
+                              "consent": {site: true if its local model went to the other sites}}
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
     state.json                the last completed round (written last, atomically)
     report/                   what `fedvox report` writes
+    tensorboard/              TensorBoard event files of the records (fl_server/tracking.py)
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
+    events.jsonl              one line per round-loop stage as it happens (progress, `runs status`)
+    server.json               the `fedvox server` process that runs it: pid, start time, log (`runs`)
+
+The directory is 0750 and the event log 0640: run records name the sites and
+their metrics, so other local users do not read them.
 
 This module is the only code that knows these names and what the rows mean;
 report, export and demo read a run through ``RunRecord.open``.
@@ -33,7 +42,10 @@ rounds; final_sites.json has both models after the last round.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 from fl_common.keys import CENTRAL, GLOBAL, LOCAL, TRAIN, VAL
@@ -45,11 +57,16 @@ __all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_
 
 DEFAULT_BEST_METRIC = "dice_fg_mean"
 RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
+CROSS_SITE = "cross_site.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
+PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox check (fl_server.plan)
 REPORT_DIR = "report"
+TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
+EVENTS, SERVER = "events.jsonl", "server.json"
+DIR_MODE, LOG_MODE = 0o750, 0o640
 
 
 def site_row_model_round(row_round: int) -> int:
@@ -74,7 +91,8 @@ class RunRecord:
         self.dir = Path(run_dir)
         self.read_only = _read_only
         if not _read_only:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(self.dir, DIR_MODE)  # also when it existed, or the umask widened mkdir's mode
         self.rounds: list[dict] = read_json(self.dir / ROUNDS, [])
         self.sites: list[dict] = read_json(self.dir / SITES, [])
         self.info: dict = read_json(self.dir / RUN, {})
@@ -126,6 +144,36 @@ class RunRecord:
         self._writable()
         write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
         write_csv(self.dir / "final_sites.csv", rows)
+
+    def event(self, kind: str, **fields) -> None:
+        """Append one progress event (a JSON line, ``kind`` and wall time ``t`` added).
+        One short O_APPEND write per line, so a reader never sees half of one."""
+        self._writable()
+        line = json.dumps({"event": kind, "t": round(time.time(), 3), **fields}, default=str) + "\n"
+        fd = os.open(self.dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    def save_plan(self, plan: dict) -> Path:
+        """plan.json: the [preprocess]/[sampling]/[model] tables and their reasons."""
+        self._writable()
+        write_json(self.dir / PLAN, plan)
+        return self.dir / PLAN
+
+    def save_harmonisation(self, table: dict) -> Path:
+        """harmonisation.json: every site's summary row and the flags."""
+        self._writable()
+        write_json(self.dir / HARMONISATION, table)
+        return self.dir / HARMONISATION
+
+    @property
+    def plan(self) -> dict | None:
+        return read_json(self.dir / PLAN, {}) or None
+
+    @property
+    def harmonisation(self) -> dict | None:
+        return read_json(self.dir / HARMONISATION, {}) or None
 
     def commit_round(self, r: int) -> None:
         self._writable()
@@ -206,6 +254,16 @@ class RunRecord:
     @property
     def final_sites(self) -> dict:
         return read_json(self.dir / FINAL_SITES, {"sites": [], "failures": []})
+
+    @property
+    def cross_site(self) -> list[dict]:
+        """The cross-site matrix rows (model x evaluation set), [] when the run has none."""
+        return list(read_json(self.dir / CROSS_SITE, {}).get("rows", []))
+
+    @property
+    def cross_site_consent(self) -> dict[str, bool]:
+        """Per site: did it consent to its local-only model being evaluated on the other sites."""
+        return {str(k): bool(v) for k, v in read_json(self.dir / CROSS_SITE, {}).get("consent", {}).items()}
 
     @property
     def site_names(self) -> list[str]:
@@ -320,10 +378,31 @@ class RunRecord:
         rows = sorted((x for x in self.sites if x["site"] == site), key=lambda x: x["round"])
         return [(x["round"], float(x[f"{TRAIN}{key}"])) for x in rows if _finite(x.get(f"{TRAIN}{key}"))]
 
+    def events(self, offset: int = 0) -> tuple[list[dict], int]:
+        """Events from byte ``offset`` on, and the offset after the last whole line."""
+        try:
+            with open(self.dir / EVENTS, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # not ours to crash on: a progress display skips it
+        return out, offset + end
+
     # ----- files beside the records (their locations live here too) -----------
     @property
     def report_dir(self) -> Path:
         return self.dir / REPORT_DIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.dir / TENSORBOARD_DIR
 
     @property
     def coordinator_cache(self) -> Path:

@@ -70,12 +70,14 @@ class RoundLoop:
 
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
-                 central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None):
+                 central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None,
+                 before_rounds: Callable | None = None):
         import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
         self.cfg, self.central = settings, central
         self.run_info = dict(run_info or {})  # what the run record states besides the loop's own settings
+        self.before_rounds = before_rounds   # (stage, nodes): the plan's fingerprint query + check (plan_stage)
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
 
     # ----- state ------------------------------------------------------------
@@ -131,6 +133,13 @@ class RoundLoop:
                            "server_optimizer": self.opt.settings(), "site_round": self.cfg.site_round,
                            "secure_aggregation": self.aggregation.describe(), "best_metric": self.cfg.best_metric})
         nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout)
+        self.record.event("sites_connected", sites=len(nodes), first_round=start, rounds=self.cfg.rounds)
+        if self.before_rounds is not None and start == 1 and self.record.harmonisation is None:
+            try:
+                self.before_rounds(self.stage, nodes)
+            except ValueError as e:  # PlanError, HarmonisationRefused: the run does not start
+                self.record.finish("failed", reason=str(e))
+                raise
         self.aggregation.setup(self.stage, nodes)
         if start == 1 and self.central is not None and not self.record.rounds:
             scores, _, _ = self.central.evaluate(self.weights)
@@ -157,6 +166,7 @@ class RoundLoop:
                "it): start a new run from another model to go on")
         log.error("%s", why)
         self.record.finish("failed", reason=why)
+        self.record.event("run_done", status="failed", reason=why)
         return True
 
     def run(self) -> None:
@@ -170,12 +180,15 @@ class RoundLoop:
         self.final_evaluation(self.stage.nodes())
         best_round, best = self.record.best(self.cfg.best_metric)
         self.record.finish("completed", best_round=best_round, best_score=best)
+        self.record.event("run_done", status="completed", best_round=best_round, metric=self.cfg.best_metric,
+                          value=best)
         log.info("run complete: best %s %.4f at round %d", self.cfg.best_metric, best, best_round)
 
     def run_round(self, r: int, nodes: list[int]) -> dict:
         """One round over ``nodes``; returns the row it wrote to the run record."""
         t0 = time.perf_counter()
         row = {"round": r, "sites_sampled": len(nodes), "lr": self.cfg.lr(r)}
+        self.record.event("round_start", round=r, rounds=self.cfg.rounds, sites=len(nodes))
         site_rows: dict[str, dict] = {}
         before = self.flat()
         agg = self.aggregation
@@ -188,12 +201,16 @@ class RoundLoop:
         # each update is taken in (checked, summed) as it lands, while the other sites still train
         train_ok, train_failed = self._send(nodes, K.MSG_TRAIN, r, extra, self.cfg.train_timeout,
                                             on_reply=lambda n, m: agg.collect_train(r, {n: m}))
+        self._stage_event(r, K.MSG_TRAIN, train_ok, train_failed, t0)
         for n, m in train_ok.items():
             site = self.stage.site(n)
             site_rows[site] = {"round": r, "site": site, **{f"{K.TRAIN}{k}": v for k, v in _metrics(m).items()}}
         survivors = sorted(train_ok)
+        t_eval = time.perf_counter()
         eval_ok, eval_failed = ({}, []) if not survivors else self._send(
             survivors, K.MSG_EVALUATE, r, agg.eval_extra(r, survivors), self.cfg.eval_timeout)
+        if survivors:
+            self._stage_event(r, K.MSG_EVALUATE, eval_ok, eval_failed, t_eval)
         for n, m in eval_ok.items():
             site = self.stage.site(n)
             site_rows.setdefault(site, {"round": r, "site": site}).update(
@@ -226,8 +243,18 @@ class RoundLoop:
         if self.record.info.get(IN_FLIGHT) == r:
             self.record.info.pop(IN_FLIGHT)
             self.record.start({})
+        metric = f"{K.CENTRAL}{self.cfg.best_metric}"
+        self.record.event("round_done", round=r, rounds=self.cfg.rounds, status=row["status"],
+                          sites=row["sites_aggregated"], failed=row["n_failures"], seconds=row["seconds"],
+                          metric=self.cfg.best_metric, value=row.get(metric), reason=row.get("reason"))
         log.info("round %d: %s", r, json.dumps({k: v for k, v in row.items() if k != "failures"}, default=str))
         return row
+
+    def _stage_event(self, r: int, stage: str, ok: dict, failed: list, t0: float) -> None:
+        """What one message stage did, site by site (the progress display and `runs status`)."""
+        self.record.event("stage_done", round=r, stage=stage, seconds=round(time.perf_counter() - t0, 2),
+                          ok=sorted(self.stage.site(n) for n in ok),
+                          failed=[{"site": f["site"], "error": f["error"][:200]} for f in failed])
 
     def final_evaluation(self, nodes: list[int]) -> None:
         """Every site evaluates the final global model once more (its last local-only

@@ -53,7 +53,20 @@ def build_server(spec: dict, grid) -> RoundLoop:
                 "evaluation_amp": task.amp_record(),
                 "evaluation_space": central.space if central is not None else None}
     return RoundLoop(grid, record, _aggregation(spec, fl, record), ServerOptimizer.from_federation(fl),
-                     template, settings, central=central, run_info=run_info, stage=Stage(grid))
+                     template, settings, central=central, run_info=run_info, stage=Stage(grid),
+                     before_rounds=_plan_stage(spec, fed, record))
+
+
+def _plan_stage(spec: dict, fed, record: RunRecord):
+    """The fingerprint query + harmonisation check before round 1 (`fedvox server`)."""
+    if not spec.get("harmonisation_check"):
+        return None
+    from .plan_stage import run_fingerprint_stage
+    secure = _aggregation(spec, fed.federation, record)  # a session of its own, same settings
+    return lambda stage, nodes: run_fingerprint_stage(
+        stage, nodes, record, secure=secure if getattr(secure, "signs_received", False) else None,
+        timeout=float(spec.get("setup_timeout", 300)), strict=bool(spec.get("strict_check")),
+        memory_gb=spec.get("plan_memory_gb"), base_channels=fed.model.channels[0])
 
 
 def _aggregation(spec: dict, fl, record: RunRecord):

@@ -86,6 +86,11 @@ class SiteSecAgg:
             raise ProtocolError(f"site {self.site_id!r}: no roster yet (run setup S1/S2 first)")
         return self.state["setup"]
 
+    def setup_bounds(self) -> tuple[float, float]:
+        """(clip_range, max_weight) of this session's setup: what an encoding must fit."""
+        setup = self._setup()
+        return float(setup["clip_range"]), float(setup["max_weight"])
+
     def _check_run(self, msg: Mapping[str, Any], what: str) -> None:
         if msg["run_id"] != self.run_id:
             raise ProtocolError(f"{what} is for run {msg['run_id']!r}, this site is in "

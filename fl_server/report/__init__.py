@@ -10,15 +10,20 @@ run directories from `fedvox train` (final.json), and writes to RUN/report/:
                                  global and local-only) and training losses
     local_vs_global.png          grouped bars per site and structure
     hd95_box.png                 HD95 per structure and model
-    overlay_*.png                image + ground truth + prediction (when cases are given)
+    cross_site.png               every model x every evaluation set heatmap (when the run has cross_site.json)
+    overlay_*.png                image + ground truth + prediction on the case's original grid, with
+                                 orientation labels and a mm scale bar (when cases are given)
     held_out_cases.csv           per-case metrics of the held-out re-evaluation (when run)
     figures.json                 what each plot shows (series counts), for checks
     report.md                    the whole summary, embedding the PNGs by relative path
     report.html                  the same, one self-contained page (PNGs inlined)
 
+and RUN/tensorboard/ (+ MLflow when configured) through fl_server/tracking.py.
+
 Modules by job: reading (what is shown), plots and overlay (figures), writer
-(terminal tables, markdown, HTML), titles (human names of metric keys),
-evaluate (the held-out re-evaluation: the report's only torch), make (all of it).
+(terminal tables, markdown, HTML), titles (human names of metric keys), stats
+(paired bootstrap CIs), evaluate (the held-out re-evaluation: the report's only
+torch), make (all of it).
 """
 from __future__ import annotations
 

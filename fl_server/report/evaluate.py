@@ -97,13 +97,40 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
     pick = list(dict.fromkeys([ranked[i]["case_id"] for i in
                                sorted({0, len(ranked) // 2, len(ranked) - 1})] if ranked else []))[:n_overlays]
     overlays = []
+    sources = {c.case_id: c for c in data.datalist.cases}
     for cid in pick:
         item, pred, sp = preds[cid]
         r = next(r for r in ranked if r["case_id"] == cid)
         dice = ", ".join(f"{labels[c]} {_fmt(r[f'dice_{c}'])}" for c in labels if c != "0")
-        overlays.append({"name": cid, "image": np.asarray(item["image"].array[0]),
-                         "gt": np.asarray(item["label"].array[0]), "pred": pred, "spacing": sp,
-                         "title": f"held-out {cid}, {chosen}: Dice {dice}"})
+        shown = _original_grid(sources.get(cid), item, pred, say)
+        if shown is None:  # the original files are gone: the preprocessed grid (RAS) is what is left
+            shown = {"image": np.asarray(item["image"].array[0]), "gt": np.asarray(item["label"].array[0]),
+                     "pred": pred, "spacing": sp}
+        overlays.append({"name": cid, **shown, "title": f"held-out {cid}, {chosen}: Dice {dice}"})
     return rows, overlays
+
+
+def _original_grid(case, item: dict, pred: np.ndarray, say) -> dict | None:
+    """Image, ground truth and prediction on the case's original grid: the stored image and
+    label as read from disk, the prediction resampled there (nearest neighbour) from the
+    preprocessed grid it was made on, the way `fedvox infer` writes it."""
+    from imaging_core.io import Volume, load_volume
+    from imaging_core.transforms.spatial import resample_to_grid
+    if case is None or case.label is None:
+        return None
+    try:
+        img, lab = load_volume(case.image), load_volume(case.label)
+    except (ImagingError, OSError) as e:
+        say(f"report: {e}; overlay of {case.case_id} drawn on the preprocessed grid")
+        return None
+    # one voxel of background around the (possibly cropped) grid: the resampler repeats the
+    # border outside it, which would smear a label touching the crop edge over the image
+    shift = np.eye(4)
+    shift[:3, 3] = -1
+    padded = np.pad(np.asarray(pred, dtype=np.uint8), 1)[None]
+    pv = Volume(padded, np.asarray(item["image"].affine) @ shift, {})
+    back = resample_to_grid(pv, img.affine, img.spatial_shape, mode="nearest", dtype=np.uint8)
+    return {"image": np.asarray(img.array[0]), "gt": np.asarray(lab.array[0]), "pred": back.array[0],
+            "affine": np.asarray(img.affine)}
 
 

@@ -159,3 +159,50 @@ def plot_hd95_box(rows: list[dict], labels: dict, per_case: Sequence[dict] | Non
     return fig
 
 
+
+
+def plot_cross_site(matrix: Sequence[dict], labels: dict) -> Figure:
+    """The cross-site matrix as heatmaps, one per foreground structure: rows = models,
+    columns = evaluation sets, cells = Dice (annotated; a structure missed in some cases
+    says how many). A model not evaluated on a set (e.g. a site that did not consent to
+    share its local model) is a hatched empty cell, not a zero."""
+    from .reading import eval_sets
+    models = list(dict.fromkeys(r["model"] for r in matrix))
+    sets = eval_sets(list(matrix))
+    fg = [c for c in labels if c != "0"]
+    fig = Figure(figsize=(max(6.0, 1.3 * len(sets) * len(fg) + 2.5), 1.0 + 0.55 * len(models)),
+                 constrained_layout=True)
+    axes = fig.subplots(1, len(fg), squeeze=False)[0]
+    im = None
+    for k, (ax, c) in enumerate(zip(axes, fg)):
+        val = np.full((len(models), len(sets)), np.nan)
+        missed = np.zeros_like(val)
+        for r in matrix:
+            i, j = models.index(r["model"]), sets.index(r["eval_set"])
+            val[i, j] = _num(r.get(f"dice_{c}"))
+            m = _num(r.get(f"missed_{c}"))
+            missed[i, j] = m if math.isfinite(m) else 0
+        ax.set_facecolor("#eeeeee")
+        im = ax.imshow(np.ma.masked_invalid(val), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i in range(len(models)):
+            for j in range(len(sets)):
+                v = val[i, j]
+                if not math.isfinite(v):
+                    ax.add_patch(_hatch(j, i))
+                    ax.text(j, i, "not\nevaluated", ha="center", va="center", fontsize=6.5, color="#555")
+                    continue
+                txt = f"{v:.2f}" + (f"\n{int(missed[i, j])} missed" if missed[i, j] else "")
+                ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                        color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(len(sets)), sets, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(models)), models if k == 0 else [""] * len(models), fontsize=8)
+        ax.set_title(f"Dice: {labels[c]}", fontsize=10)
+        ax.set_xlabel("evaluated on", fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), shrink=0.9, label="Dice")
+    return fig
+
+
+def _hatch(j: int, i: int):
+    from matplotlib.patches import Rectangle
+    return Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", ec="#bbbbbb", lw=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-_BASE = {"dice": "Dice", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "missed": "missed"}
+_BASE = {"dice": "Dice", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "missed": "cases missed"}
 FIXED = {"dice_fg_mean": "Dice (mean over foreground classes)", "cases": "cases",
          "gain_dice_fg_mean": "ΔDice (mean over foreground classes)"}
 SHORT = {"dice_fg_mean": "Dice fg", "gain_dice_fg_mean": "ΔDice fg"}
@@ -24,7 +24,7 @@ def metric_title(key: str, labels: dict, short: bool = False) -> str:
         return key
     title = _BASE[name]
     if short:
-        title = title.replace(" (mm)", "")
+        title = title.replace(" (mm)", "").replace("cases missed", "missed")
     return f"{'Δ' if delta else ''}{title}{' ' if short else ': '}{labels.get(cls, cls)}"
 
 

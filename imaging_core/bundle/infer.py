@@ -81,18 +81,25 @@ def segment(net: torch.nn.Module, contract: dict, vol: Volume, device: str | tor
 def infer_file(bundle_dir: str | os.PathLike, input_path: str | os.PathLike, out_path: str | os.PathLike,
                device: str = "cpu", progress: bool = True, modality: str | None = None,
                verify: bool = True, public_key=None, amp: str | None = None, scheme=None,
-               allow_unsigned: bool = False, force=(), series_uid: str | None = None) -> Path:
+               allow_unsigned: bool = False, force=(), series_uid: str | None = None,
+               dicom_seg=None, seg_nrrd=None) -> Path:
     """Segment ``input_path`` (NIfTI/NRRD file or DICOM series directory; ``series_uid``
     picks one series of a folder holding several) with the bundle; write a uint8 label
     NIfTI to ``out_path`` on the input's grid (a directory: ``<input name>_seg.nii.gz``
-    in it). Returns the file written. The bundle is verified against the pinned
+    in it), and the same labels as a DICOM SEG (``dicom_seg``, DICOM input only) and/or
+    Slicer .seg.nrrd. Returns the NIfTI written. The bundle is verified against the pinned
     ``public_key`` first (load.load_bundle); the input is checked against the bundle
     (checks.py) unless ``force`` names the check (or "all")."""
     from .load import load_bundle
     out_path = _out_file(input_path, out_path)
     net, contract = load_bundle(bundle_dir, verify=verify, public_key=public_key, scheme=scheme,
                                 allow_unsigned=allow_unsigned)
-    return _segment_one(net, contract, input_path, out_path, device, progress, modality, amp, force, series_uid)
+    _, labels, vol = _segment_one(net, contract, input_path, out_path, device, progress, modality, amp, force,
+                                  series_uid)
+    if dicom_seg is not None or seg_nrrd is not None:  # clinical formats beside the NIfTI
+        from ..io.dicom_seg import write_clinical_outputs
+        write_clinical_outputs(labels, vol, contract["labels"], bundle_dir, dicom_seg, seg_nrrd)
+    return out_path
 
 
 def infer_folder(bundle_dir: str | os.PathLike, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -112,7 +119,7 @@ def infer_folder(bundle_dir: str | os.PathLike, input_dir: str | os.PathLike, ou
         check_input(vol, contract, choose_modality(vol, contract, modality, force), force)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [_segment_one(net, contract, p, _out_file(p, out_dir), device, progress, modality, amp, force, None)
+    return [_segment_one(net, contract, p, _out_file(p, out_dir), device, progress, modality, amp, force, None)[0]
             for p in inputs]
 
 
@@ -165,7 +172,8 @@ def _load(input_path, series_uid) -> Volume:
 
 
 def _segment_one(net, contract, input_path, out_path: Path, device, progress, modality, amp, force,
-                 series_uid) -> Path:
+                 series_uid) -> tuple[Path, Volume, Volume]:
+    """(file written, labels on the input's grid, the input as loaded)."""
     vol = _load(input_path, series_uid)
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -178,4 +186,7 @@ def _segment_one(net, contract, input_path, out_path: Path, device, progress, mo
     else:
         out, _ = segment(net, contract, vol, device, modality, amp=amp, force=force)
     save_volume(out, out_path, dtype=np.uint8)
+    if dicom_seg is not None or seg_nrrd is not None:  # clinical formats beside the NIfTI
+        from ..io.dicom_seg import write_clinical_outputs
+        write_clinical_outputs(out, vol, contract["labels"], bundle_dir, dicom_seg, seg_nrrd)
     return out_path

@@ -74,7 +74,8 @@ def load_nrrd(path: str | os.PathLike, expect_3d: bool = True) -> Volume:
         "original_shape": tuple(arr.shape[1:]), "original_dtype": str(arr.dtype)})
 
 
-def save_nrrd(vol: Volume, path: str | os.PathLike) -> Path:
+def save_nrrd(vol: Volume, path: str | os.PathLike, fields: dict | None = None) -> Path:
+    """``fields``: extra header key/value pairs (written as ``key:=value``, e.g. Slicer's Segment*)."""
     path = Path(path)
     flip = np.array([-1.0, -1.0, 1.0])  # write LPS, the NRRD/Slicer convention
     hdr = {
@@ -86,6 +87,7 @@ def save_nrrd(vol: Volume, path: str | os.PathLike) -> Path:
     if vol.array.shape[0] != 1:
         hdr["space directions"] = np.vstack([np.full(3, np.nan), hdr["space directions"]])
         hdr["kinds"] = ["list", "domain", "domain", "domain"]
+    hdr.update(fields or {})
     with atomic_path(path, suffix=".nrrd") as tmp:
         nrrd.write(str(tmp), np.asarray(arr), hdr, index_order="F")
     return path

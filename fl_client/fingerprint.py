@@ -1,0 +1,59 @@
+"""The site's answer to the plan's fingerprint query (issue 16).
+
+The site worker, which reads the site's data, fingerprints it once its cache is
+ready and writes the reply (aggregates only: the summable vector, suppressed
+categorical counts, the summary row; never the per-case records) next to its
+socket (keys.FINGERPRINT_FILE, 0600). The ClientApp shim answers the query
+from that file, so it reads no image itself. With secure aggregation the vector
+leaves only masked, in the federation's layout (fl_common.fingerprint_codec).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from fl_common import keys as K
+
+log = logging.getLogger("fedvox.site")
+
+
+def fingerprint_path(worker_socket: str | Path) -> Path:
+    return Path(worker_socket).parent / K.FINGERPRINT_FILE
+
+
+def write_fingerprint(datalist_path: str | Path, modality: str, site: str, out: str | Path) -> dict:
+    """Fingerprint the site's datalist and write the reply atomically (0600)."""
+    from imaging_core.io.atomic import write_bytes_atomic
+    from imaging_core.plan.fingerprint import fingerprint_site
+    fp = fingerprint_site(datalist_path, modality, site=site)
+    reply = fp.to_reply()
+    write_bytes_atomic(out, json.dumps(reply).encode(), mode=0o600)
+    return reply
+
+
+def fingerprint_in_background(datalist_path, modality: str, site: str, out: str | Path) -> threading.Thread:
+    """The worker's startup does not wait for the fingerprint (a query waits instead)."""
+    def run():
+        t0 = time.perf_counter()
+        try:
+            write_fingerprint(datalist_path, modality, site, out)
+            log.info("%s: fingerprint written in %.1f s", site, time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - the query then reports the site has none
+            log.warning("%s: fingerprint failed: %s", site, e)
+    t = threading.Thread(target=run, name="fedvox-fingerprint", daemon=True)
+    t.start()
+    return t
+
+
+def read_fingerprint(path: str | Path, wait: float = 120.0) -> dict:
+    """The reply the worker wrote (waiting up to ``wait`` s while it is being computed)."""
+    path = Path(path)
+    deadline = time.monotonic() + wait
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no fingerprint at {path}: the site worker has not written one")
+        time.sleep(0.2)
+    return json.loads(path.read_text())

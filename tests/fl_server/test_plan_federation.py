@@ -1,0 +1,60 @@
+"""The plan's fingerprint query in a real federation on loopback: SuperLink
+with TLS and node auth, a site worker + SuperNode per sites_example hospital,
+secure aggregation on. `fedvox server`'s spec asks for the check: it runs
+before round 1, the run record gets the table and plan.json, and what left
+each site for the query is the masked vector, the summary record and protocol
+bytes only."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from fl_client.site import start_site
+from fl_common.config import example_federation_path
+from fl_common.kit import read_kit
+from fl_common.supervise import ProcessGroup
+from fl_server import deploy
+from fl_server.demo import enroll_and_provision
+from fl_server.records import RunRecord
+
+pytestmark = [pytest.mark.timeout(420)]
+SITES = ["hospital_a", "hospital_b", "hospital_c"]
+
+
+def test_fingerprint_stage_before_round_1(tmp_path):
+    from sites_example.generate import generate
+    generate(tmp_path / "data", zoom=0.7, cases=0.5, seed=0)
+    src = example_federation_path().parent
+    shutil.copytree(src / "sites", tmp_path / "sites")
+    text = (src / "federation.toml").read_text()
+    text = (text.replace("channels = [8, 16, 32, 64]", "channels = [4, 8, 16]")
+                .replace("strides = [2, 2, 2]", "strides = [2, 2]").replace("local_epochs = 2", "local_epochs = 1")
+                .replace("patch_size = [32, 32, 32]", "patch_size = [24, 24, 24]")
+                .replace("[federation]\n", "[federation]\ncolluding_sites = 0\n", 1))
+    fed = tmp_path / "federation.toml"
+    fed.write_text(text)
+    prov, keys = enroll_and_provision(tmp_path, SITES, "fedvox-plan-test")
+    with ProcessGroup("test-plan") as group:
+        sl, cli = deploy.start_superlink(group, prov, tmp_path / "server", None, False)
+        for n in SITES:
+            start_site(group, read_kit(prov.site_kits[n]), keys[n], fed, tmp_path / "sites" / f"{n}.toml",
+                       tmp_path / "work" / n, sl.address, data_base=tmp_path / "data",
+                       audit_dir=tmp_path / "audit" / n)
+        spec = deploy.write_spec(tmp_path / "run", fed, tmp_path / "data", True, prov.roster_path, rounds=1,
+                                 connect_timeout=60, harmonisation_check=True, plan_memory_gb=1.0)
+        res = deploy.run_federation(cli, prov.federation, spec, 360, tmp_path / "server" / "run.log")
+    assert res.ok, f"{res.status}: {res.details}"
+    rec = RunRecord.open(tmp_path / "run")
+    assert [r["site"] for r in rec.harmonisation["rows"]] == SITES
+    assert rec.plan["cases"] == sum(r["cases"] for r in rec.harmonisation["rows"])
+    assert [r["round"] for r in rec.rounds if r.get("status") == "ok"] == [1]
+    for site in SITES:
+        lines = [json.loads(x) for x in (tmp_path / "audit" / site / "outgoing.jsonl").read_text().splitlines()]
+        fp = [x for x in lines if x["message_type"] == "query.fingerprint"]
+        assert len(fp) == 1
+        recs = fp[0]["records"]
+        assert set(recs) == {"info", "masked", "secagg", "fingerprint"}
+        assert recs["masked"]["arrays"]["vector"]["dtype"] == "uint32"
+        assert [x["message_type"] for x in lines].count("query.fingerprint_reveal") == 1
