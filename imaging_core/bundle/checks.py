@@ -5,8 +5,9 @@ Three checks, each one clear error naming the file unless the caller forces it
 
 - modality: a DICOM series' Modality (0008,0060) must be one the bundle has
   preprocessing for, and the one used (the bundle's default unless --modality);
-- intensity: a CT must look like Hounsfield units (air near -1000: a CT stored
-  without its rescale, or already normalised, has nothing below -100), an MR must
+- intensity: a CT must look like Hounsfield units (air and fat are negative: a CT
+  stored without its rescale intercept, or already normalised to [0, 1], has
+  almost nothing below CT_NEGATIVE_BELOW), an MR must
   not look already normalised (a large share of negative values);
 - spacing: each axis within a factor of SPACING_FACTOR of the bundle's working
   spacing (a volume far coarser or finer than anything in training is resampled
@@ -20,7 +21,7 @@ from ..errors import ImagingError
 
 CHECKS = ("modality", "intensity", "spacing")
 SPACING_FACTOR = 4.0       # allowed ratio between an input axis spacing and the bundle's pixdim
-CT_AIR_BELOW = -100.0      # a CT in HU has its 1st percentile (air, table) below this
+CT_NEGATIVE_BELOW = -50.0  # a CT in HU has its 1st percentile (air, fat) below this
 MR_NEGATIVE_SHARE = 0.05   # an MR magnitude image has (almost) no negative voxels
 
 
@@ -57,7 +58,7 @@ def check_input(vol, contract: dict, modality: str, force=()) -> None:
         if finite.size == 0 or float(finite.max()) == float(finite.min()):
             raise ImagingError(src, "image is constant (or not finite): nothing to segment" + _hint("intensity"))
         p1, p99 = np.percentile(finite, [1, 99])
-        if modality == "CT" and p1 > CT_AIR_BELOW:
+        if modality == "CT" and p1 > CT_NEGATIVE_BELOW:
             raise ImagingError(src, f"does not look like a CT in Hounsfield units: its 1st percentile is "
                                     f"{p1:.4g} (air is about -1000; was the rescale slope/intercept lost, or "
                                     f"the image normalised?)" + _hint("intensity"))

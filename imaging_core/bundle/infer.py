@@ -186,7 +186,4 @@ def _segment_one(net, contract, input_path, out_path: Path, device, progress, mo
     else:
         out, _ = segment(net, contract, vol, device, modality, amp=amp, force=force)
     save_volume(out, out_path, dtype=np.uint8)
-    if dicom_seg is not None or seg_nrrd is not None:  # clinical formats beside the NIfTI
-        from ..io.dicom_seg import write_clinical_outputs
-        write_clinical_outputs(out, vol, contract["labels"], bundle_dir, dicom_seg, seg_nrrd)
-    return out_path
+    return out_path, out, vol
