@@ -140,12 +140,14 @@ class RandRotate90(RandomTransform):
 
 
 def _rotation(angles) -> np.ndarray:
+    """Rotation about axes 0, 1, 2, composed ``rx @ ry @ rz`` as MONAI's create_rotate
+    (so the same angles give MONAI's Affine output)."""
     ax, ay, az = angles
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return rx @ ry @ rz
 
 
 def affine_index_map(shape: Sequence[int], angles=(0.0, 0.0, 0.0), scales=(1.0, 1.0, 1.0)) -> np.ndarray:
