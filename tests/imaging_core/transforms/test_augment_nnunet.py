@@ -71,8 +71,9 @@ def test_elastic_field_is_smooth_and_bounded():
     d = elastic_field((24, 20, 16), 8.0, 3.0, rng)
     assert d.shape == (3, 24, 20, 16)
     assert np.isclose(np.abs(d).max(), 3.0, atol=1e-5)
-    # neighbouring voxels move almost together: the field is smooth at the control spacing
-    assert np.abs(np.diff(d, axis=1)).max() < 3.0 * 2 / 8.0 * 1.01
+    # neighbouring voxels move almost together (white noise would differ by ~2x the peak)
+    for ax in (1, 2, 3):
+        assert np.abs(np.diff(d, axis=ax)).max() < 3.0 / 2
 
 
 def test_rand_spatial_labels_nearest_and_in_step():
