@@ -178,3 +178,21 @@ def test_bad_arguments_are_clear():
         RandSpatial(scale_range=(1.4, 0.7))
     with pytest.raises(ValueError, match="padding_mode"):
         RandSpatial(padding_mode="wrap")
+
+
+def test_rand_spatial_affine_claims_the_world_point_sampled():
+    """Quarter turns about two axes land on voxel centres: every output voxel's value is
+    the input voxel its new affine points at (image linear, label nearest)."""
+    shape = (7, 7, 7)
+    arr = np.arange(np.prod(shape), dtype=np.float32).reshape((1, *shape))
+    A = np.diag([2.0, 1.5, 3.0, 1.0])
+    A[:3, 3] = (10, -4, 7)
+    it = {"image": Volume(arr, A), "label": Volume((arr % 3).astype(np.uint8), A)}
+    out = RandSpatial().warp(it, (np.pi / 2, 0.0, -np.pi / 2), (1.0, 1.0, 1.0))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).reshape(3, -1)
+    m = np.linalg.solve(A, out["image"].affine)
+    src = m[:3, :3] @ ijk + m[:3, 3:]
+    assert np.allclose(src, np.rint(src), atol=1e-6)
+    flat = np.ravel_multi_index(tuple(np.rint(src).astype(int)), shape)
+    np.testing.assert_allclose(out["image"].array.reshape(-1), flat, atol=1e-3)
+    np.testing.assert_array_equal(out["label"].array.reshape(-1), flat % 3)
