@@ -5,10 +5,11 @@ from .augment_intensity import (RandAdjustContrast, RandContrast, RandGaussianNo
                                 adjust_contrast, gaussian_kernel_1d, gaussian_smooth, scale_about_mean,
                                 simulate_low_resolution)
 from .augment_spatial import (RandAffine, RandFlip, RandRotate90, RandSpatial, affine_index_map,
-                              draw_around_one, elastic_field, flip_affine, rot90_index_map, warp_array)
+                              draw_around_one, elastic_field, flip_affine, rot90_index_map, sample_grid,
+                              sampling_grid, warp_array)
 
 __all__ = ["RandAdjustContrast", "RandAffine", "RandContrast", "RandFlip", "RandGaussianNoise",
            "RandGaussianSmooth", "RandRotate90", "RandScaleIntensity", "RandShiftIntensity",
            "RandSimulateLowResolution", "RandSpatial", "adjust_contrast", "affine_index_map",
            "draw_around_one", "elastic_field", "flip_affine", "gaussian_kernel_1d", "gaussian_smooth",
-           "rot90_index_map", "scale_about_mean", "simulate_low_resolution", "warp_array"]
+           "rot90_index_map", "sample_grid", "sampling_grid", "scale_about_mean", "simulate_low_resolution", "warp_array"]

@@ -163,6 +163,48 @@ def affine_index_map(shape: Sequence[int], angles=(0.0, 0.0, 0.0), scales=(1.0, 
     return t
 
 
+def sampling_grid(shape: Sequence[int], index_map: np.ndarray,
+                  displacement: np.ndarray | None = None) -> torch.Tensor:
+    """The grid_sample grid (1, X, Y, Z, 3) that reads input voxel
+    ``index_map @ (i, j, k, 1) + displacement[:, i, j, k]`` into output voxel (i, j, k)."""
+    n = np.asarray(shape, dtype=np.float64)
+    m = index_map[:3, :3]
+    off = index_map[:3, 3]
+    # normalised coords (align_corners=True): p = h*u + h with h=(n-1)/2, so the
+    # index map becomes u' = H^-1 M H u + H^-1 (M h + off - h)
+    h = np.where(n > 1, (n - 1.0) / 2.0, 1.0)
+    a = (m * h[None, :]) / h[:, None]
+    b = (m @ h + off - h) / h
+    # torch orders grid coordinates (W, H, D) = our (Z, Y, X): reverse both sides
+    theta = np.zeros((3, 4))
+    theta[:, :3] = a[::-1, ::-1]
+    theta[:, 3] = b[::-1]
+    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).float()[None], [1, 1, *(int(x) for x in shape)],
+                                           align_corners=True)
+    if displacement is not None:
+        # voxel offsets -> normalised offsets, axis a lands in grid channel 2 - a
+        d = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))
+        d = d / torch.from_numpy(h.astype(np.float32))[:, None, None, None]
+        grid += d.flip(0).permute(1, 2, 3, 0)[None]
+    return grid
+
+
+def sample_grid(arr: np.ndarray, grid: torch.Tensor, mode: str = "linear", padding_mode: str = "border") -> np.ndarray:
+    """Resample channel-first ``arr`` on ``grid`` (from ``sampling_grid``).
+    ``mode="linear"`` returns float32; ``"nearest"`` keeps the dtype (labels)."""
+    src = np.ascontiguousarray(arr, dtype=np.float32)
+    if not src.flags.writeable:  # read-only memmap: torch wants a writable buffer
+        src = src.copy()
+    res = torch.nn.functional.grid_sample(torch.from_numpy(src)[None], grid,
+                                          mode="bilinear" if mode == "linear" else "nearest",
+                                          padding_mode=padding_mode, align_corners=True)[0].numpy()
+    if mode == "linear":
+        return res
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.rint(res).astype(arr.dtype)
+    return res.astype(arr.dtype)
+
+
 def warp_array(arr: np.ndarray, index_map: np.ndarray, mode: str = "linear",
                padding_mode: str = "border", displacement: np.ndarray | None = None) -> np.ndarray:
     """Sample channel-first ``arr`` at ``index_map @ (i, j, k, 1) + displacement[:, i, j, k]``
@@ -171,36 +213,7 @@ def warp_array(arr: np.ndarray, index_map: np.ndarray, mode: str = "linear",
     ``displacement`` is (3, X, Y, Z) in input voxels, or None. ``mode="linear"``
     returns float32; ``"nearest"`` keeps the dtype (labels).
     """
-    shape = np.asarray(arr.shape[1:], dtype=np.float64)
-    m = index_map[:3, :3]
-    off = index_map[:3, 3]
-    # normalised coords (align_corners=True): p = h*u + h with h=(n-1)/2, so the
-    # index map becomes u' = H^-1 M H u + H^-1 (M h + off - h)
-    h = np.where(shape > 1, (shape - 1.0) / 2.0, 1.0)
-    a = (m * h[None, :]) / h[:, None]
-    b = (m @ h + off - h) / h
-    # torch orders grid coordinates (W, H, D) = our (Z, Y, X): reverse both sides
-    theta = np.zeros((3, 4))
-    theta[:, :3] = a[::-1, ::-1]
-    theta[:, 3] = b[::-1]
-    src = np.ascontiguousarray(arr, dtype=np.float32)
-    if not src.flags.writeable:  # read-only memmap: torch wants a writable buffer
-        src = src.copy()
-    inp = torch.from_numpy(src)[None]
-    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).float()[None], list(inp.shape),
-                                           align_corners=True)
-    if displacement is not None:
-        # voxel offsets -> normalised offsets, axis a lands in grid channel 2 - a
-        d = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))
-        d = d / torch.from_numpy(h.astype(np.float32))[:, None, None, None]
-        grid = grid + d.flip(0).permute(1, 2, 3, 0)[None]
-    res = torch.nn.functional.grid_sample(inp, grid, mode="bilinear" if mode == "linear" else "nearest",
-                                          padding_mode=padding_mode, align_corners=True)[0].numpy()
-    if mode == "linear":
-        return res
-    if np.issubdtype(arr.dtype, np.integer):
-        return np.rint(res).astype(arr.dtype)
-    return res.astype(arr.dtype)
+    return sample_grid(arr, sampling_grid(arr.shape[1:], index_map, displacement), mode, padding_mode)
 
 
 class RandAffine(RandomTransform):
@@ -316,10 +329,14 @@ class RandSpatial(RandomTransform):
 
     def warp(self, data: Data, angles, scales, displacement: np.ndarray | None = None) -> Data:
         out = dict(data)
-        for k in _spatial_keys(self, data):
+        keys = _spatial_keys(self, data)
+        if not keys:
+            return out
+        shape = data[keys[0]].spatial_shape
+        t = affine_index_map(shape, angles, scales)
+        grid = sampling_grid(shape, t, displacement)  # one grid for image and label
+        for k in keys:
             vol = data[k]
-            t = affine_index_map(vol.spatial_shape, angles, scales)
-            mode = "nearest" if is_label_key(k) else "linear"
-            arr = warp_array(vol.array, t, mode, self.padding_mode, displacement)
+            arr = sample_grid(vol.array, grid, "nearest" if is_label_key(k) else "linear", self.padding_mode)
             out[k] = vol.replace(array=arr, affine=vol.affine @ t)
         return out
