@@ -1,10 +1,9 @@
-"""Spatial augmentation of training patches: mirroring, quarter turns, and one
-combined rotation + scaling + elastic warp (nnU-Net v2's SpatialTransform).
+"""Spatial augmentation of training patches: mirroring, quarter turns, a small
+rotation/scaling (RandAffine) and the resampling helpers augment_warp builds on.
 
 Each transform draws once per call and applies the same draw to every key
 (images linear, label keys nearest), updating the affine so each output voxel
-still carries the world position it was sampled from (for the elastic part the
-affine carries the rigid + scale map; the smooth displacement is local). All
+still carries the world position it was sampled from. All
 randomness comes from the ``rng`` argument, so a seeded pipeline is
 reproducible; input arrays (often read-only memory maps) are never modified.
 """
@@ -163,18 +162,21 @@ def affine_index_map(shape: Sequence[int], angles=(0.0, 0.0, 0.0), scales=(1.0, 
     return t
 
 
-def sampling_grid(shape: Sequence[int], index_map: np.ndarray,
-                  displacement: np.ndarray | None = None) -> torch.Tensor:
-    """The grid_sample grid (1, X, Y, Z, 3) that reads input voxel
-    ``index_map @ (i, j, k, 1) + displacement[:, i, j, k]`` into output voxel (i, j, k)."""
-    n = np.asarray(shape, dtype=np.float64)
+def sampling_grid(shape: Sequence[int], index_map: np.ndarray, displacement: np.ndarray | None = None,
+                  in_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """The grid_sample grid (1, X, Y, Z, 3) of output ``shape`` that reads input voxel
+    ``index_map @ (i, j, k, 1) + displacement[:, i, j, k]`` into output voxel (i, j, k);
+    the input has ``in_shape`` (default: ``shape``)."""
+    n_out = np.asarray(shape, dtype=np.float64)
+    n_in = n_out if in_shape is None else np.asarray(in_shape, dtype=np.float64)
     m = index_map[:3, :3]
     off = index_map[:3, 3]
-    # normalised coords (align_corners=True): p = h*u + h with h=(n-1)/2, so the
-    # index map becomes u' = H^-1 M H u + H^-1 (M h + off - h)
-    h = np.where(n > 1, (n - 1.0) / 2.0, 1.0)
-    a = (m * h[None, :]) / h[:, None]
-    b = (m @ h + off - h) / h
+    # normalised coords (align_corners=True): p = g*u + g with g=(n_out-1)/2 and
+    # q = h*u' + h with h=(n_in-1)/2, so u' = H^-1 M G u + H^-1 (M g + off - h)
+    g = np.where(n_out > 1, (n_out - 1.0) / 2.0, 1.0)
+    h = np.where(n_in > 1, (n_in - 1.0) / 2.0, 1.0)
+    a = (m * g[None, :]) / h[:, None]
+    b = (m @ g + off - h) / h
     # torch orders grid coordinates (W, H, D) = our (Z, Y, X): reverse both sides
     theta = np.zeros((3, 4))
     theta[:, :3] = a[::-1, ::-1]
@@ -264,79 +266,3 @@ def draw_around_one(rng: np.random.Generator, low: float, high: float) -> float:
     else:
         lo, hi = low, high
     return float(lo + (hi - lo) * u)
-
-
-def elastic_field(shape: Sequence[int], spacing: float, magnitude: float,
-                  rng: np.random.Generator) -> np.ndarray:
-    """A smooth random displacement (3, *shape) in voxels, largest component ``magnitude``.
-
-    Random vectors on a coarse control grid ``spacing`` voxels apart, trilinearly
-    upsampled: smooth at that scale and far cheaper than Gaussian-filtering a
-    full-resolution noise field (nnU-Net's and MONAI's way), which matters on CPU.
-    """
-    nodes = [max(2, int(np.ceil((n - 1) / max(spacing, 1.0))) + 1) for n in shape]
-    coarse = torch.from_numpy(rng.standard_normal((1, 3, *nodes), dtype=np.float32))
-    field = torch.nn.functional.interpolate(coarse, size=tuple(int(n) for n in shape), mode="trilinear",
-                                            align_corners=True)[0]
-    peak = float(field.abs().max())
-    return (field * (magnitude / peak if peak > 0 else 0.0)).numpy()
-
-
-class RandSpatial(RandomTransform):
-    """nnU-Net v2's spatial augmentation as ONE resampling of the patch.
-
-    Independently: rotation (each axis ``U(-r, r)`` radians) with ``rotate_prob``,
-    isotropic scaling (``draw_around_one`` over ``scale_range``; above 1 samples a
-    larger region, content shrinks) with ``scale_prob``, elastic deformation
-    (``elastic_field`` with spacing and magnitude drawn from their ranges, voxels)
-    with ``elastic_prob``. ``prob`` gates the whole transform. When no part fires
-    the item is returned untouched (no resampling cost).
-    """
-
-    def __init__(self, prob: float = 1.0, rotate_prob: float = 0.2, rotate_range=0.5236,
-                 scale_prob: float = 0.2, scale_range=(0.7, 1.4), elastic_prob: float = 0.0,
-                 elastic_spacing=(12.0, 16.0), elastic_magnitude=(0.0, 3.0),
-                 padding_mode: str = "border", keys: Sequence[str] = DEFAULT_KEYS):
-        if padding_mode not in ("border", "zeros", "reflection"):
-            raise ValueError(f"padding_mode must be border, zeros or reflection, got {padding_mode!r}")
-        self.prob = float(prob)
-        self.rotate_prob, self.scale_prob, self.elastic_prob = float(rotate_prob), float(scale_prob), float(elastic_prob)
-        self.rotate_range = tuple(abs(x) for x in _triple_f(rotate_range, "rotate_range"))
-        self.scale_range = _pair(scale_range, "scale_range", positive=True)
-        self.elastic_spacing = _pair(elastic_spacing, "elastic_spacing", positive=True)
-        self.elastic_magnitude = _pair(elastic_magnitude, "elastic_magnitude")
-        self.padding_mode = padding_mode
-        self.keys = tuple(keys)
-
-    def apply(self, data: Data, rng: np.random.Generator) -> Data:
-        keys = _spatial_keys(self, data)
-        if not keys:
-            return data
-        # every draw is made whatever fires, so later transforms see the same stream
-        u_rot, u_scale, u_el = rng.random(3)
-        angles = rng.uniform(-np.asarray(self.rotate_range), np.asarray(self.rotate_range))
-        scale = draw_around_one(rng, *self.scale_range)
-        spacing = float(rng.uniform(*self.elastic_spacing))
-        magnitude = float(rng.uniform(*self.elastic_magnitude))
-        angles = angles if u_rot < self.rotate_prob else np.zeros(3)
-        scale = scale if u_scale < self.scale_prob else 1.0
-        field = None
-        if u_el < self.elastic_prob and magnitude > 0:
-            field = elastic_field(data[keys[0]].spatial_shape, spacing, magnitude, rng)
-        if field is None and not angles.any() and scale == 1.0:
-            return data
-        return self.warp(data, angles, (scale,) * 3, field)
-
-    def warp(self, data: Data, angles, scales, displacement: np.ndarray | None = None) -> Data:
-        out = dict(data)
-        keys = _spatial_keys(self, data)
-        if not keys:
-            return out
-        shape = data[keys[0]].spatial_shape
-        t = affine_index_map(shape, angles, scales)
-        grid = sampling_grid(shape, t, displacement)  # one grid for image and label
-        for k in keys:
-            vol = data[k]
-            arr = sample_grid(vol.array, grid, "nearest" if is_label_key(k) else "linear", self.padding_mode)
-            out[k] = vol.replace(array=arr, affine=vol.affine @ t)
-        return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..config import AugmentTable, PercentileRule, PreprocessTable, SamplingTable, WindowRule, ZScoreRule
 from .augment_intensity import (RandAdjustContrast, RandContrast, RandGaussianNoise, RandGaussianSmooth,
                                 RandScaleIntensity, RandShiftIntensity, RandSimulateLowResolution)
-from .augment_spatial import RandFlip, RandRotate90, RandSpatial
+from .augment_spatial import RandFlip, RandRotate90
+from .augment_warp import RandSpatial, WithSource
 from .base import Compose
 from .crop_pad import CropForeground
 from .intensity import NormalizeIntensity, ScaleIntensityRange, ScaleIntensityRangePercentiles
@@ -69,5 +70,6 @@ def build_augment(cfg: AugmentTable) -> list:
 
 
 def build_train_transforms(sampling: SamplingTable, augment: AugmentTable, num_classes: int) -> Compose:
-    """Random part run on cached items: sample patches, then augment each patch."""
-    return Compose([build_sampler(sampling, num_classes), *build_augment(augment)])
+    """Random part run on cached items: sample patches, then augment each patch; the
+    patches keep their case so the warp reads real content past the patch edge."""
+    return Compose([WithSource(build_sampler(sampling, num_classes)), *build_augment(augment)])

@@ -103,3 +103,53 @@ def test_seeded_pipeline_is_reproducible_and_keeps_labels_and_inputs(preset):
     np.testing.assert_array_equal(it["image"].array, before)
     assert a["image"].array.shape == before.shape and a["image"].array.dtype == np.float32
     assert a["label"].array.dtype == np.uint8 and set(np.unique(a["label"].array)) <= {0, 1, 2}
+
+
+def _index_case(shape=(21, 21, 21)):
+    arr = np.arange(np.prod(shape), dtype=np.float32).reshape((1, *shape))
+    A = np.diag([1.5, 2.0, 1.0, 1.0])
+    A[:3, 3] = (-5, 3, 8)
+    return {"image": Volume(arr, A), "label": Volume((arr % 3).astype(np.uint8), A), "case_id": "c"}, shape
+
+
+def test_warp_reads_the_case_past_the_patch_edge():
+    """nnU-Net crops a larger patch before rotating/zooming; WithSource + RandSpatial read the
+    case instead: a 2x zoom-out of a flipped, centred 7^3 patch holds case voxels from outside
+    the patch (exact: the sample points are voxel centres), and the source key is dropped."""
+    from imaging_core.transforms.augment import SOURCE_KEY, RandFlip, RandSpatial, WithSource
+    from imaging_core.transforms.patches import RandCropByPosNeg
+    case, shape = _index_case()
+    lab = np.zeros((1, *shape), np.uint8)
+    lab[0, 10, 10, 10] = 1  # the one positive voxel: the patch is centred on it
+    case["label"] = Volume(lab, case["image"].affine)
+    patch = WithSource(RandCropByPosNeg((7, 7, 7), pos=1.0, neg=0.0, num_samples=1))(case, np.random.default_rng(0))[0]
+    assert patch[SOURCE_KEY]["image"] is case["image"]
+    patch = RandFlip().flip(patch, (1,))
+    sources = patch.pop(SOURCE_KEY)
+    out = RandSpatial().warp(patch, (0.0, 0.0, np.pi / 2), (2.0, 2.0, 2.0), sources=sources)
+    ijk = np.stack(np.meshgrid(*[np.arange(7)] * 3, indexing="ij")).reshape(3, -1)
+    m = np.linalg.solve(case["image"].affine, out["image"].affine)
+    src = np.rint(m[:3, :3] @ ijk + m[:3, 3:]).astype(int)
+    assert src.min() < 7 and src.max() > 13  # reaches well outside the patch (voxels 7..13)
+    flat = np.ravel_multi_index(tuple(src), shape)
+    np.testing.assert_allclose(out["image"].array.reshape(-1), flat, atol=1e-2)
+    np.testing.assert_array_equal(out["label"].array.reshape(-1), lab.reshape(-1)[flat])
+    # the patch alone can only repeat its edge there
+    alone = RandSpatial().warp(patch, (0.0, 0.0, np.pi / 2), (2.0, 2.0, 2.0))
+    assert not np.allclose(alone["image"].array.reshape(-1), flat)
+
+
+def test_training_pipeline_drops_the_source_whether_or_not_the_warp_fires():
+    from imaging_core.config import SamplingTable
+    from imaging_core.transforms.augment import SOURCE_KEY
+    from imaging_core.transforms.presets import build_train_transforms
+    case, shape = _index_case()
+    case["label"] = Volume((case["image"].array > 4000).astype(np.uint8), case["image"].affine)
+    for p in (0.0, 1.0):
+        train = build_train_transforms(SamplingTable(patch_size=[8, 8, 8], samples_per_case=3, mode="posneg"),
+                                       AugmentTable(rotate_prob=p, scale_prob=p, elastic_prob=p), num_classes=2)
+        assert train.deterministic_prefix().transforms == []
+        patches = train(case, np.random.default_rng(1))
+        assert len(patches) == 3
+        for it in patches:
+            assert SOURCE_KEY not in it and it["image"].spatial_shape == (8, 8, 8)
