@@ -1,7 +1,7 @@
 """Dictionary transforms over Volumes: geometry, intensity, crop/pad, augmentation, patches."""
 from .augment import (RandAdjustContrast, RandAffine, RandContrast, RandFlip, RandGaussianNoise,
                       RandGaussianSmooth, RandRotate90, RandScaleIntensity, RandShiftIntensity,
-                      RandSimulateLowResolution, RandSpatial, adjust_contrast, affine_index_map,
+                      RandSimulateLowResolution, RandSpatial, WithSource, adjust_contrast, affine_index_map,
                       elastic_field, flip_affine, rot90_index_map, warp_array)
 from .base import DEFAULT_KEYS, Compose, Data, RandomTransform, Transform, is_label_key
 from .crop_pad import (CenterSpatialCrop, CropForeground, DivisiblePad, SpatialPad, crop_or_pad,
@@ -29,7 +29,7 @@ __all__ = [
     # augmentation
     "RandAdjustContrast", "RandAffine", "RandContrast", "RandFlip", "RandGaussianNoise",
     "RandGaussianSmooth", "RandRotate90", "RandScaleIntensity", "RandShiftIntensity",
-    "RandSimulateLowResolution", "RandSpatial", "adjust_contrast", "affine_index_map", "elastic_field",
+    "RandSimulateLowResolution", "RandSpatial", "WithSource", "adjust_contrast", "affine_index_map", "elastic_field",
     "flip_affine", "rot90_index_map", "warp_array",
     # patches
     "RandCropByLabelClasses", "RandCropByPosNeg", "patch_start",
