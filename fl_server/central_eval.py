@@ -21,6 +21,7 @@ class CentralEvaluator:
         # every labelled case the coordinator holds is held out from training
         self.cases = [c for c in self.report.cases if c.split in ("validation", "test", "training")]
         self.num_classes = self.task.num_classes
+        self.space = self.task.eval_space(self.cases)  # "original": on each case's own label file
         self.net = self.task.build_net()
 
     def evaluate(self, state: dict[str, np.ndarray]) -> tuple[dict, list[dict], dict]:

@@ -183,14 +183,18 @@ def _key_flags(p) -> None:
 
 
 def _cmd_infer(a) -> int:
-    from imaging_core.bundle.infer import infer_file
+    from imaging_core.bundle.infer import infer_file, infer_folder, is_study_folder
     from fl_common.crypto.signing import MANIFEST_SIGNATURES
     key = _pinned_key(a)
     _warn_unsigned(a, key)
-    out = infer_file(a.bundle, a.input, a.out, device=a.device, progress=not a.quiet, modality=a.modality,
-                     public_key=key, scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned,
-                     dicom_seg=a.dicom_seg, seg_nrrd=a.seg_nrrd)
-    print("\n".join(str(p) for p in (out, a.dicom_seg, a.seg_nrrd) if p))
+    kw = dict(device=a.device, progress=not a.quiet, modality=a.modality, public_key=key,
+              scheme=MANIFEST_SIGNATURES, allow_unsigned=a.allow_unsigned, force=tuple(a.force))
+    if is_study_folder(a.input) and a.series_uid is None and not (a.dicom_seg or a.seg_nrrd):
+        outs = infer_folder(a.bundle, a.input, a.out, **kw)  # folder in, folder out (nnU-Net's -i/-o)
+    else:
+        outs = [infer_file(a.bundle, a.input, a.out, series_uid=a.series_uid, dicom_seg=a.dicom_seg,
+                           seg_nrrd=a.seg_nrrd, **kw), a.dicom_seg, a.seg_nrrd]
+    print("\n".join(str(p) for p in outs if p))
     return 0
 
 
@@ -219,7 +223,7 @@ def _cmd_export(a) -> int:
     from fl_server.export import export_run
     from fl_server.records import RunRecord
     out = export_run(a.run, a.out, a.which, a.key, a.federation, a.data_base, a.overwrite,
-                     provision=a.provision)
+                     provision=a.provision, postprocess=a.postprocess)
     rec = RunRecord.open(a.run)
     r = rec.model_round(a.which)
     print(f"exported the {a.which} global model (after round {r}) to", file=sys.stderr)
@@ -374,12 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--federation", default=None, help="federation TOML (default: the one run.json records)")
     p.add_argument("--data-base", default=None, help="base of relative data roots (default: run.json's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--postprocess", choices=("run", "auto"), default="run",
+                   help="run: the chain the run evaluated with; auto: keep the largest component of a class "
+                        "only where it raised the sites' validation Dice (nnU-Net's rule)")
 
-    p = cmd("infer", _cmd_infer, "segment a NIfTI file or DICOM series with a bundle")
+    p = cmd("infer", _cmd_infer, "segment a NIfTI file, a DICOM series or a folder of them with a bundle")
     p.add_argument("bundle")
-    p.add_argument("input", help="a NIfTI file or a DICOM series directory")
+    p.add_argument("input", help="a NIfTI/NRRD file, a DICOM series directory, or a folder of files and "
+                                 "series folders (then --out is a folder)")
     p.add_argument("--out", required=True,
-                   help="segmentation file (written: a .nii or .nii.gz label map on the input's grid)")
+                   help="segmentation file (a .nii or .nii.gz label map on the input's grid) or folder "
+                        "(<input>_seg.nii.gz per input)")
+    p.add_argument("--series-uid", default=None, help="the series to segment in a folder holding several")
+    p.add_argument("--force", action="append", default=[], choices=("modality", "intensity", "spacing", "all"),
+                   help="skip an input check that failed (repeatable): DICOM modality vs the bundle's, "
+                        "intensity range (e.g. CT not in HU), spacing far from the bundle's")
     _device_flag(p, "cpu")
     p.add_argument("--modality", default=None)
     p.add_argument("--dicom-seg", default=None, metavar="FILE.dcm",

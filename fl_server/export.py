@@ -10,6 +10,15 @@ Signing: with the coordinator's dedicated bundle-signing key
 (``<provision>/server/bundle_signing.key``; sites pin its public half, shipped
 in every kit), never with the federation CA key, which is refused. The weights
 are read only if their SHA-256 is the one the run record recorded.
+
+The bundle is the evaluated pipeline: the preprocessing, sliding window and
+post-processing chain the run evaluated with (run.json "postprocess"), the
+run's plan when it has one (RunRecord.plan), and the held-out figures with the space
+they were measured in (run.json "evaluation_space"). ``postprocess="auto"``
+ships the chain chosen from the run's validation metrics instead
+(imaging_core.inference.choose_postprocess: keep the largest component of a
+class only where it raised the sites' validation Dice); either way the decision
+is written to ``RUN/postprocess_decision.json`` and into the bundle's provenance.
 """
 from __future__ import annotations
 
@@ -23,7 +32,9 @@ from imaging_core.errors import ImagingError
 
 from .records import PSEUDONYMS, RunRecord
 
-__all__ = ["PSEUDONYMS", "data_contract", "export_run", "site_pseudonyms"]
+__all__ = ["PSEUDONYMS", "data_contract", "export_run", "postprocess_decision", "site_pseudonyms"]
+
+DECISION_FILE = "postprocess_decision.json"
 
 
 def site_pseudonyms(run_dir: str | os.PathLike, names: list[str]) -> dict[str, str]:
@@ -31,16 +42,54 @@ def site_pseudonyms(run_dir: str | os.PathLike, names: list[str]) -> dict[str, s
     return RunRecord.open(run_dir).pseudonyms(names)
 
 
-def data_contract(fed) -> dict:
-    """What an input must go through, from the federation config (imaging_core.bundle.contract)."""
+def data_contract(fed, postprocess: dict | None = None, plan: dict | None = None) -> dict:
+    """What an input must go through, from the federation config (imaging_core.bundle.contract);
+    ``postprocess``: the chain the run evaluated with (default: the config's [postprocess])."""
     mods = [s.modality for s in fed.sites]
     default = fed.coordinator.modality if fed.coordinator is not None else Counter(mods).most_common(1)[0][0]
     pre = fed.preprocess.model_dump()
     used = sorted(set(mods) | {default})
     pre["intensity"] = {m: pre["intensity"][m] for m in used if m in pre["intensity"]}
-    return {**pre, "modality": default, "labels": {str(k): v for k, v in fed.labels.items()}, "in_channels": 1,
-            "roi_size": list(fed.sampling.patch_size), "overlap": fed.train.overlap,
-            "sw_batch_size": fed.train.sw_batch_size}
+    out = {**pre, "modality": default, "labels": {str(k): v for k, v in fed.labels.items()}, "in_channels": 1,
+           "roi_size": list(fed.sampling.patch_size), "overlap": fed.train.overlap,
+           "sw_batch_size": fed.train.sw_batch_size,
+           "postprocess": dict(postprocess if postprocess is not None else fed.postprocess.chain_config())}
+    if plan is not None:
+        out["plan"] = plan
+    return out
+
+
+def postprocess_decision(run: RunRecord, r: int, num_classes: int) -> dict:
+    """nnU-Net's largest-component decision for the model after round ``r``, from the
+    sites' validation metrics (weighted by their validation cases) or, when no site
+    measured the candidates, the coordinator's held-out ones (then said so)."""
+    from fl_common.keys import GLOBAL
+    from imaging_core.inference.choose_postprocess import decide_largest_component
+    rows = []
+    for m in run.site_metrics_after(r).values():
+        scores = {k[len(GLOBAL):]: v for k, v in m.items() if k.startswith(GLOBAL)}
+        rows.append((float(m.get("num_val") or 0.0), scores))
+    d = decide_largest_component(rows, num_classes)
+    d["source"] = "sites' validation cases"
+    if not d["per_class"]:
+        d = decide_largest_component([(1.0, run.central(r))], num_classes)
+        d["source"] = ("the coordinator's held-out cases (no site measured the candidates; "
+                       "this is the test set, so the held-out figures are optimistic)")
+    d["round"] = r
+    return d
+
+
+def _expected_held_out(held: dict, decision: dict, num_classes: int) -> dict:
+    """Held-out Dice expected under the decided chain, from the candidates the run measured."""
+    out = {}
+    for c in range(1, num_classes):
+        k = "lcc_dice_" if c in decision["classes"] else "raw_dice_"
+        if f"{k}{c}" in held:
+            out[f"dice_{c}"] = held[f"{k}{c}"]
+    vals = [v for v in out.values() if isinstance(v, (int, float)) and math.isfinite(v)]
+    if vals:
+        out["dice_fg_mean"] = sum(vals) / len(vals)
+    return out
 
 
 def _finite(d: dict) -> dict:
@@ -78,17 +127,21 @@ def signing_key(key: str | os.PathLike | None, provision: str | os.PathLike | No
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best",
                key: str | os.PathLike | None = None, federation_path: str | os.PathLike | None = None,
                data_base: str | os.PathLike | None = None, overwrite: bool = False,
-               version: str | None = None, provision: str | os.PathLike | None = None) -> Path:
+               version: str | None = None, provision: str | os.PathLike | None = None,
+               postprocess: str = "run") -> Path:
     """Export the run's ``which`` ("best" or "final") global model as a bundle in
     ``out_dir``, signed with ``key`` or the bundle-signing key of ``provision``
     (see ``signing_key``; neither: unsigned, which sites refuse unless told to
     allow it). The federation config and data base default to what run.json
-    records. Returns ``out_dir``."""
+    records. ``postprocess``: "run" ships the chain the run evaluated with, "auto" the
+    one its validation metrics choose (see the module doc). Returns ``out_dir``."""
     from imaging_core.bundle.export import export_bundle
     from fl_common.config import load_federation
 
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+    if postprocess not in ("run", "auto"):
+        raise ValueError(f"postprocess must be 'run' or 'auto', got {postprocess!r}")
     key = signing_key(key, provision)  # refused before any work
     run = RunRecord.open(run_dir)
     info = run.info
@@ -107,6 +160,19 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     r = run.model_round(which)
     per_site = run.site_metrics_after(r)
     fl = fed.federation
+    from imaging_core.io.tables import write_json
+    held = _finite(run.central(r))
+    decision = postprocess_decision(run, r, len(fed.labels))
+    write_json(run.dir / DECISION_FILE, decision)
+    chain = info.get("postprocess")
+    if chain is None:
+        chain = fed.postprocess.chain_config()
+    if postprocess == "auto" and decision["per_class"]:
+        chain = {k: v for k, v in chain.items() if k in ("connectivity",)} | {"chain": decision["chain"]}
+        held = _expected_held_out(held, decision, len(fed.labels))
+    plan = run.plan  # `fedvox plan`'s plan.json in the run record, when the run had one
+    if plan is not None:
+        plan = {**plan, "postprocess": decision}
     provenance = {
         "run_id": info.get("run_id"), "federation": info.get("federation", fl.name),
         "rounds": info.get("rounds"), "rounds_completed": len([x for x in run.ok_rounds() if x > 0]),
@@ -115,7 +181,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         "min_sites": info.get("min_sites"), "best_metric": info.get("best_metric"),
         "which": which, "round": r, "status": info.get("status"),
         "sites": [pseud[n] for n in names if n in {s.name for s in fed.sites}],
-        "metrics": {"held_out": _finite(run.central(r)),
+        "postprocess": {"policy": postprocess, "chain": chain, "decision": decision},
+        "metrics": {"held_out": held, "held_out_space": info.get("evaluation_space") or "preprocessed",
                     "sites": {pseud.get(s, s): _finite(m) for s, m in sorted(per_site.items(),
                                                                            key=lambda t: pseud.get(t[0], t[0]))}},
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -123,6 +190,10 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     model_cfg = dict(info.get("model") or fed.model.model_dump())
     ver = version or f"1.0.{max(r, 0)}"
     from fl_common.crypto.signing import MANIFEST_SIGNATURES
-    return export_bundle(state, model_cfg, data_contract(fed), provenance, out_dir,
-                         signing_key_path=key, version=ver, overwrite=overwrite,
-                         signature_scheme=MANIFEST_SIGNATURES)
+    from imaging_core.bundle.configs import UnexportableStep
+    try:
+        return export_bundle(state, model_cfg, data_contract(fed, chain, plan), provenance, out_dir,
+                             signing_key_path=key, version=ver, overwrite=overwrite,
+                             signature_scheme=MANIFEST_SIGNATURES)
+    except UnexportableStep as e:
+        raise ImagingError(run.dir / "run.json", f"[postprocess] of the run: {e}") from None

@@ -50,7 +50,8 @@ def build_server(spec: dict, grid) -> RoundLoop:
                 "data_base": spec.get("data_base"),
                 "labels": {str(k): v for k, v in fed.labels.items()},
                 "model": fed.model.model_dump(), "postprocess": fed.postprocess.chain_config(),
-                "evaluation_amp": task.amp_record()}
+                "evaluation_amp": task.amp_record(),
+                "evaluation_space": central.space if central is not None else None}
     return RoundLoop(grid, record, _aggregation(spec, fl, record), ServerOptimizer.from_federation(fl),
                      template, settings, central=central, run_info=run_info, stage=Stage(grid),
                      before_rounds=_plan_stage(spec, fed, record))

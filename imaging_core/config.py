@@ -187,13 +187,99 @@ class PostprocessTable(Table):
         return self.model_dump(exclude_none=True)
 
 
+Pair = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2, max_length=2)]
+
+# [augment] defaults per preset. "nnunet": nnU-Net v2's nnUNetTrainer training
+# augmentation (probabilities are per patch; nnU-Net's p_per_channel=0.5 on blur and
+# low resolution is folded in). It ships elastic deformation off; it is on here at
+# nnU-Net v1's probability because site shift includes anatomy and pose. "light":
+# fedvox's earlier, milder pipeline (flips, quarter turns, small warp, mild intensity).
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "nnunet": dict(flip_prob=0.5, rot90_prob=0.0,
+                   rotate_prob=0.2, rotate_range=0.5236, scale_prob=0.2, scale_range=[0.7, 1.4],
+                   elastic_prob=0.2, elastic_spacing=[12.0, 16.0], elastic_magnitude=[0.0, 3.0],
+                   noise_prob=0.1, noise_std=0.1, blur_prob=0.1, blur_sigma=[0.5, 1.0],
+                   brightness_prob=0.15, brightness_range=[0.75, 1.25], shift_prob=0.0, shift_range=0.1,
+                   contrast_prob=0.15, contrast_range=[0.75, 1.25], lowres_prob=0.125, lowres_zoom=[0.5, 1.0],
+                   gamma_prob=0.3, gamma_invert_prob=0.1, gamma_range=[0.7, 1.5], gamma_retain_stats=True),
+    "light": dict(flip_prob=0.5, rot90_prob=0.25,
+                  rotate_prob=0.2, rotate_range=0.2, scale_prob=0.2, scale_range=[0.9, 1.1],
+                  elastic_prob=0.0, elastic_spacing=[12.0, 16.0], elastic_magnitude=[0.0, 3.0],
+                  noise_prob=0.15, noise_std=0.05, blur_prob=0.0, blur_sigma=[0.5, 1.0],
+                  brightness_prob=0.3, brightness_range=[0.9, 1.1], shift_prob=0.3, shift_range=0.1,
+                  contrast_prob=0.0, contrast_range=[0.75, 1.25], lowres_prob=0.0, lowres_zoom=[0.5, 1.0],
+                  gamma_prob=0.3, gamma_invert_prob=0.0, gamma_range=[0.8, 1.25], gamma_retain_stats=False),
+}
+# keys of older files, each setting several probabilities the file does not set itself
+AUGMENT_ALIASES = {"affine_prob": ("rotate_prob", "scale_prob"),
+                   "intensity_prob": ("brightness_prob", "shift_prob", "gamma_prob")}
+
+
 class AugmentTable(Table):
-    """[augment]: per-patch random augmentation probabilities."""
-    flip_prob: Prob = 0.5
-    rot90_prob: Prob = 0.25
-    affine_prob: Prob = 0.2
-    intensity_prob: Prob = 0.3
-    noise_prob: Prob = 0.15
+    """[augment]: per-patch random augmentation (imaging_core.transforms.presets.build_augment).
+
+    ``preset`` supplies every key the file leaves out (AUGMENT_PRESETS); a key in
+    the file wins. Ranges are (low, high); factors multiply (1 = unchanged);
+    rotate_range is radians each way; elastic spacing/magnitude are voxels.
+    """
+    preset: Literal["nnunet", "light"] = "nnunet"
+    flip_prob: Prob                    # per axis
+    rot90_prob: Prob
+    rotate_prob: Prob
+    rotate_range: Annotated[float, Field(ge=0, le=3.1416)]
+    scale_prob: Prob
+    scale_range: Pair
+    elastic_prob: Prob
+    elastic_spacing: Pair              # control-point spacing of the smooth field
+    elastic_magnitude: Pair            # largest displacement
+    noise_prob: Prob
+    noise_std: Annotated[float, Field(ge=0)]   # sigma ~ U(0, noise_std)
+    blur_prob: Prob
+    blur_sigma: Pair
+    brightness_prob: Prob
+    brightness_range: Pair
+    shift_prob: Prob
+    shift_range: Annotated[float, Field(ge=0)]
+    contrast_prob: Prob
+    contrast_range: Pair
+    lowres_prob: Prob
+    lowres_zoom: Pair
+    gamma_prob: Prob
+    gamma_invert_prob: Prob
+    gamma_range: Pair
+    gamma_retain_stats: bool
+    affine_prob: Prob | None = None    # older files: rotate_prob and scale_prob at once
+    intensity_prob: Prob | None = None  # older files: brightness, shift and gamma probabilities
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data):
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "nnunet")
+        if preset not in AUGMENT_PRESETS:
+            return data  # the Literal reports it
+        out = dict(data)
+        for alias, targets in AUGMENT_ALIASES.items():
+            if out.get(alias) is not None:
+                for t in targets:
+                    out.setdefault(t, out[alias])
+        for k, v in AUGMENT_PRESETS[preset].items():
+            out.setdefault(k, v)
+        return out
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("scale_range", "elastic_spacing", "elastic_magnitude", "blur_sigma", "brightness_range",
+                     "contrast_range", "lowres_zoom", "gamma_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be (low, high) with low <= high, got {[lo, hi]}")
+            if lo <= 0 and name not in ("elastic_magnitude", "blur_sigma"):
+                raise ValueError(f"{name} must be positive, got {[lo, hi]}")
+        if self.lowres_zoom[1] > 1:
+            raise ValueError(f"lowres_zoom must lie within (0, 1], got {self.lowres_zoom}")
+        return self
 
 
 DEFAULT_LABELS = {0: "background", 1: "foreground"}
@@ -260,6 +346,6 @@ def imaging_config(doc: dict, path: str | os.PathLike | None = None) -> ImagingC
     return parse(ImagingConfig, doc, path)
 
 
-__all__ = ["AMP_MODES", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
+__all__ = ["AMP_MODES", "AUGMENT_PRESETS", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
            "PercentileRule", "PostprocessTable", "PreprocessTable", "SamplingTable", "Table", "TrainTable",
            "WindowRule", "ZScoreRule", "imaging_config", "parse"]

@@ -59,10 +59,11 @@ class Evaluation:
     per_case: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
+    space: str = "original"  # where the metrics were measured: "original" or "preprocessed"
 
     def row(self) -> dict:
         """What a trainer's epoch row carries."""
-        return {"per_case": self.per_case, "summary": self.summary, **self.scores}
+        return {"per_case": self.per_case, "summary": self.summary, "eval_space": self.space, **self.scores}
 
 
 class Task:
@@ -128,15 +129,34 @@ class Task:
         return predict_labels(net, image, self.roi, self.device, self.eval_amp, tc.overlap, tc.sw_batch_size,
                               progress=progress)
 
-    def evaluate(self, net: torch.nn.Module, cases: Sequence, on_prediction=None) -> Evaluation:
-        """Per-case metrics of ``net`` on cached cases (in the preprocessed space),
-        their summary and flat scores; ``on_prediction(case, item, pred)`` sees each
-        scored (post-processed) prediction."""
+    def evaluate(self, net: torch.nn.Module, cases: Sequence, on_prediction=None,
+                 space: str | None = None) -> Evaluation:
+        """Per-case metrics of ``net`` on cached cases, their summary and flat scores.
+
+        ``space``: "original" (default when every case's label file is known) puts
+        each prediction back on its label file's grid and measures there, as a
+        clinician would and as a bundle's output is compared; "preprocessed"
+        measures on the cached grid. ``Evaluation.space`` says which it was. The
+        scores also carry the largest-component candidates (``raw_dice_<c>`` /
+        ``lcc_dice_<c>``, inference.choose_postprocess). ``on_prediction(case, item,
+        pred)`` sees each scored (post-processed) prediction on the cached grid."""
+        from .inference.choose_postprocess import candidate_scores
         from .inference.evaluate import evaluate_cases
+        from .metrics import summarize
         tc = self.cfg.train
+        space = space or self.eval_space(cases)
         per_case = evaluate_cases(net.to(self.device), cases, self.roi, self.num_classes, self.device,
                                   self.eval_amp, tc.overlap, tc.sw_batch_size, postprocess=self.postprocess,
-                                  on_prediction=on_prediction)
-        from .metrics import summarize
+                                  on_prediction=on_prediction, space=space)
         summary = summarize(per_case, self.num_classes)
-        return Evaluation(per_case, summary, flat_scores(summary, self.num_classes))
+        scores = {**flat_scores(summary, self.num_classes), **candidate_scores(per_case, self.num_classes)}
+        spaces = {r["space"] for r in per_case}
+        return Evaluation(per_case, summary, scores, spaces.pop() if len(spaces) == 1 else (space if not spaces
+                                                                                               else "mixed"))
+
+    @staticmethod
+    def eval_space(cases: Sequence) -> str:
+        """The space evaluate measures ``cases`` in by default: "original" when every
+        case knows its label file, else "preprocessed"."""
+        known = all(getattr(c, "label_source", None) is not None for c in cases)
+        return "original" if known else "preprocessed"

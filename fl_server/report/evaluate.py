@@ -21,7 +21,9 @@ from .titles import fmt as _fmt
 
 
 def _case_row(model: str, kind: str, case_id: str, m: dict, labels: dict) -> dict:
-    row = {"model": model, "kind": kind, "eval_set": HELD_OUT, "case_id": case_id}
+    # "original": measured on the case's own label file, in its grid (Task.evaluate)
+    row = {"model": model, "kind": kind, "eval_set": HELD_OUT, "case_id": case_id,
+           "space": m.get("space", "preprocessed")}
     fg = foreground(labels)
     for c in fg:
         row[f"dice_{c}"] = m["dice"].get(c, math.nan)

@@ -4,7 +4,7 @@ Heavy imports (torch) happen in the submodules, so ``verify_bundle`` stays cheap
 """
 from __future__ import annotations
 
-__all__ = ["export_bundle", "load_bundle", "verify_bundle", "infer_file"]
+__all__ = ["export_bundle", "load_bundle", "verify_bundle", "infer_file", "infer_folder"]
 
 
 def __getattr__(name):
@@ -17,7 +17,7 @@ def __getattr__(name):
     if name == "verify_bundle":
         from .verify import verify_bundle
         return verify_bundle
-    if name == "infer_file":
-        from .infer import infer_file
-        return infer_file
+    if name in ("infer_file", "infer_folder"):
+        from . import infer
+        return getattr(infer, name)
     raise AttributeError(name)

@@ -5,8 +5,9 @@ run``) and deliberately avoids ``monai.engines`` / ``monai.handlers``: those
 need pytorch-ignite, which a hospital's MONAI install often lacks. The
 "workflow" is a plain list of expressions: load the weights, then
 ``evaluator.run()`` -- a namespace, not an ignite engine -- which for each input
-file runs preprocess -> sliding window -> argmax -> invert the preprocessing
-(nearest neighbour) -> save. The network is ``monai.networks.nets.UNet``: our
+file runs preprocess -> sliding window -> argmax -> the run's post-processing
+chain (MONAI transforms, on the preprocessed grid as in the run's evaluation)
+-> invert the preprocessing (nearest neighbour) -> save. The network is ``monai.networks.nets.UNet``: our
 UNet3D has the same layout, and models/model.pt holds its weights under
 MONAI's key names, so the bundle runs with MONAI alone.
 """
@@ -53,6 +54,42 @@ def _monai_intensity(rule: dict) -> dict:
             "relative": bool(rule["relative"])}
 
 
+# fedvox connectivity (neighbours) -> MONAI's (orthogonal hops), as scikit-image counts them
+_HOPS = {6: 1, 18: 2, 26: 3}
+
+
+class UnexportableStep(ValueError):
+    """A post-processing step MONAI's transforms cannot express."""
+
+
+def monai_postprocess(contract: dict) -> list[dict]:
+    """The contract's label steps as MONAI transforms on the "pred" label map.
+
+    "largest_component" is MONAI's KeepLargestConnectedComponentd per class
+    (independent, on the label map, same connectivity). Refused, with the reason:
+    "crf" (MONAI's CRF is a network block that needs the compiled extension its
+    wheel lacks, and no transform runs it) and "remove_small" (MONAI's
+    RemoveSmallObjectsd treats each label value of a label map as one object, not
+    each connected component of a class, so it would remove other voxels)."""
+    from ..postprocess.chain import build_postprocess
+    steps = build_postprocess(contract.get("postprocess") or {}).steps
+    fg = [int(k) for k in contract["labels"] if int(k) != 0]
+    out = []
+    for name, opts in steps:
+        if name in ("largest_component", "keep_largest"):
+            conn = opts.get("connectivity")
+            out.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
+                        "applied_labels": [int(c) for c in (opts.get("classes") or fg)], "is_onehot": False,
+                        "independent": True, "connectivity": None if conn is None else _HOPS[int(conn)]})
+        else:
+            why = ("MONAI's CRF needs a compiled extension its wheel does not ship, and no transform runs it"
+                   if name == "crf" else
+                   "MONAI's RemoveSmallObjectsd counts each label value as one object, not each component")
+            raise UnexportableStep(f"post-processing step {name!r} cannot be expressed with MONAI transforms "
+                                   f"({why}); export with a chain of 'largest_component' steps only")
+    return out
+
+
 def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
     mods = sorted(contract["intensity"])
     pre = [{"_target_": "LoadImaged", "keys": "image", "image_only": True},
@@ -95,6 +132,7 @@ def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
         # argmax first, then invert: labels go back to the input's grid by nearest neighbour
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            *monai_postprocess(contract),
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
              "nearest_interp": True, "to_tensor": True},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
@@ -125,6 +163,8 @@ def metadata(contract: dict, provenance: dict, net_config: dict, version: str, t
     for key, val in (provenance.get("metrics", {}).get("held_out") or {}).items():
         if isinstance(val, (int, float)) and np.isfinite(val):
             eval_metrics[f"held_out_{key}"] = float(val)
+    if eval_metrics:  # which space the figures were measured in ("original": the input's grid)
+        eval_metrics["held_out_space"] = str(provenance.get("metrics", {}).get("held_out_space", "preprocessed"))
     io_common = {"type": "image", "spatial_shape": list(contract["roi_size"]), "dtype": "float32",
                  "is_patch_data": True}
     return {
@@ -135,7 +175,7 @@ def metadata(contract: dict, provenance: dict, net_config: dict, version: str, t
         "monai_version": _version("monai", TESTED_MONAI),
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"nibabel": _version("nibabel", "5.1")},
+        "required_packages_version": _required_packages(contract),
         "task": f"Federated 3D segmentation of {fg} ({mod})",
         "description": (f"A 3D residual U-Net trained by federated learning across "
                         f"{len(provenance.get('sites', []))} sites of {fed} "
@@ -164,6 +204,13 @@ def metadata(contract: dict, provenance: dict, net_config: dict, version: str, t
                    "torchscript": ts_method,
                    "weights": "models/model.pt: state dict under monai.networks.nets.UNet key names"},
     }
+
+
+def _required_packages(contract: dict) -> dict:
+    req = {"nibabel": _version("nibabel", "5.1")}
+    if monai_postprocess(contract):  # MONAI's connected components come from scikit-image
+        req["scikit-image"] = _version("scikit-image", "0.22")
+    return req
 
 
 def _value_range(rule):

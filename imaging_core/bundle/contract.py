@@ -9,13 +9,20 @@ label map, the default modality and the sliding-window settings::
      "intensity": {"CT": {"kind": "window", "a_min": -200, "a_max": 300}, "MR": {"kind": "zscore"}},
      "modality": "CT", "crop_foreground": true, "foreground_threshold": 0.05, "margin": 2,
      "labels": {"0": "background", "1": "organ"}, "in_channels": 1,
-     "roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 4}
+     "roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 4,
+     "postprocess": {"chain": [{"name": "largest_component", "classes": [1]}]},
+     "plan": {...}}          # the run's plan entry, when it had one (carried as is)
+
+``postprocess`` is the [postprocess] chain the run evaluated with (or the one
+chosen from its validation metrics at export); ``fedvox infer`` and the
+bundle's MONAI inference.json both run it on the preprocessed grid, before the
+prediction goes back to the input's grid, exactly as the run's evaluation did.
 """
 from __future__ import annotations
 
 import copy
 
-from ..config import ImagingConfig, PreprocessTable, SamplingTable, TrainTable, parse
+from ..config import ImagingConfig, PostprocessTable, PreprocessTable, SamplingTable, TrainTable, parse
 from ..errors import ImagingError
 
 REQUIRED = ("pixdim", "intensity", "labels")
@@ -47,20 +54,32 @@ def normalize_contract(contract: dict) -> dict:
     except ValueError:
         raise ValueError(f"labels must map integers 0..K-1 to names, got {c['labels']!r}") from None
     train = TrainTable()
+    post = contract_postprocess(c)
     out = pre.model_dump()
     out.update(modality=c["modality"], labels={str(k): v for k, v in labels.items()},
                in_channels=int(c.get("in_channels", 1)),
                roi_size=[int(r) for r in c.get("roi_size", SamplingTable().patch_size)],
                overlap=float(c.get("overlap", train.overlap)),
-               sw_batch_size=int(c.get("sw_batch_size", train.sw_batch_size)))
+               sw_batch_size=int(c.get("sw_batch_size", train.sw_batch_size)),
+               postprocess=post.chain_config())
+    if c.get("plan") is not None:
+        out["plan"] = c["plan"]
     return out
+
+
+def contract_postprocess(c: dict) -> PostprocessTable:
+    """The contract's post-processing chain, typed and its steps checked (none: empty chain)."""
+    post = parse(PostprocessTable, dict(c.get("postprocess") or {}), None, "data_contract.postprocess")
+    from ..postprocess.chain import build_postprocess
+    build_postprocess(post.chain_config())  # ValueError naming the bad step
+    return post
 
 
 def contract_config(contract: dict, amp: str | None = None) -> ImagingConfig:
     """The imaging config a (normalised) contract amounts to: what a bundle's
-    inference hands to imaging_core.task.Task (no post-processing; ``amp`` None: fp32)."""
+    inference hands to imaging_core.task.Task (its post-processing chain; ``amp`` None: fp32)."""
     return ImagingConfig(labels={int(k): v for k, v in contract["labels"].items()},
-                         preprocess=contract_preprocess(contract),
+                         preprocess=contract_preprocess(contract), postprocess=contract_postprocess(contract),
                          sampling=SamplingTable(patch_size=list(contract["roi_size"])),
                          train=TrainTable(overlap=float(contract["overlap"]),
                                           sw_batch_size=int(contract["sw_batch_size"]), amp=amp or "none"))

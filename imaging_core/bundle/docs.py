@@ -32,6 +32,18 @@ def _secagg_text(sa) -> str:
     return str(sa) if sa else "not recorded"
 
 
+def _chain_text(c: dict) -> str:
+    steps = (c.get("postprocess") or {}).get("chain") or []
+    if not steps:
+        return "none (argmax only)"
+    out = []
+    for st in steps:
+        name = st if isinstance(st, str) else st.get("name")
+        cls = None if isinstance(st, str) else st.get("classes")
+        out.append(f"{name}" + (f" (classes {', '.join(map(str, cls))})" if cls else ""))
+    return ", then ".join(out)
+
+
 def readme(meta: dict) -> str:
     c = meta["data_contract"]
     p = meta.get("federated_provenance", {})
@@ -64,6 +76,12 @@ def readme(meta: dict) -> str:
         rows = [[labels[k], held.get(f"dice_{k}"), _fmt(held.get(f"hd95_{k}"), 2),
                  _fmt(held.get(f"missed_{k}"), 0)] for k in fg]
         L += _table(["structure", "Dice", "HD95 (mm)", "missed cases"], rows)
+        space = m.get("held_out_space", "preprocessed")
+        L += ["", ("Measured in each case's ORIGINAL image space (the prediction put back on the input's "
+                   "grid, compared with the original label at its spacing), which is what this bundle "
+                   "outputs." if space == "original" else
+                   "Measured on the preprocessed (resampled, cropped) grid of the run, not in the input's "
+                   "original space.") + " Post-processing: " + _chain_text(c) + "."]
         L += ["", f"Mean foreground Dice: {_fmt(held.get('dice_fg_mean'))}. Metrics follow MONAI's "
               "semantics (Dice ignore_empty, symmetric HD95); a structure the model missed entirely "
               "is counted in 'missed' rather than silently dropped from HD95.", ""]
@@ -86,6 +104,7 @@ def readme(meta: dict) -> str:
     rows += [["default modality", c["modality"]],
              ["foreground crop", f"{c['crop_foreground']} (threshold {c['foreground_threshold']}, margin {c['margin']})"],
              ["sliding window", f"roi {c['roi_size']}, overlap {c['overlap']}, gaussian blending"],
+             ["post-processing (preprocessed grid)", _chain_text(c)],
              ["labels", "; ".join(f"{k} = {v}" for k, v in labels.items())]]
     L += _table(["step", "setting"], rows)
     L.append("")
@@ -106,7 +125,11 @@ def readme(meta: dict) -> str:
           "With fedvox (NIfTI file or DICOM series in, label NIfTI out in the input's original grid):", "",
           "```bash", "fedvox bundle verify BUNDLE_DIR --kit SITE_KIT   # or --public-key bundle_signing.pub",
           "fedvox infer BUNDLE_DIR /path/to/image.nii.gz --out seg.nii.gz --kit SITE_KIT [--device cuda]",
-          "```", "", "`fedvox infer` verifies the bundle itself and refuses an unsigned, re-signed or "
+          "fedvox infer BUNDLE_DIR /path/to/folder --out /path/to/out --kit SITE_KIT   # every file / series in it",
+          "fedvox infer BUNDLE_DIR /path/to/dicom --series-uid UID --out seg.nii.gz --kit SITE_KIT",
+          "```", "", "`fedvox infer` checks each input against this bundle first: a DICOM Modality "
+          "(0008,0060) the bundle was not made for, a CT not in Hounsfield units, or a voxel spacing far "
+          "from the bundle's is one clear error, unless `--force modality|intensity|spacing|all`.", "", "`fedvox infer` verifies the bundle itself and refuses an unsigned, re-signed or "
           "changed one (exit 2) unless given `--allow-unsigned`.", "",
           f"TorchScript (`models/model.ts`): input `(N, {c['in_channels']}, X, Y, Z)` float32 already "
           f"preprocessed as above, each spatial size a multiple of {mult}; output `(N, {len(labels)}, X, Y, Z)` "

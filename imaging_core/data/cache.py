@@ -37,6 +37,8 @@ class CachedCase:
     case_id: str
     split: str
     path: Path
+    # the case's label file as the datalist names it: original-space evaluation measures on it
+    label_source: Path | None = None
 
     def meta(self) -> dict:
         return json.loads((self.path / "meta.json").read_text())
@@ -141,7 +143,7 @@ class SiteCache:
                 else:
                     self._build_entry(case, final)
                     rep.built.append(case.case_id)
-                rep.cases.append(CachedCase(case.case_id, case.split, final))
+                rep.cases.append(CachedCase(case.case_id, case.split, final, case.label))
             except ImagingError as e:
                 rep.failed[case.case_id] = str(e)
             except (OSError, ValueError, RuntimeError) as e:  # still a bad case, not a crash

@@ -1,7 +1,8 @@
 """Dictionary transforms over Volumes: geometry, intensity, crop/pad, augmentation, patches."""
-from .augment import (RandAdjustContrast, RandAffine, RandFlip, RandGaussianNoise, RandRotate90,
-                      RandScaleIntensity, RandShiftIntensity, adjust_contrast, affine_index_map,
-                      flip_affine, rot90_index_map, warp_array)
+from .augment import (RandAdjustContrast, RandAffine, RandContrast, RandFlip, RandGaussianNoise,
+                      RandGaussianSmooth, RandRotate90, RandScaleIntensity, RandShiftIntensity,
+                      RandSimulateLowResolution, RandSpatial, WithSource, adjust_contrast, affine_index_map,
+                      elastic_field, flip_affine, rot90_index_map, warp_array)
 from .base import DEFAULT_KEYS, Compose, Data, RandomTransform, Transform, is_label_key
 from .crop_pad import (CenterSpatialCrop, CropForeground, DivisiblePad, SpatialPad, crop_or_pad,
                        crop_or_pad_array, foreground_box, shifted_affine)
@@ -26,8 +27,9 @@ __all__ = [
     "CenterSpatialCrop", "CropForeground", "DivisiblePad", "SpatialPad", "crop_or_pad",
     "crop_or_pad_array", "foreground_box", "shifted_affine",
     # augmentation
-    "RandAdjustContrast", "RandAffine", "RandFlip", "RandGaussianNoise", "RandRotate90",
-    "RandScaleIntensity", "RandShiftIntensity", "adjust_contrast", "affine_index_map",
+    "RandAdjustContrast", "RandAffine", "RandContrast", "RandFlip", "RandGaussianNoise",
+    "RandGaussianSmooth", "RandRotate90", "RandScaleIntensity", "RandShiftIntensity",
+    "RandSimulateLowResolution", "RandSpatial", "WithSource", "adjust_contrast", "affine_index_map", "elastic_field",
     "flip_affine", "rot90_index_map", "warp_array",
     # patches
     "RandCropByLabelClasses", "RandCropByPosNeg", "patch_start",

@@ -8,8 +8,10 @@ sample from the cache.
 from __future__ import annotations
 
 from ..config import AugmentTable, PercentileRule, PreprocessTable, SamplingTable, WindowRule, ZScoreRule
-from .augment import (RandAdjustContrast, RandAffine, RandFlip, RandGaussianNoise, RandRotate90,
-                      RandScaleIntensity, RandShiftIntensity)
+from .augment_intensity import (RandAdjustContrast, RandContrast, RandGaussianNoise, RandGaussianSmooth,
+                                RandScaleIntensity, RandShiftIntensity, RandSimulateLowResolution)
+from .augment_spatial import RandFlip, RandRotate90
+from .augment_warp import RandSpatial, WithSource
 from .base import Compose
 from .crop_pad import CropForeground
 from .intensity import NormalizeIntensity, ScaleIntensityRange, ScaleIntensityRangePercentiles
@@ -46,16 +48,28 @@ def build_sampler(cfg: SamplingTable, num_classes: int):
 
 
 def build_augment(cfg: AugmentTable) -> list:
-    p_int = cfg.intensity_prob
+    """Per-patch augmentation in nnU-Net v2's order: geometry (one resampling), then
+    noise, blur, brightness, contrast, low resolution, inverted gamma, gamma."""
+    b_lo, b_hi = cfg.brightness_range
     return [RandFlip(prob=cfg.flip_prob),
             RandRotate90(prob=cfg.rot90_prob),
-            RandAffine(prob=cfg.affine_prob, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.1, 0.1, 0.1)),
-            RandScaleIntensity(prob=p_int, factors=0.1),
-            RandShiftIntensity(prob=p_int, offsets=0.1),
-            RandAdjustContrast(prob=p_int, gamma=(0.8, 1.25)),
-            RandGaussianNoise(prob=cfg.noise_prob, std=0.05)]
+            RandSpatial(rotate_prob=cfg.rotate_prob, rotate_range=cfg.rotate_range,
+                        scale_prob=cfg.scale_prob, scale_range=cfg.scale_range,
+                        elastic_prob=cfg.elastic_prob, elastic_spacing=cfg.elastic_spacing,
+                        elastic_magnitude=cfg.elastic_magnitude),
+            RandGaussianNoise(prob=cfg.noise_prob, std=cfg.noise_std),
+            RandGaussianSmooth(prob=cfg.blur_prob, sigma=cfg.blur_sigma),
+            RandScaleIntensity(prob=cfg.brightness_prob, factors=(b_lo - 1.0, b_hi - 1.0)),
+            RandShiftIntensity(prob=cfg.shift_prob, offsets=cfg.shift_range),
+            RandContrast(prob=cfg.contrast_prob, factors=cfg.contrast_range),
+            RandSimulateLowResolution(prob=cfg.lowres_prob, zoom_range=cfg.lowres_zoom),
+            RandAdjustContrast(prob=cfg.gamma_invert_prob, gamma=cfg.gamma_range, invert_image=True,
+                               retain_stats=cfg.gamma_retain_stats, around_one=True),
+            RandAdjustContrast(prob=cfg.gamma_prob, gamma=cfg.gamma_range,
+                               retain_stats=cfg.gamma_retain_stats, around_one=True)]
 
 
 def build_train_transforms(sampling: SamplingTable, augment: AugmentTable, num_classes: int) -> Compose:
-    """Random part run on cached items: sample patches, then augment each patch."""
-    return Compose([build_sampler(sampling, num_classes), *build_augment(augment)])
+    """Random part run on cached items: sample patches, then augment each patch; the
+    patches keep their case so the warp reads real content past the patch edge."""
+    return Compose([WithSource(build_sampler(sampling, num_classes)), *build_augment(augment)])

@@ -46,10 +46,17 @@ def test_evaluate_with_a_chain_equals_the_chain_by_hand(cases, steps):
     assert isinstance(ev, Evaluation) and [r["case_id"] for r in ev.per_case] == ["c0", "c1"]
     for row, case in zip(ev.per_case, cases):
         pred, want = _by_hand(net, case, steps)
-        assert json.dumps({k: v for k, v in row.items() if k != "case_id"}, sort_keys=True) == \
-            json.dumps(want, sort_keys=True)
+        assert row["space"] == "preprocessed"  # an in-memory case names no label file
+        assert json.dumps({k: row[k] for k in want}, sort_keys=True) == json.dumps(want, sort_keys=True)
+        assert set(row) - set(want) == {"case_id", "space", "dice_preprocessed", "candidates"}
+        # the candidates: the chain's own label step is "keep the largest", so its figure is the row's
+        assert row["dice_preprocessed"] == want["dice"]
+        assert row["candidates"]["raw" if not steps else "largest"] == want["dice"]
         np.testing.assert_array_equal(task.predict(net, case._item["image"].array), pred)  # predict agrees
-    assert ev.summary == summarize(ev.per_case, 3) and ev.scores == flat_scores(ev.summary, 3)
+    assert ev.summary == summarize(ev.per_case, 3) and ev.space == "preprocessed"
+    flat = flat_scores(ev.summary, 3)
+    assert {k: ev.scores[k] for k in flat} == flat and set(ev.scores) - set(flat) == {
+        "raw_dice_1", "raw_dice_2", "lcc_dice_1", "lcc_dice_2"}
 
 
 def test_a_bad_chain_fails_when_the_task_is_made():

@@ -12,6 +12,8 @@ def test_report_evaluates_held_out_cases(run_dir, tmp_path, fab):
     out = make_report(run_dir, evaluate=True, federation_path=fed, data_base=tmp_path / "fed", quiet=True)
     per_case = (out / "held_out_cases.csv").read_text().splitlines()
     assert len(per_case) == 1 + 2 * 3  # global best + final, 3 cases each
+    col = per_case[0].split(",").index("space")
+    assert {r.split(",")[col] for r in per_case[1:]} == {"original"}  # on each case's own label file
     overlays = sorted(out.glob("overlay_*.png"))
     assert 1 <= len(overlays) <= 3
     md = (out / "report.md").read_text()
