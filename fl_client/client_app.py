@@ -194,6 +194,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _guarded(_evaluate, msg, context)
 
 
+@app.evaluate(K.CROSS_SITE)
+def cross_site(msg: Message, context: Context) -> Message:
+    return _guarded(_cross_site, msg, context)
+
+
+@app.query(K.LOCAL_MODEL)
+def local_model(msg: Message, context: Context) -> Message:
+    return _guarded(_local_model, msg, context)
+
+
 def _advertise(msg: Message, context: Context, pol) -> Message:
     """Secure aggregation S1: signed public keys for this session."""
     session = str(msg.content.config_records[K.REC_SECAGG][K.SESSION])
@@ -318,3 +328,31 @@ def _evaluate(msg: Message, context: Context, pol) -> Message:
         content[K.REC_SECAGG] = ConfigRecord(
             {K.PAYLOAD: _secagg(context, str(sec[K.SESSION])).reveal(rnd, bytes(sec[K.PAYLOAD]))})
     return _reply(msg, content, context)
+
+
+def _cross_site(msg: Message, context: Context, pol) -> Message:
+    """One more model on this site's validation cases, after the final evaluation
+    (bounded per run and once per model: fl_client.policy.admit_cross_site)."""
+    cfg = _config(msg)
+    arrays = _arrays(msg)
+    rnd = P.admit_cross_site(pol, _node(context, K.NODE_STATE_DIR), cfg, arrays)
+    with _worker(context) as w:
+        metrics, n = w.evaluate(str(cfg[K.RUN_ID]), rnd, arrays, cfg)
+    cases = metrics.pop("cases", {})
+    content = RecordDict({K.REC_METRICS: metric_record(_val_metrics(pol, metrics, n)),
+                          K.REC_INFO: _info(context)})
+    per_case = P.outgoing_cases(pol, cases) if n >= pol.min_val_cases else {}
+    if per_case:
+        content[K.REC_CASES] = MetricRecord(per_case)
+    return _reply(msg, content, context)
+
+
+def _local_model(msg: Message, context: Context, pol) -> Message:
+    """The local-only model's weights, once per run and only with the site's consent
+    ([policy] share_local_model): the coordinator sends them on to the other sites."""
+    cfg = _config(msg)
+    rnd = P.admit_share_local(pol, _node(context, K.NODE_STATE_DIR), cfg)
+    with _worker(context) as w:
+        weights = w.local_model(str(cfg[K.RUN_ID]), rnd)
+    return _reply(msg, RecordDict({K.REC_ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
+                                   K.REC_INFO: _info(context)}), context)

@@ -8,6 +8,11 @@ short reason (``Refused``). Torch-free: the shim imports it.
 The ClientApp is a new process per message, so what must hold across messages
 lives on disk under the node's state dir (``PolicyState``): per run, the hash
 of the model each round's train message carried and the evaluations left.
+
+Cross-site evaluation (after the final evaluation only): each other model is
+evaluated once per hash, at most ``max_cross_site_models`` per run, so the
+final stage is no open evaluation oracle; the local-only model leaves once,
+and only with ``share_local_model = true`` (the site's consent).
 """
 from __future__ import annotations
 
@@ -44,6 +49,11 @@ MODEL_CHANGED = "policy: a different model for a round already trained"
 EVAL_NOT_ALLOWED = "policy: no evaluation left for this round"
 EVAL_WRONG_MODEL = "policy: evaluation only of the model this round trained"
 UNKNOWN_KEY = "policy: round config has a key this site does not accept"
+CROSS_NOT_FINAL = "policy: other models are evaluated only after the run's final evaluation"
+CROSS_REPEAT = "policy: this model was already evaluated in this run"
+CROSS_BOUND = "policy: no cross-site evaluation left in this run"
+NO_CONSENT = "policy: this site does not share its local model"
+LOCAL_SHARED = "policy: the local model was already sent in this run"
 BAD_REQUEST = "bad request: a record or key is missing or malformed"
 WORKER_FAILED = "the site worker failed; see the site's logs"
 INTERNAL = "the site failed; see the site's logs"
@@ -212,3 +222,55 @@ def admit_evaluate(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:
         else:  # the final model: evaluated once, and then the run answers nothing more
             st["closed"] = True
     return rnd
+
+
+def _closed_run(pol: PolicyTable, cfg: dict) -> tuple[int, str]:
+    """The round config of a final-stage request (besides its model name): (round, run id)."""
+    rest = {k: v for k, v in cfg.items() if k != K.CROSS_MODEL}
+    return check_config(pol, rest, K.MSG_EVALUATE), rest[K.RUN_ID]
+
+
+def admit_cross_site(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:
+    """Raise Refused unless the run's final evaluation is done, this model was not
+    evaluated here before and the site's bound of cross-site models is not spent."""
+    name = cfg.get(K.CROSS_MODEL)
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise Refused(bound_reason(K.CROSS_MODEL))
+    rnd, run = _closed_run(pol, cfg)
+    digest = model_hash(arrays)
+    with PolicyState(state_dir, run).open() as st:
+        if not st["closed"]:
+            raise Refused(CROSS_NOT_FINAL)
+        done = st.setdefault("cross_site", [])
+        if digest in done:
+            raise Refused(CROSS_REPEAT)
+        if len(done) >= pol.max_cross_site_models:
+            raise Refused(CROSS_BOUND)
+        done.append(digest)
+    return rnd
+
+
+def admit_share_local(pol: PolicyTable, state_dir, cfg: dict) -> int:
+    """Raise Refused unless the site consents to share its local-only model, the run's
+    final evaluation is done and the model was not sent before in this run."""
+    if not pol.share_local_model:
+        raise Refused(NO_CONSENT)
+    rnd, run = _closed_run(pol, cfg)
+    with PolicyState(state_dir, run).open() as st:
+        if not st["closed"]:
+            raise Refused(CROSS_NOT_FINAL)
+        if st.get("local_shared"):
+            raise Refused(LOCAL_SHARED)
+        st["local_shared"] = True
+    return rnd
+
+
+def outgoing_cases(pol: PolicyTable, cases: dict) -> dict[str, list[float]]:
+    """Per-case value lists (no case ids) of allow-listed metrics, only where the
+    site opted in (``cross_site_per_case``)."""
+    if not pol.cross_site_per_case or not isinstance(cases, dict):
+        return {}
+    pat = _pattern(pol.metrics)
+    return {k: [float(x) for x in v] for k, v in cases.items()
+            if isinstance(k, str) and pat.fullmatch(k) and isinstance(v, list)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}

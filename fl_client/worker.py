@@ -22,6 +22,7 @@ import torch
 
 from fl_common import keys as K
 from fl_common.config import Federation, SiteConfig
+from imaging_core.metrics.summary import per_case_values
 from imaging_core.task import Task, float_state
 from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
 from imaging_core.train.trainer import Trainer, seed_everything
@@ -97,6 +98,8 @@ class SiteWorker:
     # ----- one round --------------------------------------------------------
     def train(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float, dict]:
         """Local epochs from the global weights -> (delta, weight, scalar metrics)."""
+        if cfg.get(K.LOCAL_MODEL):  # the Train RPC's tensor reply carries it: no new worker API
+            return self.local_model(server_round), 0.0, {}
         if not self.data.cases("training"):
             raise RuntimeError(f"{self.name}: no usable training cases")
         self._load(self.net, weights)
@@ -153,11 +156,29 @@ class SiteWorker:
         save_checkpoint({"net": net.state_dict(), "round": server_round}, self._local_path(server_round))
         return {"local_train_loss": hist.epochs[-1]["loss"]}
 
+    def local_model(self, server_round: int) -> dict[str, np.ndarray]:
+        """The site's latest local-only model (float tensors, as the global weights);
+        the ClientApp sends it only with the site's consent (fl_client.policy)."""
+        path = self._latest_local(server_round)
+        if path is None:
+            raise RuntimeError(f"{self.name}: no local-only model (is [federation] local_baseline on?)")
+        net = self.task.build_net()
+        net.load_state_dict(load_checkpoint(path)["net"])
+        return {k: v.numpy() for k, v in float_state(net).items()}
+
     def evaluate(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float]:
-        """Validation metrics of the global model (and of the local-only baseline)."""
+        """Validation metrics of the global model (and of the local-only baseline);
+        a cross-site request (``cross-model`` set) evaluates only the given model, and
+        adds its per-case values (``cases``: metric -> list in case order)."""
         val = self.data.cases("validation")
         if not val:
             return {"num_val": 0.0}, 0.0
+        if cfg.get(K.CROSS_MODEL):
+            net = self.task.build_net()
+            self._load(net, weights)
+            ev = self.task.evaluate(net, val)
+            cases = per_case_values(ev.per_case, self.num_classes)
+            return {"num_val": float(len(val)), **_scalars("", ev.scores), "cases": cases}, float(len(val))
         self._load(self.net, weights)
         out: dict[str, float] = {"num_val": float(len(val))}
         models = [(K.GLOBAL, self.net)]

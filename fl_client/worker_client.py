@@ -62,3 +62,9 @@ class WorkerClient:
                                                                weights=to_proto(weights),
                                                                config_json=json.dumps(config)))
         return json.loads(r.metrics_json or "{}"), r.num_examples
+
+    def local_model(self, run_id: str, server_round: int) -> dict:
+        """The site's local-only model (over the Train RPC: fl_client.worker.SiteWorker.train)."""
+        from fl_common.keys import LOCAL_MODEL
+        weights, _, _ = self.train(run_id, server_round, {}, {LOCAL_MODEL: True})
+        return weights

@@ -107,6 +107,14 @@ class PolicyTable(Table):
     max_patches_per_step: PosInt = 16
     min_val_cases: PosInt = 3                 # fewer validation cases: no validation metrics at all
     metrics: list[Literal[POLICY_METRICS]] = ["dice_fg_mean", "dice_<c>", "hd95_<c>"]
+    # consent to cross-site evaluation of this site's local-only model: true sends its
+    # WEIGHTS to the coordinator, which sends them on to every other site (and may keep them)
+    share_local_model: bool = False
+    # other models this site evaluates after the final one (cross-site matrix), each once
+    max_cross_site_models: Annotated[int, Field(ge=0)] = 8
+    # per-case values (lists in case order, no case ids) of the allowed metrics, in the
+    # cross-site replies only: finer than any mean, so off unless the site opts in
+    cross_site_per_case: bool = False
 
 
 class TrustTable(Table):

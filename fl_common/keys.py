@@ -14,6 +14,7 @@ REC_METRICS = "metrics"      # MetricRecord: the scalars a site reports
 REC_DELTA = "delta"          # ArrayRecord: an unmasked update (secure aggregation off)
 REC_MASKED = "masked"        # ArrayRecord: a masked update
 REC_SECAGG = "secagg"        # ConfigRecord: a secure-aggregation payload
+REC_CASES = "cases"          # MetricRecord: per-case value lists of a cross-site evaluation (where allowed)
 REC_FINGERPRINT = "fingerprint"  # ConfigRecord: a site's fingerprint summary + categorical counts (JSON)
 
 # ----- keys inside those records ----------------------------------------------
@@ -27,6 +28,7 @@ VECTOR = "vector"            # the one Array of a masked record
 SESSION = "session"
 PAYLOAD = "payload"
 CLIPPED = "clipped"          # a round's summed clip events (never one site's: that is masked)
+CROSS_MODEL = "cross-model"  # round config of a cross-site evaluation: the model's name in the matrix
 
 # ----- message types ----------------------------------------------------------
 MSG_TRAIN = "train"
@@ -34,6 +36,8 @@ MSG_EVALUATE = "evaluate"
 MSG_QUERY = "query"          # query.<action>: secure-aggregation setup stages
 SECAGG_ADVERTISE = "advertise"
 SECAGG_SHARE = "share"
+CROSS_SITE = "cross_site"    # evaluate.cross_site: one more model on the site's validation cases (final stage)
+LOCAL_MODEL = "local_model"  # query.local_model: a consenting site's local-only model (final stage)
 PLAN_FINGERPRINT = "fingerprint"        # query.fingerprint: the site's fingerprint (vector masked)
 PLAN_REVEAL = "fingerprint_reveal"      # query.fingerprint_reveal: unmask the summed fingerprint
 
@@ -69,5 +73,10 @@ WORKER_MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits
 
 
 def query_type(action: str) -> str:
-    """The message type of a secure-aggregation setup stage."""
+    """The message type of a secure-aggregation setup stage (or another query)."""
     return f"{MSG_QUERY}.{action}"
+
+
+def evaluate_type(action: str) -> str:
+    """The message type of a named evaluate action (Flower's ``@app.evaluate(action)``)."""
+    return f"{MSG_EVALUATE}.{action}"

@@ -179,7 +179,9 @@ def _after_run(run_dir: Path, work: Path, prov) -> None:
     """The comparison report and the exported bundle of the best global model."""
     from .export import export_run
     from .report import make_report
-    rep = make_report(run_dir)
+    # as `fedvox report` does: overlays of held-out cases (the cross-site heatmap comes
+    # from the run's cross_site.json)
+    rep = make_report(run_dir, evaluate=True, console=console)
     console.print(f"report: {rep / 'report.html'}")
     # the demo owns its work directory and starts a fresh run each time: so is its bundle.
     # Signed with the provision's bundle-signing key (never the CA key, which export refuses).

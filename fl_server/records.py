@@ -6,7 +6,8 @@
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
     cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
                               "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}],
-                              "consent": {site: true if its local model went to the other sites}}
+                              "per_case": {metric: [values]}, ...}], "consent": {site: true if its
+                              local model went to the other sites}, "failures": [...]}
     checkpoints/round-NNNN.pt global weights + server optimiser state after round N (+ .sha256)
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
@@ -144,6 +145,13 @@ class RunRecord:
         self._writable()
         write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
         write_csv(self.dir / "final_sites.csv", rows)
+
+    def add_cross_site(self, rows: list[dict], consent: dict[str, bool], failures: list[dict]) -> None:
+        """The cross-site matrix (fl_server.cross_site): rows of model x evaluation set
+        (``per_case``: metric -> values in case order, where the site allowed them),
+        each site's consent to share its local model, and what failed."""
+        self._writable()
+        write_json(self.dir / CROSS_SITE, {"rows": rows, "consent": consent, "failures": failures})
 
     def event(self, kind: str, **fields) -> None:
         """Append one progress event (a JSON line, ``kind`` and wall time ``t`` added).

@@ -71,7 +71,7 @@ class RoundLoop:
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None,
-                 before_rounds: Callable | None = None):
+                 before_rounds: Callable | None = None, cross_models: dict[str, dict] | None = None):
         import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
@@ -79,6 +79,7 @@ class RoundLoop:
         self.run_info = dict(run_info or {})  # what the run record states besides the loop's own settings
         self.before_rounds = before_rounds   # (stage, nodes): the plan's fingerprint query + check (plan_stage)
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
+        self.cross_models = dict(cross_models or {})  # e.g. the pooled baseline, for the cross-site matrix
 
     # ----- state ------------------------------------------------------------
     def flat(self) -> np.ndarray:
@@ -265,3 +266,9 @@ class RoundLoop:
         ok, failed = self._send(nodes, K.MSG_EVALUATE, self.cfg.rounds + 1, {}, self.cfg.eval_timeout)
         rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
         self.record.add_final_sites(rows, failed)
+        from .cross_site import CrossSite  # every model on every site's data, within the sites' policies
+        try:
+            CrossSite(self, self.cross_models).run(sorted(ok), rows)
+        except Exception as e:  # noqa: BLE001 - the rounds are complete; the matrix is an extra
+            log.exception("cross-site evaluation failed")
+            self.record.event("cross_site_failed", error=f"{type(e).__name__}: {e}"[:300])

@@ -32,7 +32,7 @@ from ..errors import ImagingError
 from .dice import dice_from_counts
 from .surface import _check_percentile, _spacing, surface_metrics
 
-__all__ = ["case_metrics", "summarize", "stats", "write_summary", "metrics_for_files"]
+__all__ = ["case_metrics", "summarize", "stats", "write_summary", "metrics_for_files", "per_case_values"]
 
 STAT_KEYS = ("mean", "median", "std", "p5", "p95", "n")
 SUMMARY_METRICS = ("dice", "dice_strict", "hd95", "hd95_worst", "hd", "assd")
@@ -136,6 +136,18 @@ def summarize(per_case: list[dict], num_classes: int) -> dict:
              "n_spurious": n_spurious, "n_both_empty": len(rows) - n_present - n_spurious}
         s["hd95_worst_case_mean"] = s["hd95_worst"]["mean"]
         out[k] = s
+    return out
+
+
+def per_case_values(per_case: Sequence[dict], num_classes: int) -> dict[str, list[float]]:
+    """Per-case rows (``case_metrics`` + case_id) as value lists in case order, named as
+    ``flat_scores`` names them (dice_<c>, hd95_<c>, missed_<c>); no case ids."""
+    out: dict[str, list[float]] = {}
+    for c in range(1, int(num_classes)):
+        k = str(c)
+        out[f"dice_{c}"] = [float(m["dice"].get(k, math.nan)) for m in per_case]
+        out[f"hd95_{c}"] = [float(m["hd95"].get(k, math.nan)) for m in per_case]
+        out[f"missed_{c}"] = [float(c in m.get("missed", [])) for m in per_case]
     return out
 
 

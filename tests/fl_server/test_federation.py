@@ -11,6 +11,7 @@ the uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -145,6 +146,12 @@ def test_two_rounds_with_tls_auth_and_masking_record_site_and_global_metrics(com
     final = json.loads((fed.run_dir / "final_sites.json").read_text())
     assert sorted(r["site"] for r in final["sites"]) == SITES
     assert (fed.run_dir / "global_best.pt.sha256").exists()
+    # the example sites consent: every model (2 global + 3 local-only) on 3 sites + held-out
+    cross = json.loads((fed.run_dir / "cross_site.json").read_text())
+    assert cross["consent"] == {n: True for n in SITES} and cross["failures"] == []
+    assert {(r["model"], r["eval_set"]) for r in cross["rows"]} == {
+        (m, e) for m in ["global (final)", "global (best)", *(f"local-only ({n})" for n in SITES)]
+        for e in [*SITES, "held-out"]}
 
 
 def test_nothing_but_masked_vectors_scalars_and_protocol_bytes_leaves_a_site(completed):
@@ -157,10 +164,17 @@ def test_nothing_but_masked_vectors_scalars_and_protocol_bytes_leaves_a_site(com
         for line in map(json.loads, lines):
             seen.add(line["message_type"])
             for name, rec in line["records"].items():
-                if rec["kind"] == "array":
+                if rec["kind"] == "array" and line["message_type"] == "query.local_model":
+                    # the example sites consent ([policy] share_local_model): their local-only model
+                    assert name == "arrays" and sum(math.prod(a["shape"]) for a in rec["arrays"].values()) \
+                        == n_params, line
+                elif rec["kind"] == "array":
                     # only the masked uint32 vector: n values + weight + clip count + patches
                     assert name == "masked" and list(rec["arrays"]) == ["vector"], line
                     assert rec["arrays"]["vector"] == {"dtype": "uint32", "shape": [n_params + NUM_EXTRA]}
+                elif rec["kind"] == "metric" and name == "cases":  # per-case lists: cross-site, opted in
+                    assert line["message_type"] == "evaluate.cross_site", line
+                    assert set(rec["values"].values()) == {"list"}
                 elif rec["kind"] == "metric":
                     assert set(rec["values"].values()) <= {"float", "int"}
                     if line["message_type"] == "train":  # counts only inside the mask

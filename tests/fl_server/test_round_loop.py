@@ -220,9 +220,11 @@ def test_all_sites_reply_the_model_moves_by_the_weighted_mean_delta_and_the_run_
     assert sorted(r["site"] for r in final["sites"]) == NAMES and final["failures"] == []
     for f in ("global_best.pt", "global_final.pt", "checkpoints/round-0002.pt"):
         assert (tmp_path / f).is_file()
-    # two stages a round to every site, then the final evaluation
+    # two stages a round to every site, then the final evaluation and the cross-site stage
+    # (best == final here: one model; no local models are asked for without local_baseline)
     assert [(t, r) for t, _, r in grid.pushed[::3]] == [("train", 1), ("evaluate", 1), ("train", 2),
-                                                       ("evaluate", 2), ("evaluate", 3)]
+                                                       ("evaluate", 2), ("evaluate", 3),
+                                                       ("evaluate.cross_site", 3)]
 
 
 @pytest.mark.parametrize("how, why", [("error", "site-c ClientApp raised in train"),

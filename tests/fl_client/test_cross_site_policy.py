@@ -1,0 +1,180 @@
+"""The final stage at one site, through the real ClientApp shim functions in front
+of a real site worker on its Unix socket, with the [policy] of a real site.toml:
+the local-only model leaves only with the site's consent, other models are
+evaluated only after the final evaluation, once each and within the site's bound,
+and their metrics equal evaluating the same model directly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fl_common import keys as K
+
+pytestmark = [pytest.mark.timeout(180)]
+NODE = 11
+ROUND = {"local_epochs": 1, "local_baseline": True, K.LR: 1e-3}
+OPEN = "require_secure_aggregation = false\nmin_val_cases = 1\n"
+
+
+@pytest.fixture(autouse=True)
+def node_identity():
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 42, NODE
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def served(tiny_worker):
+    from fl_client.worker_server import serve
+    sock = tiny_worker.work_dir / "worker.sock"
+    server = serve(tiny_worker, sock)
+    yield {"worker": tiny_worker, "socket": sock}
+    server.stop(0)
+
+
+def _weights(worker) -> dict[str, np.ndarray]:
+    from imaging_core.task import float_state
+    return {k: v.numpy() for k, v in float_state(worker.net).items()}
+
+
+class Site:
+    """One site's files and node config; every reply it gives is kept (the audit)."""
+
+    def __init__(self, tmp_path, served, policy: str):
+        self.dir = tmp_path
+        toml = tmp_path / "site.toml"
+        toml.write_text(f'[site]\nname = "hospital_a"\n\n[policy]\n{OPEN}{policy}\n')
+        self.node_config = {K.NODE_SITE_NAME: "hospital_a", K.NODE_WORKER_SOCKET: str(served["socket"]),
+                            K.NODE_STATE_DIR: str(tmp_path / "state"), K.NODE_AUDIT_DIR: str(tmp_path / "audit"),
+                            K.NODE_SITE_CONFIG: str(toml)}
+        self.replies: list[Message] = []
+
+    def send(self, kind: str, rnd: int, weights: dict | None, **cfg) -> Message:
+        from fl_client import client_app
+        content = RecordDict({K.REC_CONFIG: ConfigRecord({K.SERVER_ROUND: rnd, K.RUN_ID: "run-1", **cfg})})
+        if weights is not None:
+            content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in weights.items()})
+        handler = {K.MSG_TRAIN: client_app.train, K.MSG_EVALUATE: client_app.evaluate,
+                   K.evaluate_type(K.CROSS_SITE): client_app.cross_site,
+                   K.query_type(K.LOCAL_MODEL): client_app.local_model}[kind]
+        ctx = Context(run_id=42, node_id=NODE, node_config=dict(self.node_config), state=RecordDict(), run_config={})
+        reply = handler(Message(content=content, dst_node_id=NODE, message_type=kind), ctx)
+        self.replies.append(reply)
+        return reply
+
+    def local(self, rnd: int = 2):
+        return self.send(K.query_type(K.LOCAL_MODEL), rnd, None, **ROUND)
+
+    def cross(self, weights: dict, name: str = "global (best)", rnd: int = 2) -> Message:
+        return self.send(K.evaluate_type(K.CROSS_SITE), rnd, weights, **ROUND, **{K.CROSS_MODEL: name})
+
+    def run_to_the_end(self, w0: dict) -> dict:
+        """Round 1 (train with the local-only baseline, evaluate), then the final evaluation."""
+        for kind, rnd in ((K.MSG_TRAIN, 1), (K.MSG_EVALUATE, 1), (K.MSG_EVALUATE, 2)):
+            w = w0 if rnd == 1 else {k: v + 0.01 for k, v in w0.items()}
+            r = self.send(kind, rnd, w, **ROUND)
+            assert not r.has_error(), r.error
+        return w
+
+    def audit(self) -> list[dict]:
+        return [json.loads(x) for x in (self.dir / "audit" / K.AUDIT_FILE).read_text().splitlines()]
+
+
+def _refused(reply: Message) -> str:
+    assert reply.has_error() and not reply.has_content()
+    assert reply.error.code == K.ERR_REFUSED
+    return reply.error.reason
+
+
+def _arrays(reply: Message) -> list[np.ndarray]:
+    return [a.numpy() for rec in reply.content.array_records.values() for a in rec.values()] \
+        if reply.has_content() else []
+
+
+def test_a_non_consenting_sites_local_model_never_leaves(served, tmp_path):
+    site = Site(tmp_path, served, "")  # share_local_model defaults to false
+    worker = served["worker"]
+    site.run_to_the_end(_weights(worker))
+    assert "does not share its local model" in _refused(site.local())
+    ok = site.cross(_weights(worker))  # other models it still evaluates: metrics only come back
+    assert not ok.has_error() and not _arrays(ok) and ok.content.metric_records[K.REC_METRICS]
+    local = worker.local_model(2)  # what the site holds (read here, in process, not through the shim)
+    for reply in site.replies:
+        for a in _arrays(reply):
+            assert not any(a.shape == v.shape and np.array_equal(a, v) for v in local.values())
+    # the audit of what left: the refused query carried no record at all
+    lines = [x for x in site.audit() if x["message_type"] == K.query_type(K.LOCAL_MODEL)]
+    assert lines and all(x["records"] == {} and x["error"]["code"] == K.ERR_REFUSED for x in lines)
+
+
+def test_a_consenting_site_sends_its_local_model_once_and_only_after_the_final_evaluation(served, tmp_path):
+    site = Site(tmp_path, served, "share_local_model = true")
+    worker = served["worker"]
+    w0 = _weights(worker)
+    assert not site.send(K.MSG_TRAIN, 1, w0, **ROUND).has_error()
+    assert "only after the run's final evaluation" in _refused(site.local())
+    assert not site.send(K.MSG_EVALUATE, 1, w0, **ROUND).has_error()
+    assert not site.send(K.MSG_EVALUATE, 2, {k: v + 0.01 for k, v in w0.items()}, **ROUND).has_error()
+    reply = site.local()
+    assert not reply.has_error(), reply.error
+    got = {k: a.numpy() for k, a in reply.content.array_records[K.REC_ARRAYS].items()}
+    want = worker.local_model(2)
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    assert not all(np.array_equal(got[k], w0[k]) for k in w0)  # trained: not the initial model
+    assert "already sent" in _refused(site.local())
+
+
+def _direct(worker, weights: dict):
+    net = worker.task.build_net()
+    worker._load(net, weights)
+    return worker.task.evaluate(net, worker.data.cases("validation"))
+
+
+def test_cross_site_metrics_equal_evaluating_the_model_directly_with_per_case_values(served, tmp_path):
+    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "hd95_<c>", "num_val"]\n'
+                                  "cross_site_per_case = true")
+    worker = served["worker"]
+    site.run_to_the_end(_weights(worker))
+    other = {k: v * 0.9 for k, v in worker.local_model(2).items()}
+    reply = site.cross(other)
+    assert not reply.has_error(), reply.error
+    got = dict(reply.content.metric_records[K.REC_METRICS])
+    ev = _direct(worker, other)
+    for k in ("dice_fg_mean", "dice_1", "dice_2"):
+        assert got[k] == pytest.approx(ev.scores[k], abs=1e-9, nan_ok=True)
+    assert got[K.NUM_EXAMPLES] == len(ev.per_case)
+    cases = dict(reply.content.metric_records[K.REC_CASES])
+    for c in ("1", "2"):
+        assert list(cases[f"dice_{c}"]) == pytest.approx([m["dice"][c] for m in ev.per_case], nan_ok=True)
+        assert list(cases[f"hd95_{c}"]) == pytest.approx([m["hd95"][c] for m in ev.per_case], nan_ok=True)
+    assert not any(k.startswith("missed") for k in cases)  # only allow-listed names leave
+
+
+def test_without_the_sites_opt_in_no_per_case_values_leave(served, tmp_path):
+    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "missed_<c>"]')  # counts, no opt-in
+    worker = served["worker"]
+    site.run_to_the_end(_weights(worker))
+    reply = site.cross(_weights(worker))
+    assert not reply.has_error() and K.REC_CASES not in reply.content.metric_records
+    assert set(reply.content.metric_records[K.REC_METRICS]) <= {"dice_fg_mean", "dice_1", "dice_2",
+                                                                "missed_1", "missed_2"}
+
+
+def test_the_policy_bound_refuses_an_extra_model_a_repeat_and_an_early_request(served, tmp_path):
+    site = Site(tmp_path, served, "max_cross_site_models = 1")
+    worker = served["worker"]
+    w0 = _weights(worker)
+    assert not site.send(K.MSG_TRAIN, 1, w0, **ROUND).has_error()
+    assert "only after the run's final evaluation" in _refused(site.cross(w0))  # no oracle during rounds
+    assert not site.send(K.MSG_EVALUATE, 1, w0, **ROUND).has_error()
+    assert not site.send(K.MSG_EVALUATE, 2, {k: v + 0.01 for k, v in w0.items()}, **ROUND).has_error()
+    assert not site.cross(w0).has_error()
+    assert "already evaluated" in _refused(site.cross(w0, name="another name"))
+    assert "no cross-site evaluation left" in _refused(site.cross({k: v * 0.5 for k, v in w0.items()}))
+    assert "cross-model" in _refused(site.cross(w0, name=""))
+    assert "cross-model" in _refused(site.send(K.evaluate_type(K.CROSS_SITE), 2, w0, **ROUND))
