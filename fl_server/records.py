@@ -269,6 +269,11 @@ class RunRecord:
         return list(read_json(self.dir / CROSS_SITE, {}).get("rows", []))
 
     @property
+    def cross_site_failures(self) -> list[dict]:
+        """Cross-site requests that failed (not refusals): {"model", "site", "error"}."""
+        return list(read_json(self.dir / CROSS_SITE, {}).get("failures", []))
+
+    @property
     def cross_site_consent(self) -> dict[str, bool]:
         """Per site: did it consent to its local-only model being evaluated on the other sites."""
         return {str(k): bool(v) for k, v in read_json(self.dir / CROSS_SITE, {}).get("consent", {}).items()}

@@ -104,13 +104,17 @@ def blocks(run: RunRecord, rows, gains, labels, figures: list[str], overlays: li
         B += [("h", 2, "Cross-site evaluation: every model on every site")]
         consent = run.cross_site_consent
         if consent:
+            # a site whose local-model request failed was never asked: not a refusal
+            unasked = {f["site"] for f in run.cross_site_failures if f.get("model", "").endswith(f"({f['site']})")}
             yes = sorted(s for s, v in consent.items() if v)
-            no = sorted(s for s, v in consent.items() if not v)
+            no = sorted(s for s, v in consent.items() if not v and s not in unasked)
             B.append(("p", "Consent (each site's policy): "
                       + (f"{', '.join(yes)} shared their local-only model with the other sites for this "
                          "evaluation (its weights left the site). " if yes else "")
                       + (f"{', '.join(no)} did not: their local-only model was evaluated on their own data "
-                         "only and never left them." if no else "")))
+                         "only and never left them. " if no else "")
+                      + (f"{', '.join(sorted(unasked))}: the request for their local-only model failed, "
+                         "so it is not in the matrix (see cross_site.json failures)." if unasked else "")))
         B += [("img", "cross_site.png", CAPTIONS["cross_site.png"]),
               ("table", ["model", "evaluated on"] + [metric_title(k, labels) for k, _ in mcols],
                [[r["model"], r["eval_set"]] + _cells(r, mcols) for r in matrix])]

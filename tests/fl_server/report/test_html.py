@@ -127,3 +127,18 @@ def test_bottom_line_says_when_federation_did_not_help():
     rows[0]["dice_2"] = 0.4
     text = verdict(rows, gains, labels)
     assert "at 1 of 2 sites" in text and "better at a (+0.100" in text and "did not help" not in text and "lesion" not in text
+
+
+def test_a_failed_local_model_request_is_not_called_a_refusal(run_dir, fab):
+    """cross_site.json records a site whose local-model query failed as consent false plus a
+    failure: the report must not tell the reader that site refused."""
+    from fl_server.report import make_report
+    write_json(run_dir / "cross_site.json", {
+        "rows": _matrix(fab), "consent": {"hospital_a": True, "hospital_b": False, "hospital_c": False},
+        "failures": [{"model": "local-only (hospital_b)", "site": "hospital_b", "error": "timeout"}]})
+    page = _Page()
+    page.feed((make_report(run_dir, quiet=True) / "report.html").read_text())
+    text = " ".join(page.text)
+    assert "hospital_c did not: their local-only model" in text
+    assert "hospital_b: the request for their local-only model failed" in text
+    assert "hospital_b, hospital_c did not" not in text
