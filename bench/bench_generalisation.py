@@ -63,7 +63,7 @@ def with_sites(fed, names: list[str]):
     return fed.model_copy(update={"sites": [s for s in fed.sites if s.name in names]})
 
 
-def run_mask(base, mask: str, work: Path, loso: bool, times: dict) -> dict:
+def run_mask(base, mask: str, work: Path, loso: bool, times: dict, heldout: bool = True) -> dict:
     from bench_fl_algorithms import federated
     from fl_server.baseline import evaluation_sets, load_site_data
     fed = base.updated({"preprocess": {"intensity": {"MR": {"kind": "zscore", "mask": mask}}}})
@@ -80,11 +80,13 @@ def run_mask(base, mask: str, work: Path, loso: bool, times: dict) -> dict:
         times[f"{mask}:{label}"] = round(time.perf_counter() - t0, 1)
         return out
 
-    models = {"federated": timed("federated", lambda: federated(fed, work / f"sites-{mask}")),
-              "pooled": timed("pooled", lambda: train_local(fed, data, names, epochs))}
-    for n in names:
-        models[f"local:{n}"] = timed(f"local:{n}", lambda n=n: train_local(fed, data, [n], epochs))
-    out = {"heldout": {m: score(fed, net, held) for m, net in models.items()}}
+    out: dict = {"heldout": {}}
+    if heldout:
+        models = {"federated": timed("federated", lambda: federated(fed, work / f"sites-{mask}")),
+                  "pooled": timed("pooled", lambda: train_local(fed, data, names, epochs))}
+        for n in names:
+            models[f"local:{n}"] = timed(f"local:{n}", lambda n=n: train_local(fed, data, [n], epochs))
+        out["heldout"] = {m: score(fed, net, held) for m, net in models.items()}
     for m, r in out["heldout"].items():
         print(f"[{mask}] held-out {m:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in r["mean"].items()), flush=True)
     if loso:
@@ -109,6 +111,7 @@ def main() -> None:
     ap.add_argument("--masks", default="nonzero,head", help="z-score masks to compare")
     ap.add_argument("--cases", type=float, default=1.0, help="multiply the example's case counts")
     ap.add_argument("--loso", action="store_true", help="also leave-one-site-out over the training sites")
+    ap.add_argument("--loso-only", action="store_true", help="leave-one-site-out only (no held-out models)")
     a = ap.parse_args()
     from fl_common.config import load_federation
     from sites_example.real.generate import federation_path, generate
@@ -120,13 +123,22 @@ def main() -> None:
     base = load_federation(federation_path(), data_base=work / "data")
     over = {k: v for k, v in (("rounds", a.rounds), ("local_epochs", a.local_epochs)) if v}
     base = base.updated({"federation": over}) if over else base
-    results = {m: run_mask(base, m, work, a.loso, times) for m in a.masks.split(",")}
+    results = {m: run_mask(base, m, work, a.loso or a.loso_only, times, heldout=not a.loso_only)
+               for m in a.masks.split(",")}
 
     summary = {}
     print(f"\nheld-out site, mean Dice (brain / grey / white), {base.federation.rounds} rounds x "
           f"{base.federation.local_epochs} local epochs; equal compute for every model")
     for mask, res in results.items():
         h = res["heldout"]
+        for k, r in res.get("loso", {}).items():
+            f, p = r["federated"]["mean"], r["pooled"]["mean"]
+            summary.setdefault(f"{mask}:loso", {})[k] = {"federated": f, "pooled": p,
+                                                        "ratio_brain": f["brain"] / max(p["brain"], 1e-9)}
+            print(f"  [{mask:7s}] trained without {k}, scored at {k}: federated / pooled brain "
+                  f"{f['brain']:.3f} / {p['brain']:.3f}")
+        if not h:
+            continue
         fedm, pool = h["federated"]["mean"], h["pooled"]["mean"]
         ratio = {k: fedm[k] / max(pool[k], 1e-9) for k in fedm}
         locals_ = {m: r["mean"]["brain"] for m, r in h.items() if m.startswith("local:")}
