@@ -43,7 +43,7 @@ def _cmd_demo(a) -> int:
     from fl_server.demo import run_demo
     return run_demo(a.work, zoom=a.zoom, cases=a.cases, seed=a.seed, rounds=a.rounds,
                     secure=not a.no_secure_aggregation, federation=a.federation, data_base=a.data_base,
-                    hosts=a.hosts)
+                    hosts=a.hosts, example=a.example)
 
 
 def _cmd_train(a) -> int:
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="work", help="work directory (created): sites, provision, run, bundle")
     _example_flags(p)
     p.add_argument("--rounds", type=int, default=None, help="override the federation's rounds")
+    p.add_argument("--example", choices=("synthetic", "real"), default="synthetic",
+                   help="synthetic phantoms (default) or real brain anatomy (sites_example/real, ICBM152)")
     p.add_argument("--federation", default=None,
                    help="your own federation TOML naming site data roots (default: sites_example)")
     p.add_argument("--data-base", default=None, help="base of relative data roots in --federation")

@@ -92,14 +92,11 @@ def enroll_and_provision(work: Path, names: list[str], federation: str, **provis
 
 def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int = 0, rounds: int | None = None,
              secure: bool = True, federation: str | Path | None = None, data_base: str | Path | None = None,
-             timeout: float = 3600.0, hosts: bool = False) -> int:
-    from sites_example.generate import generate
+             timeout: float = 3600.0, hosts: bool = False, example: str = "synthetic") -> int:
     work = Path(work).resolve()
     if federation is None:
         work.mkdir(parents=True, exist_ok=True)
-        with console.status("generating sites_example"):
-            generate(work / "sites", zoom=zoom, cases=cases, seed=seed)
-        federation, data_base = example_federation_path(), work / "sites"
+        federation, data_base = _generate_example(example, work / "sites", zoom, cases, seed)
     fed = load_federation(federation, data_base=data_base)
     for site in fed.all_sites:
         if not Path(site.datalist_path).is_file():  # before any process starts
@@ -175,6 +172,21 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
     return 0
 
 
+def _generate_example(example: str, out: Path, zoom: float, cases: float, seed: int) -> tuple[Path, Path]:
+    """Write the example's site data under ``out``; its federation TOML and data base."""
+    if example == "real":  # ICBM152 anatomy (nilearn's shipped template), simulated scanners
+        from sites_example.real.generate import federation_path, generate as generate_real
+        with console.status("generating the real-anatomy federation (sites_example/real)"):
+            generate_real(out, cases=cases, seed=seed)
+        return federation_path(), out
+    if example != "synthetic":
+        raise ValueError(f"unknown example {example!r} (synthetic or real)")
+    from sites_example.generate import generate
+    with console.status("generating sites_example"):
+        generate(out, zoom=zoom, cases=cases, seed=seed)
+    return example_federation_path(), out
+
+
 def _after_run(run_dir: Path, work: Path, prov) -> None:
     """The comparison report and the exported bundle of the best global model."""
     from .export import export_run
@@ -189,7 +201,11 @@ def _after_run(run_dir: Path, work: Path, prov) -> None:
     signed = (prov.root / "server" / SERVER_BUNDLE_KEY).is_file()
     if not signed:
         console.print(f"note: {prov.root / 'server'} has no {SERVER_BUNDLE_KEY}; the bundle is unsigned")
-    out = export_run(run_dir, work / "bundle", provision=prov.root if signed else None, overwrite=True)
+    try:
+        out = export_run(run_dir, work / "bundle", provision=prov.root if signed else None, overwrite=True)
+    except ValueError as e:  # a step MONAI cannot express (e.g. the head-mask z-score): refused, said why
+        console.print(f"[yellow]no bundle exported: {e}")
+        return
     console.print(f"exported MONAI bundle: {out} ({exported_model(run_dir)})")
 
 

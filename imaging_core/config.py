@@ -107,8 +107,26 @@ class WindowRule(Table):
 
 
 class ZScoreRule(Table):
+    """Per-image z-score. ``mask`` picks the voxels of the statistics: "all", "nonzero"
+    (MONAI's nonzero=True: zero voxels stay 0, so zero-filled air sits at the tissue
+    mean) or "head" (a robust head mask; every voxel outside it becomes ``outside``,
+    so zero-filled and noisy air look the same). ``outside`` is below tissue on
+    purpose: crop-to-foreground can then still find the head by threshold."""
     kind: Literal["zscore"] = "zscore"
-    nonzero: bool = True
+    mask: Literal["nonzero", "all", "head"] = "nonzero"
+    outside: float = -3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_nonzero(cls, v):
+        # `nonzero = true/false` of older TOMLs and bundles: the same as mask "nonzero"/"all"
+        if isinstance(v, dict) and "nonzero" in v:
+            if "mask" in v:
+                raise ValueError("give mask or the older nonzero, not both")
+            if not isinstance(v["nonzero"], bool):
+                raise ValueError("nonzero must be true or false (or use mask = 'nonzero' | 'all' | 'head')")
+            v = {k: x for k, x in v.items() if k != "nonzero"} | {"mask": "nonzero" if v["nonzero"] else "all"}
+        return v
 
 
 class PercentileRule(Table):
@@ -157,8 +175,13 @@ class PreprocessTable(Table):
         return out
 
     def crop_threshold(self, modality: str) -> float:
-        """The foreground threshold for ``modality``: z-scored MR has its air well below 0."""
-        return -0.5 if self.intensity[modality].kind == "zscore" else float(self.foreground_threshold)
+        """The foreground threshold for ``modality``: z-scored MR has its air well below 0;
+        with a head mask the air is exactly ``outside``, so just above it keeps dark
+        tissue at the head's edge (CSF) inside the crop."""
+        rule = self.intensity[modality]
+        if rule.kind != "zscore":
+            return float(self.foreground_threshold)
+        return rule.outside + 0.5 if rule.mask == "head" else -0.5
 
 
 class SamplingTable(Table):

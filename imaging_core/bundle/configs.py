@@ -45,8 +45,11 @@ def _monai_intensity(rule: dict) -> dict:
                 "a_max": float(rule["a_max"]), "b_min": float(rule["b_min"]),
                 "b_max": float(rule["b_max"]), "clip": bool(rule["clip"])}
     if kind == "zscore":
+        if rule["mask"] == "head":  # refused rather than exported as something else
+            raise ValueError("z-score over a head mask (mask = 'head') has no MONAI transform: "
+                             "this bundle cannot express its preprocessing")
         # fedvox's z-score is channel-wise by default; with one input channel it is the same thing
-        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(rule["nonzero"]),
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": rule["mask"] == "nonzero",
                 "channel_wise": True}
     return {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(rule["lower"]),
             "upper": float(rule["upper"]), "b_min": float(rule["b_min"]),
@@ -224,5 +227,6 @@ def _rule_text(rule: dict) -> str:
         return (f"window [{rule['a_min']}, {rule['a_max']}] -> [{rule['b_min']}, "
                 f"{rule['b_max']}]")
     if kind == "zscore":
-        return "z-score normalised" + (" over non-zero voxels" if rule["nonzero"] else "")
+        return "z-score normalised" + {"nonzero": " over non-zero voxels", "all": "",
+                                       "head": " inside the head"}[rule["mask"]]
     return f"percentiles {rule['lower']}-{rule['upper']} -> [{rule['b_min']}, {rule['b_max']}]"

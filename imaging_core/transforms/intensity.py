@@ -1,8 +1,9 @@
 """Deterministic intensity normalisation (the cached part of the pipeline).
 
 Numerics follow MONAI's ``ScaleIntensityRanged``, ``NormalizeIntensityd`` and
-``ScaleIntensityRangePercentilesd``. Outputs are float32 new arrays: inputs may
-be read-only memory maps, so nothing is modified in place.
+``ScaleIntensityRangePercentilesd``; the z-score's "head" mask (statistics inside
+the head, one fixed value outside) has no MONAI equivalent. Outputs are float32
+new arrays: inputs may be read-only memory maps, so nothing is modified in place.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import ZScoreRule
 from .base import Data, Transform
+
+_ZSCORE = ZScoreRule()  # the defaults live in imaging_core.config
 
 
 def _float32_copy(a: np.ndarray) -> np.ndarray:
@@ -69,28 +73,84 @@ class ScaleIntensityRange(_IntensityBase):
         return scale_intensity_range(arr, self.a_min, self.a_max, self.b_min, self.b_max, self.clip)
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (the cut maximising the between-class variance) of ``values``.
+    The top 0.1% are clipped first so a few bright vessels do not squeeze the histogram."""
+    lo, hi = float(values.min()), float(np.percentile(values, 99.9))
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    w0 = np.cumsum(hist, dtype=np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
+    between = np.nan_to_num(between[:-1])
+    # an empty gap between the classes is a plateau of maxima: take its middle
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(centres[(best[0] + best[-1]) // 2])
+
+
+def head_mask(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """The head (or body) of one 3D MR channel, whatever fills the air around it.
+
+    Otsu on a smoothed copy separates air from tissue both when the air is
+    zero-filled and when it is Rician noise (smoothing shrinks the noise far
+    more than the tissue contrast); the largest connected component drops
+    noise specks and background blobs, and filling holes takes back dark
+    structures inside (ventricles, sinuses). All-False only for a flat image.
+    """
+    from scipy import ndimage
+    sm = ndimage.gaussian_filter(np.asarray(x, dtype=np.float32), sigma) if sigma > 0 else x
+    v = sm.ravel()
+    t = otsu_threshold(v)
+    # Otsu's cut lies inside the tissue's range (dark CSF and grey matter fall below it):
+    # half way from the air's typical value to it keeps them and is still far above the noise
+    air = float(np.median(v[v <= t]))
+    fg = sm > air + 0.5 * (t - air)
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        return fg
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        fg = lab == int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(fg)
+
+
 class NormalizeIntensity(_IntensityBase):
     """Z-score: ``(x - mean) / std`` (population std; a zero std is treated as 1).
 
-    With ``nonzero=True`` the statistics come from the non-zero voxels only and
-    zero voxels stay zero (MR background). ``channel_wise`` computes them per channel.
+    ``mask`` says which voxels give the statistics:
+    - "all": every voxel (MONAI ``nonzero=False``);
+    - "nonzero": the non-zero voxels, and zero voxels stay zero (MONAI
+      ``nonzero=True``). A zero-filled background then sits at the tissue mean,
+      a noisy one well below it: two sites' air looks different to the model;
+    - "head": the voxels of ``head_mask``; every voxel outside it is set to
+      ``outside``, so zero-filled and noisy air end at the same value.
+    ``channel_wise`` computes them per channel.
     """
 
-    def __init__(self, nonzero: bool = True, channel_wise: bool = True,
+    def __init__(self, mask: str = _ZSCORE.mask, channel_wise: bool = True, outside: float = _ZSCORE.outside,
                  keys: Sequence[str] = ("image",)):
-        self.nonzero = bool(nonzero)
+        if mask not in ("nonzero", "all", "head"):
+            raise ValueError(f"z-score mask must be 'nonzero', 'all' or 'head', got {mask!r}")
+        self.mask = mask
         self.channel_wise = bool(channel_wise)
+        if mask == "head":  # only then part of the repr (the cache key)
+            self.outside = float(outside)
         self.keys = tuple(keys)
 
     def _normalize(self, x: np.ndarray) -> None:
         """In place on the float32 copy ``x``."""
-        if self.nonzero:
-            mask = x != 0
+        if self.mask == "all":
+            mask, vals = None, x
+        else:
+            mask = x != 0 if self.mask == "nonzero" else head_mask(x)
             vals = x[mask]
             if vals.size == 0:
                 return
-        else:
-            mask, vals = None, x
         # float64 accumulation: float32 sums drift on multi-million-voxel volumes
         mean = vals.mean(dtype=np.float64)
         std = vals.std(dtype=np.float64)
@@ -101,10 +161,12 @@ class NormalizeIntensity(_IntensityBase):
             x /= np.float32(std)
         else:
             x[mask] = (vals - np.float32(mean)) / np.float32(std)
+            if self.mask == "head":
+                x[~mask] = np.float32(self.outside)
 
     def _apply(self, arr):
         out = _float32_copy(arr)
-        if self.channel_wise:
+        if self.channel_wise or self.mask == "head":  # a head mask is found per 3D channel
             for c in range(out.shape[0]):
                 self._normalize(out[c])
         else:

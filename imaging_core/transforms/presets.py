@@ -24,7 +24,7 @@ def intensity_transform(rule: WindowRule | ZScoreRule | PercentileRule):
     if isinstance(rule, WindowRule):
         return ScaleIntensityRange(rule.a_min, rule.a_max, rule.b_min, rule.b_max, clip=rule.clip)
     if isinstance(rule, ZScoreRule):
-        return NormalizeIntensity(nonzero=rule.nonzero)
+        return NormalizeIntensity(mask=rule.mask, outside=rule.outside)
     return ScaleIntensityRangePercentiles(rule.lower, rule.upper, rule.b_min, rule.b_max, clip=rule.clip,
                                           relative=rule.relative)
 

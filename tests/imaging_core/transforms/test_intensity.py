@@ -69,7 +69,8 @@ def make_mr(rng, shape=(2, 10, 9, 8)):
                                                   (False, False)])
 def test_normalize_intensity_matches_monai(nonzero, channel_wise):
     arr = make_mr(np.random.default_rng(1))
-    out = NormalizeIntensity(nonzero=nonzero, channel_wise=channel_wise)(item(arr))["image"].array
+    mask = "nonzero" if nonzero else "all"  # fedvox's mask names for MONAI's two semantics
+    out = NormalizeIntensity(mask=mask, channel_wise=channel_wise)(item(arr))["image"].array
     ref = monai_image(NormalizeIntensityd("image", nonzero=nonzero, channel_wise=channel_wise), arr)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
@@ -85,7 +86,7 @@ def test_normalize_intensity_edge_channels_match_monai():
     arr = np.zeros((3, 5, 4, 3), np.float32)
     arr[1, 1:3] = 7.0  # constant non-zero: std 0 is treated as 1
     arr[2] = np.random.default_rng(2).normal(size=(5, 4, 3))  # channel 0 all zero: left alone
-    out = NormalizeIntensity()(item(arr))["image"].array
+    out = NormalizeIntensity(mask="nonzero")(item(arr))["image"].array
     ref = monai_image(NormalizeIntensityd("image", nonzero=True, channel_wise=True), arr)
     np.testing.assert_allclose(out, ref, atol=1e-5)
     np.testing.assert_array_equal(out[0], 0.0)
@@ -127,10 +128,11 @@ def test_read_only_memmap_input(tmp_path):
 
 
 def test_deterministic_and_in_cached_prefix():
-    ts = [ScaleIntensityRange(-200, 300), NormalizeIntensity(), ScaleIntensityRangePercentiles(1, 99)]
+    ts = [ScaleIntensityRange(-200, 300), NormalizeIntensity(mask="nonzero"), ScaleIntensityRangePercentiles(1, 99)]
     c = Compose(ts)
     assert len(c.deterministic_prefix().transforms) == 3
     # repr is what cache keys are built from: stable and parameter-bearing
     assert repr(ts[0]) == repr(ScaleIntensityRange(-200, 300))
     assert repr(ts[0]) != repr(ScaleIntensityRange(-200, 301))
-    assert "nonzero=True" in repr(ts[1])
+    assert "mask='nonzero'" in repr(ts[1])
+    assert repr(NormalizeIntensity(mask="head", outside=-3.0)) != repr(NormalizeIntensity(mask="head", outside=-2.0))
