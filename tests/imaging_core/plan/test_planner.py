@@ -44,7 +44,7 @@ def test_anisotropy_rule_takes_10th_percentile(site_writer):
     plan = make_plan(pooled, memory_bytes=8 * GiB)
     assert plan["preprocess"]["pixdim"] == [1.0, 1.0, pytest.approx(np.percentile(zs, 10))]
     assert "10th percentile" in plan["reasons"]["pixdim"]
-    assert plan["preprocess"]["intensity"]["MR"] == MR_RULE
+    assert plan["preprocess"]["intensity"]["MR"].items() >= MR_RULE.items()  # + schema defaults
 
 
 def test_patch_shrinks_to_the_memory_budget(site_writer):
