@@ -123,16 +123,21 @@ def main() -> None:
     mean = {who: {k: float(np.mean([r[who][k] for r in per_case])) for k in keys} for who in ("infer", "monai")}
     run_fig = meta.get("eval_metrics", {})
     print(f"bundle {bundle} ({meta['data_contract']['intensity']['MR']}), held-out site {site}")
-    print(f"{'case':<16}" + "".join(f"{w + ' ' + k:>18}" for w in ("infer", "monai") for k in keys) + f"{'agree':>8}")
+    print(f"{'case':<16}" + "".join(f"{w + ' ' + k:>20}" for w in ("infer", "monai") for k in keys) + f"{'agree':>8}")
     for r in per_case:
-        print(f"{r['case']:<16}" + "".join(f"{r[w][k]:>18.3f}" for w in ("infer", "monai") for k in keys)
+        print(f"{r['case']:<16}" + "".join(f"{r[w][k]:>20.3f}" for w in ("infer", "monai") for k in keys)
               + f"{r['agree']:>8.4f}")
-    print(f"{'mean':<16}" + "".join(f"{mean[w][k]:>18.3f}" for w in ("infer", "monai") for k in keys))
+    print(f"{'mean':<16}" + "".join(f"{mean[w][k]:>20.3f}" for w in ("infer", "monai") for k in keys))
     print(f"run's own held-out figures (bundle metadata): {run_fig}")
+    # issue 17 item 4: the bundle reproduces the run's held-out figures (within 0.01 Dice)
+    gap = {n: max(abs(mean[w][n] - run_fig[f"held_out_dice_{c}"]) for w in mean)
+           for c, n in names.items() if f"held_out_dice_{c}" in run_fig}
+    print(f"|bundle - run| Dice per structure ({run_fig.get('held_out_space', '?')} space in the run): "
+          + ", ".join(f"{n} {g:.4f}" for n, g in gap.items()))
     print(f"goal brain Dice >= 0.90 in the original space: infer {mean['infer']['brain']:.3f}, "
           f"monai {mean['monai']['brain']:.3f} -> {'met' if min(m['brain'] for m in mean.values()) >= 0.90 else 'NOT met'}")
     print(json.dumps({"bench": "real_bundle", "space": "original", "cases": len(per_case), "mean": mean,
-                      "per_case": per_case, "run_held_out": run_fig, "seconds": {"demo": demo_s, "infer": t_inf,
+                      "per_case": per_case, "run_held_out": run_fig, "gap_to_run": gap, "seconds": {"demo": demo_s, "infer": t_inf,
                                                                                   "monai": t_mon}}))
 
 
