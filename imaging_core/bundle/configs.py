@@ -7,7 +7,8 @@ need pytorch-ignite, which a hospital's MONAI install often lacks. The
 ``evaluator.run()`` -- a namespace, not an ignite engine -- which for each input
 file runs preprocess -> sliding window -> argmax -> the run's post-processing
 chain (MONAI transforms, on the preprocessed grid as in the run's evaluation)
--> invert the preprocessing (nearest neighbour) -> save. The network is ``monai.networks.nets.UNet``: our
+-> invert the preprocessing (nearest neighbour) -> save. A preprocessing step
+MONAI has no transform for ships as bundle code under scripts/ (scripts.py). The network is ``monai.networks.nets.UNet``: our
 UNet3D has the same layout, and models/model.pt holds its weights under
 MONAI's key names, so the bundle runs with MONAI alone.
 """
@@ -45,9 +46,9 @@ def _monai_intensity(rule: dict) -> dict:
                 "a_max": float(rule["a_max"]), "b_min": float(rule["b_min"]),
                 "b_max": float(rule["b_max"]), "clip": bool(rule["clip"])}
     if kind == "zscore":
-        if rule["mask"] == "head":  # refused rather than exported as something else
-            raise ValueError("z-score over a head mask (mask = 'head') has no MONAI transform: "
-                             "this bundle cannot express its preprocessing")
+        if rule["mask"] == "head":  # no MONAI transform: the bundle ships fedvox's code (scripts.py)
+            from .scripts import HEAD_ZSCORE_TARGET
+            return {"_target_": HEAD_ZSCORE_TARGET, "keys": "image", "outside": float(rule["outside"])}
         # fedvox's z-score is channel-wise by default; with one input channel it is the same thing
         return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": rule["mask"] == "nonzero",
                 "channel_wise": True}
@@ -102,7 +103,7 @@ def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
             "dtype": "$numpy.float32"},
            "@intensity"]
     cfg: dict = {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "imports": ["$import glob", "$import os", "$import sys", "$import numpy", "$import torch"],
         # run from the bundle directory, or pass --bundle_root DIR
         "bundle_root": ".",
         "model_path": "$@bundle_root + '/models/model.pt'",
@@ -147,7 +148,10 @@ def inference_config(contract: dict, monai_net_kwargs: dict) -> dict:
         # need pytorch-ignite, so this is a namespace whose run() loops over the dataset
         "evaluator": {"_target_": "types.SimpleNamespace",
                       "run": "$lambda: [@predict(d) for d in @dataset]"},
-        "run": ["$@network.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
+        # first, before scripts/ is imported: a __pycache__ written into the bundle would be
+        # an unlisted file, and `fedvox bundle verify` refuses added files (a .pyc runs as code)
+        "run": ["$setattr(sys, 'dont_write_bytecode', True)",
+                "$@network.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
                 "$@network.eval()",
                 "$@evaluator.run()"],
     })
@@ -211,6 +215,9 @@ def metadata(contract: dict, provenance: dict, net_config: dict, version: str, t
 
 def _required_packages(contract: dict) -> dict:
     req = {"nibabel": _version("nibabel", "5.1")}
+    from .scripts import needs_scripts
+    if needs_scripts(contract):  # the head mask of scripts/head_zscore.py
+        req["scipy"] = _version("scipy", "1.11")
     if monai_postprocess(contract):  # MONAI's connected components come from scikit-image
         req["scikit-image"] = _version("scikit-image", "0.22")
     return req

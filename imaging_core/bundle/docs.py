@@ -134,6 +134,14 @@ def readme(meta: dict) -> str:
           f"TorchScript (`models/model.ts`): input `(N, {c['in_channels']}, X, Y, Z)` float32 already "
           f"preprocessed as above, each spatial size a multiple of {mult}; output `(N, {len(labels)}, X, Y, Z)` "
           "logits (argmax over channels = labels).", ""]
+    if any(str(r.get("mask")) == "head" for r in c["intensity"].values()):
+        L += ["## Bundle code", "",
+              "The head-masked z-score has no MONAI transform, so it ships as code: `scripts/head_zscore.py` "
+              "(the exact file fedvox normalises with; numpy and scipy only) and "
+              "`scripts/fedvox_transforms.py` (`HeadZScored`, a MONAI MapTransform around it), named in "
+              "configs/inference.json as `scripts.fedvox_transforms.HeadZScored`. MONAI's runner puts the "
+              "bundle directory on `sys.path`; the manifest signs these files like the others, and the run "
+              "writes no `__pycache__` into the bundle (an added file fails verification).", ""]
     L += ["## Weights", "",
           "`models/model.pt` is a plain state dict for `monai.networks.nets.UNet` with the arguments of "
           "`network_def` in configs/inference.json. fedvox trains its own `UNet3D`, which has exactly the "

@@ -5,6 +5,7 @@
     models/model.pt         state dict under monai.networks.nets.UNet key names
     models/model.ts         TorchScript of the same network
     docs/README.md          what it is, how it was trained, metrics, how to run it
+    scripts/*.py            only when needed: preprocessing MONAI has no transform for (scripts.py)
     LICENSE
     manifest.json (+ .sig, signer.pub.pem)   SHA-256 of every file, signed (ECDSA P-384 in fedvox)
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import configs, docs
+from . import configs, docs, scripts
 from .contract import normalize_contract, num_classes
 from ..io.atomic import replace_dir
 from .manifest import write_manifest
@@ -132,6 +133,8 @@ def export_bundle(state_dict: dict, model_cfg: dict, data_contract: dict, proven
         torch.jit.save(ts, str(tmp / "models" / "model.ts"), _extra_files=extra)
         (tmp / "docs" / "README.md").write_text(docs.readme(meta))
         (tmp / "LICENSE").write_text(license_text or DEFAULT_LICENSE)
+        if scripts.needs_scripts(contract):  # before the manifest: it hashes and signs them
+            scripts.write_scripts(tmp)
         write_manifest(tmp, key, signature_scheme)
         replace_dir(tmp, out)  # old dir moved aside, deleted once the new one is in place
     except BaseException:

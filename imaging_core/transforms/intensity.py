@@ -2,7 +2,8 @@
 
 Numerics follow MONAI's ``ScaleIntensityRanged``, ``NormalizeIntensityd`` and
 ``ScaleIntensityRangePercentilesd``; the z-score's "head" mask (statistics inside
-the head, one fixed value outside) has no MONAI equivalent. Outputs are float32
+the head, one fixed value outside) has no MONAI equivalent: it is head_zscore.py,
+which bundles ship as their own code. Outputs are float32
 new arrays: inputs may be read-only memory maps, so nothing is modified in place.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 
 from ..config import ZScoreRule
 from .base import Data, Transform
+# the head mask lives in a self-contained module: exported bundles ship it verbatim
+from .head_zscore import head_mask, head_zscore, otsu_threshold  # noqa: F401 (re-exported)
 
 _ZSCORE = ZScoreRule()  # the defaults live in imaging_core.config
 
@@ -73,52 +76,6 @@ class ScaleIntensityRange(_IntensityBase):
         return scale_intensity_range(arr, self.a_min, self.a_max, self.b_min, self.b_max, self.clip)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold (the cut maximising the between-class variance) of ``values``.
-    The top 0.1% are clipped first so a few bright vessels do not squeeze the histogram."""
-    lo, hi = float(values.min()), float(np.percentile(values, 99.9))
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    w0 = np.cumsum(hist, dtype=np.float64)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
-    between = np.nan_to_num(between[:-1])
-    # an empty gap between the classes is a plateau of maxima: take its middle
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    return float(centres[(best[0] + best[-1]) // 2])
-
-
-def head_mask(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """The head (or body) of one 3D MR channel, whatever fills the air around it.
-
-    Otsu on a smoothed copy separates air from tissue both when the air is
-    zero-filled and when it is Rician noise (smoothing shrinks the noise far
-    more than the tissue contrast); the largest connected component drops
-    noise specks and background blobs, and filling holes takes back dark
-    structures inside (ventricles, sinuses). All-False only for a flat image.
-    """
-    from scipy import ndimage
-    sm = ndimage.gaussian_filter(np.asarray(x, dtype=np.float32), sigma) if sigma > 0 else x
-    v = sm.ravel()
-    t = otsu_threshold(v)
-    # Otsu's cut lies inside the tissue's range (dark CSF and grey matter fall below it):
-    # half way from the air's typical value to it keeps them and is still far above the noise
-    air = float(np.median(v[v <= t]))
-    fg = sm > air + 0.5 * (t - air)
-    lab, n = ndimage.label(fg)
-    if n == 0:
-        return fg
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        fg = lab == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(fg)
-
-
 class NormalizeIntensity(_IntensityBase):
     """Z-score: ``(x - mean) / std`` (population std; a zero std is treated as 1).
 
@@ -147,7 +104,7 @@ class NormalizeIntensity(_IntensityBase):
         if self.mask == "all":
             mask, vals = None, x
         else:
-            mask = x != 0 if self.mask == "nonzero" else head_mask(x)
+            mask = x != 0
             vals = x[mask]
             if vals.size == 0:
                 return
@@ -161,12 +118,12 @@ class NormalizeIntensity(_IntensityBase):
             x /= np.float32(std)
         else:
             x[mask] = (vals - np.float32(mean)) / np.float32(std)
-            if self.mask == "head":
-                x[~mask] = np.float32(self.outside)
 
     def _apply(self, arr):
+        if self.mask == "head":  # one implementation, shared with exported bundles
+            return head_zscore(arr, self.outside)
         out = _float32_copy(arr)
-        if self.channel_wise or self.mask == "head":  # a head mask is found per 3D channel
+        if self.channel_wise:
             for c in range(out.shape[0]):
                 self._normalize(out[c])
         else:

@@ -227,7 +227,7 @@ def test_changed_file_fails_naming_it(bundle_copy, rel):
 def test_added_and_missing_files_named(bundle_copy):
     from imaging_core.bundle.verify import verify_bundle
     (bundle_copy / "models" / "extra.pt").write_bytes(b"x")
-    (bundle_copy / "scripts").mkdir()
+    (bundle_copy / "scripts").mkdir(exist_ok=True)  # the MR rule (head z-score) ships scripts/ already
     (bundle_copy / "scripts" / "hook.py").write_text("import os\n")
     (bundle_copy / "docs" / "README.md").unlink()
     problems = verify_bundle(bundle_copy, scheme=SIG, public_key=_pin(bundle_copy))

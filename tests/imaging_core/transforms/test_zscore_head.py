@@ -90,7 +90,7 @@ def test_crop_threshold_finds_the_same_head_for_both_backgrounds(brain):
 
 
 def test_zscore_mask_key_and_the_older_nonzero_key():
-    assert ZScoreRule().mask == "nonzero"
+    assert ZScoreRule().mask == "head"  # the default since bundles can ship it (scripts/)
     assert parse(ZScoreRule, {"kind": "zscore", "nonzero": False}).mask == "all"
     assert parse(ZScoreRule, {"kind": "zscore", "nonzero": True}).mask == "nonzero"
     assert "nonzero" not in ZScoreRule().model_dump()               # one field in the model
