@@ -203,7 +203,7 @@ def _after_run(run_dir: Path, work: Path, prov) -> None:
         console.print(f"note: {prov.root / 'server'} has no {SERVER_BUNDLE_KEY}; the bundle is unsigned")
     try:
         out = export_run(run_dir, work / "bundle", provision=prov.root if signed else None, overwrite=True)
-    except ValueError as e:  # a step MONAI cannot express (e.g. the head-mask z-score): refused, said why
+    except ValueError as e:  # a step MONAI cannot express (e.g. crf): refused, said why
         console.print(f"[yellow]no bundle exported: {e}")
         return
     console.print(f"exported MONAI bundle: {out} ({exported_model(run_dir)})")
