@@ -6,8 +6,9 @@ After the final evaluation (final_sites.json) the coordinator
      consent, and the weights then reach the coordinator and every other site.
      A refusal is recorded as "no consent", and that site's local model appears
      only on its own data (its final-stage local/ metrics), never elsewhere;
-  2. sends each model (global final, global best, every shared local model, any
-     extra one such as the pooled baseline) to every site (evaluate.cross_site).
+  2. sends every model (global final, global best, every shared local model, any
+     extra one such as the pooled baseline) to every site in one message per site
+     (evaluate.cross_site, model i in record arrays.<i>: one ClientApp start, not one per model).
      Each site evaluates it on its validation cases within its own bound
      (fl_client.policy.admit_cross_site: after the final evaluation only, once
      per model hash, at most max_cross_site_models);
@@ -63,19 +64,11 @@ class CrossSite:
         self.loop, self.extra = loop, dict(extra or {})
         self.failures: list[dict] = []
 
-    def _messages(self, nodes, kind: str, cfg: dict, weights: dict | None) -> list[Message]:
-        out = []
-        for n in nodes:
-            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
-            if weights is not None:
-                content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in weights.items()})
-            out.append(Message(content=content, dst_node_id=n, message_type=kind))
-        return out
-
-    def _send(self, nodes, kind, cfg, weights):
+    def _query(self, nodes, kind: str, cfg: dict):
         from .round_loop import _site_of
-        return self.loop.stage.send(self._messages(nodes, kind, cfg, weights), self.loop.cfg.eval_timeout,
-                                    site_of=_site_of)
+        messages = [Message(content=RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))}), dst_node_id=n,
+                            message_type=kind) for n in nodes]
+        return self.loop.stage.send(messages, self.loop.cfg.eval_timeout, site_of=_site_of)
 
     def models(self, nodes) -> tuple[dict[str, dict], dict[str, bool]]:
         """name -> weights of every model to evaluate, and each site's consent."""
@@ -88,7 +81,7 @@ class CrossSite:
         consent: dict[str, bool] = {}
         if loop.cfg.site_round.get("local_baseline"):
             cfg = loop._round_config(loop.cfg.rounds + 1)
-            ok, failed = self._send(nodes, K.query_type(K.LOCAL_MODEL), cfg, None)
+            ok, failed = self._query(nodes, K.query_type(K.LOCAL_MODEL), cfg)
             for n, m in sorted(ok.items(), key=lambda nm: loop.stage.site(nm[0])):  # rows in site order
                 site = loop.stage.site(n)
                 weights = {k: a.numpy() for k, a in m.content.array_records[K.REC_ARRAYS].items()}
@@ -109,23 +102,42 @@ class CrossSite:
                 log.warning("cross-site: %s is not the federation's model; left out", name)
         return models, consent
 
-    def _at_sites(self, nodes, name: str, weights: dict) -> list[dict]:
-        """One model at every site: a row per site that answered."""
-        loop = self.loop
-        cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODEL: name}
+    def _at_sites(self, nodes, models: dict[str, dict]) -> list[dict]:
+        """Every model at every site in one message per site (a ClientApp start costs
+        seconds, an evaluation of a small model less): a row per site and model answered."""
+        from .round_loop import _site_of
+        loop, names = self.loop, list(models)
+        if not names:
+            return []
+        cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODELS: names}
+        messages = []
+        for n in nodes:
+            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
+            for i, name in enumerate(names):
+                content[K.batch_record(K.REC_ARRAYS, i)] = ArrayRecord({k: Array(v) for k, v in models[name].items()})
+            messages.append(Message(content=content, dst_node_id=n, message_type=K.evaluate_type(K.CROSS_SITE)))
         t0 = time.perf_counter()
-        ok, failed = self._send(nodes, K.evaluate_type(K.CROSS_SITE), cfg, weights)
-        loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {name}", ok, failed, t0)
-        self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]} for f in failed]
+        ok, failed = loop.stage.send(messages, loop.cfg.eval_timeout * len(names), site_of=_site_of)
+        loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {len(names)} models", ok, failed, t0)
+        self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]}
+                          for f in failed for name in names]
         rows = []
         for n, m in ok.items():
-            row = {"model": name, "eval_set": loop.stage.site(n), **dict(m.content.metric_records[K.REC_METRICS])}
-            if K.NUM_EXAMPLES in row:
-                row["cases"] = row.pop(K.NUM_EXAMPLES)
-            cases = m.content.metric_records.get(K.REC_CASES)
-            if cases is not None:
-                row["per_case"] = {k: list(v) for k, v in cases.items()}
-            rows.append(row)
+            site = loop.stage.site(n)
+            refused = m.content.config_records.get(K.REC_REFUSED) or {}
+            for i, name in enumerate(names):
+                metrics = m.content.metric_records.get(K.batch_record(K.REC_METRICS, i))
+                if metrics is None:  # the site's policy refused this one model (or said nothing of it)
+                    self.failures.append({"model": name, "site": site,
+                                          "error": str(refused.get(str(i), "no metrics in the reply"))[:200]})
+                    continue
+                row = {"model": name, "eval_set": site, **dict(metrics)}
+                if K.NUM_EXAMPLES in row:
+                    row["cases"] = row.pop(K.NUM_EXAMPLES)
+                cases = m.content.metric_records.get(K.batch_record(K.REC_CASES, i))
+                if cases is not None:
+                    row["per_case"] = {k: list(v) for k, v in cases.items()}
+                rows.append(row)
         return rows
 
     def run(self, nodes: list[int], final_rows: list[dict]) -> None:
@@ -140,8 +152,7 @@ class CrossSite:
             # the held-out evaluations run here while the sites evaluate (the server is idle then)
             central = {name: pool.submit(loop.central.evaluate, models[name])
                        for name in unique.values()} if loop.central is not None else {}
-            for name in unique.values():
-                rows += self._at_sites(nodes, name, models[name])
+            rows += self._at_sites(nodes, {name: models[name] for name in unique.values()})
             n_cls = getattr(loop.central, "num_classes", 0)  # CentralEvaluator's; without it no per-case
             for name, fut in central.items():
                 scores, per_case, _ = fut.result()

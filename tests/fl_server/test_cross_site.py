@@ -51,10 +51,15 @@ class ConsentSite(FakeSite):
                            K.REC_INFO: self._info()})
 
     def evaluate_cross_site(self, msg, r):
-        s = score(self._arrays(msg), self.target)
-        return RecordDict({K.REC_METRICS: MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)}),
-                           K.REC_CASES: MetricRecord({"dice_1": [s] * CASES}),
-                           K.REC_INFO: self._info()})
+        """The batched wire: model i in arrays.<i>, its answer in metrics.<i> / cases.<i>."""
+        names = list(msg.content.config_records[K.REC_CONFIG][K.CROSS_MODELS])
+        out = RecordDict({K.REC_INFO: self._info()})
+        for i in range(len(names)):
+            rec = msg.content.array_records[K.batch_record(K.REC_ARRAYS, i)]
+            s = score({k: a.numpy() for k, a in rec.items()}, self.target)
+            out[K.batch_record(K.REC_METRICS, i)] = MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)})
+            out[K.batch_record(K.REC_CASES, i)] = MetricRecord({"dice_1": [s] * CASES})
+        return out
 
 
 class Central:
@@ -69,14 +74,16 @@ class Central:
 class RecordingGrid(FakeGrid):
     def __init__(self, sites):
         super().__init__(sites)
-        self.arrays: list[tuple[str, dict]] = []  # (message type, arrays) of every message sent
+        self.arrays: list[tuple[str, int, dict]] = []  # (message type, node, arrays) of every model sent
+        self.messages: list[tuple[str, int]] = []      # (message type, node) of every message
 
     def push_messages(self, messages):
         messages = list(messages)
         for m in messages:
-            rec = m.content.array_records.get(K.REC_ARRAYS)
-            self.arrays.append((m.metadata.message_type, {} if rec is None else
-                                {k: a.numpy() for k, a in rec.items()}))
+            self.messages.append((m.metadata.message_type, m.metadata.dst_node_id))
+            for rec in m.content.array_records.values():
+                self.arrays.append((m.metadata.message_type, m.metadata.dst_node_id,
+                                    {k: a.numpy() for k, a in rec.items()}))
         return super().push_messages(messages)
 
 
@@ -107,13 +114,15 @@ def test_every_model_on_every_set_equals_evaluating_it_directly_and_a_withheld_m
     assert own["eval_set"] == "site-c" and abs(own["dice_1"] - score(local_weights("site-c"), TARGETS["site-c"])) < 1e-6
     assert cells == {}
     # what the coordinator sent: the shared local models went to the sites, site-c's never
-    sent = [a for _, a in grid.arrays if a]
+    sent = [a for _, _, a in grid.arrays if a]
     assert any(np.array_equal(flatten(a), flatten(local_weights("site-a"))) for a in sent)
     assert not any(np.array_equal(flatten(a), flatten(local_weights("site-c"))) for a in sent)
     # each distinct model once per site in the final stage
-    cross = [(n, flatten(a).tobytes()) for (t, a), (_, n, _) in zip(grid.arrays, grid.pushed)
-             if t == K.evaluate_type(K.CROSS_SITE)]
-    assert len(cross) == len(set(cross))
+    cross = [(n, flatten(a).tobytes()) for t, n, a in grid.arrays if t == K.evaluate_type(K.CROSS_SITE)]
+    assert len(cross) == len(set(cross)) == len(sites) * len({flatten(w).tobytes() for w in models.values()})
+    # ... all of them in one message per site (a ClientApp start per message is the cost)
+    per_site = [n for t, n in grid.messages if t == K.evaluate_type(K.CROSS_SITE)]
+    assert sorted(per_site) == sorted(sites)
 
 
 def test_a_failed_share_or_a_refused_evaluation_is_recorded_and_the_matrix_keeps_the_rest(tmp_path):
