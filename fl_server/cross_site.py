@@ -128,10 +128,10 @@ class CrossSite:
         self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]}
                           for f in failed for name in names]
         rows = []
-        for n, m in ok.items():
-            site = loop.stage.site(n)
-            refused = m.content.config_records.get(K.REC_REFUSED) or {}
-            for i, name in enumerate(names):
+        for i, name in enumerate(names):  # model-major rows, as one stage per model gave them
+            for n, m in ok.items():
+                site = loop.stage.site(n)
+                refused = m.content.config_records.get(K.REC_REFUSED) or {}
                 metrics = m.content.metric_records.get(K.batch_record(K.REC_METRICS, i))
                 if metrics is None:  # the site's policy refused this one model (or said nothing of it)
                     self.failures.append({"model": name, "site": site,

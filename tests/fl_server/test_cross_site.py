@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fl_client.policy import CROSS_BOUND
 from fl_common import keys as K
 from fl_common.tensors import flatten, unflatten
 from fl_server.cross_site import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, local_name
@@ -54,7 +55,12 @@ class ConsentSite(FakeSite):
         """The batched wire: model i in arrays.<i>, its answer in metrics.<i> / cases.<i>."""
         names = list(msg.content.config_records[K.REC_CONFIG][K.CROSS_MODELS])
         out = RecordDict({K.REC_INFO: self._info()})
+        refused = {str(i): CROSS_BOUND for i, n in enumerate(names) if n in getattr(self, "refuse", ())}
+        if refused:  # as the ClientApp answers the models its policy refuses inside a batch
+            out[K.REC_REFUSED] = ConfigRecord(refused)
         for i in range(len(names)):
+            if str(i) in refused:
+                continue
             rec = msg.content.array_records[K.batch_record(K.REC_ARRAYS, i)]
             s = score({k: a.numpy() for k, a in rec.items()}, self.target)
             out[K.batch_record(K.REC_METRICS, i)] = MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)})
@@ -143,3 +149,18 @@ def test_a_failed_share_or_a_refused_evaluation_is_recorded_and_the_matrix_keeps
     assert (local_name("site-b"), "site-c") in sets and (local_name("site-b"), "site-b") not in sets
     assert (local_name("site-a"), "site-a") in sets and not any(
         m == local_name("site-a") and e != "site-a" for m, e in sets)   # not shared: own data only
+
+
+def test_a_model_refused_inside_a_sites_batch_is_recorded_and_the_sites_other_models_kept(tmp_path):
+    sites = {10 + i: ConsentSite(s, TARGETS[s], WEIGHTS[s]) for i, s in enumerate(NAMES)}
+    sites[12].refuse = {local_name("site-a")}  # site-c's bound: it evaluates the rest, not site-a's model
+    loop = make_loop(tmp_path, RecordingGrid(sites), site_round={"local_epochs": 1, "local_baseline": True})
+    loop.central = Central()
+    loop.run()
+    rec = RunRecord.open(tmp_path)
+    doc = json.loads((tmp_path / "cross_site.json").read_text())
+    assert [(f["model"], f["site"], f["error"]) for f in doc["failures"]] == [
+        (local_name("site-a"), "site-c", CROSS_BOUND)]
+    sets = {(r["model"], r["eval_set"]) for r in rec.cross_site}
+    assert (local_name("site-a"), "site-c") not in sets
+    assert {(GLOBAL_FINAL, "site-c"), (local_name("site-b"), "site-c"), (local_name("site-a"), "site-b")} <= sets
