@@ -144,8 +144,8 @@ def _secagg(context: Context, session: str):
                       colluding_sites=colluding, roster_fingerprint=_node(context, K.NODE_ROSTER_FINGERPRINT))
 
 
-def _arrays(msg: Message) -> dict[str, np.ndarray]:
-    rec = msg.content.array_records[K.REC_ARRAYS]
+def _arrays(msg: Message, record: str = K.REC_ARRAYS) -> dict[str, np.ndarray]:
+    rec = msg.content.array_records[record]
     return {k: v.numpy() for k, v in rec.items()}
 
 
@@ -331,20 +331,47 @@ def _evaluate(msg: Message, context: Context, pol) -> Message:
 
 
 def _cross_site(msg: Message, context: Context, pol) -> Message:
-    """One more model on this site's validation cases, after the final evaluation
-    (bounded per run and once per model: fl_client.policy.admit_cross_site)."""
+    """Other models on this site's validation cases, after the final evaluation: one
+    (cross-model + arrays) or several in one message (cross-models + arrays.<i>: one
+    ClientApp start for all). Each is admitted on its own (fl_client.policy.admit_cross_site:
+    once per model, bounded per run); a batch answers the refused ones' reasons in
+    ``refused`` and fails only when every model is refused."""
     cfg = _config(msg)
-    arrays = _arrays(msg)
-    rnd = P.admit_cross_site(pol, _node(context, K.NODE_STATE_DIR), cfg, arrays)
+    batch = K.CROSS_MODELS in cfg
+    base = {k: v for k, v in cfg.items() if k != K.CROSS_MODELS}
+    if batch:
+        models = [({**base, K.CROSS_MODEL: n}, _arrays(msg, K.batch_record(K.REC_ARRAYS, i)))
+                  for i, n in enumerate(list(cfg[K.CROSS_MODELS]))]
+    else:
+        models = [(cfg, _arrays(msg))]
+    admitted, refused = [], {}
+    for i, (c, arrays) in enumerate(models):
+        try:
+            admitted.append((i, P.admit_cross_site(pol, _node(context, K.NODE_STATE_DIR), c, arrays), c, arrays))
+        except P.Refused as e:
+            if not batch:
+                raise
+            refused[str(i)] = e.reason
+    if not admitted:
+        if not refused:
+            raise ValueError("a cross-site request without a model")
+        raise P.Refused(next(iter(refused.values())))
+    content = RecordDict({K.REC_INFO: _info(context)})
+    if refused:
+        content[K.REC_REFUSED] = ConfigRecord(refused)
     with _worker(context) as w:
-        metrics, n = w.evaluate(str(cfg[K.RUN_ID]), rnd, arrays, cfg)
-    cases = metrics.pop("cases", {})
-    content = RecordDict({K.REC_METRICS: metric_record(_val_metrics(pol, metrics, n)),
-                          K.REC_INFO: _info(context)})
-    per_case = P.outgoing_cases(pol, cases) if n >= pol.min_val_cases else {}
-    if per_case:
-        content[K.REC_CASES] = MetricRecord(per_case)
+        for i, rnd, c, arrays in admitted:
+            metrics, n = w.evaluate(str(c[K.RUN_ID]), rnd, arrays, c)
+            cases = metrics.pop("cases", {})
+            content[_rec(K.REC_METRICS, i, batch)] = metric_record(_val_metrics(pol, metrics, n))
+            per_case = P.outgoing_cases(pol, cases) if n >= pol.min_val_cases else {}
+            if per_case:
+                content[_rec(K.REC_CASES, i, batch)] = MetricRecord(per_case)
     return _reply(msg, content, context)
+
+
+def _rec(record: str, i: int, batch: bool) -> str:
+    return K.batch_record(record, i) if batch else record
 
 
 def _local_model(msg: Message, context: Context, pol) -> Message:

@@ -16,6 +16,7 @@ REC_MASKED = "masked"        # ArrayRecord: a masked update
 REC_SECAGG = "secagg"        # ConfigRecord: a secure-aggregation payload
 REC_CASES = "cases"          # MetricRecord: per-case value lists of a cross-site evaluation (where allowed)
 REC_FINGERPRINT = "fingerprint"  # ConfigRecord: a site's fingerprint summary + categorical counts (JSON)
+REC_REFUSED = "refused"      # ConfigRecord: in a batched cross-site reply, model index -> the policy's reason
 
 # ----- keys inside those records ----------------------------------------------
 SERVER_ROUND = "server-round"
@@ -29,6 +30,7 @@ SESSION = "session"
 PAYLOAD = "payload"
 CLIPPED = "clipped"          # a round's summed clip events (never one site's: that is masked)
 CROSS_MODEL = "cross-model"  # round config of a cross-site evaluation: the model's name in the matrix
+CROSS_MODELS = "cross-models"  # a batched one: the names, model i in records arrays.<i> -> metrics.<i>, cases.<i>
 
 # ----- message types ----------------------------------------------------------
 MSG_TRAIN = "train"
@@ -36,7 +38,7 @@ MSG_EVALUATE = "evaluate"
 MSG_QUERY = "query"          # query.<action>: secure-aggregation setup stages
 SECAGG_ADVERTISE = "advertise"
 SECAGG_SHARE = "share"
-CROSS_SITE = "cross_site"    # evaluate.cross_site: one more model on the site's validation cases (final stage)
+CROSS_SITE = "cross_site"    # evaluate.cross_site: other models on the site's validation cases (final stage)
 LOCAL_MODEL = "local_model"  # query.local_model: a consenting site's local-only model (final stage)
 PLAN_FINGERPRINT = "fingerprint"        # query.fingerprint: the site's fingerprint (vector masked)
 PLAN_REVEAL = "fingerprint_reveal"      # query.fingerprint_reveal: unmask the summed fingerprint
@@ -75,6 +77,11 @@ WORKER_MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits
 def query_type(action: str) -> str:
     """The message type of a secure-aggregation setup stage (or another query)."""
     return f"{MSG_QUERY}.{action}"
+
+
+def batch_record(record: str, i: int) -> str:
+    """The record of model ``i`` in a batched cross-site message (``arrays.0``, ``metrics.0``, ...)."""
+    return f"{record}.{i}"
 
 
 def evaluate_type(action: str) -> str:

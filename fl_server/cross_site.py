@@ -6,14 +6,18 @@ After the final evaluation (final_sites.json) the coordinator
      consent, and the weights then reach the coordinator and every other site.
      A refusal is recorded as "no consent", and that site's local model appears
      only on its own data (its final-stage local/ metrics), never elsewhere;
-  2. sends each model (global final, global best, every shared local model, any
-     extra one such as the pooled baseline) to every site (evaluate.cross_site).
+  2. sends every model (global final, global best, every shared local model, any
+     extra one such as the pooled baseline) to every site in one message per site
+     (evaluate.cross_site, model i in record arrays.<i>: one ClientApp start, not one per model).
      Each site evaluates it on its validation cases within its own bound
      (fl_client.policy.admit_cross_site: after the final evaluation only, once
      per model hash, at most max_cross_site_models);
   3. evaluates each model on its own held-out cases.
 The matrix goes to cross_site.json through RunRecord.add_cross_site; per-case
 values are kept where a site's policy lets them leave (and always held-out).
+The held-out per-case rows in full (case ids, ASSD; the coordinator's own cases)
+go to held_out_cases.json by model hash, so the report reuses them instead of
+evaluating the same models on the same cases again.
 """
 from __future__ import annotations
 
@@ -21,17 +25,20 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fl_common import keys as K
+from imaging_core.io.tables import read_json, write_json
 from imaging_core.metrics.summary import per_case_values
 
 from .report.reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, LOCAL
 
 log = logging.getLogger("fedvox.server")
 POOLED = "pooled (baseline)"
+HELD_OUT_CASES = "held_out_cases.json"  # {"models": {model hash: {"name", "cases": [case_metrics + case_id]}}}
 
 
 def local_name(site: str) -> str:
@@ -63,19 +70,11 @@ class CrossSite:
         self.loop, self.extra = loop, dict(extra or {})
         self.failures: list[dict] = []
 
-    def _messages(self, nodes, kind: str, cfg: dict, weights: dict | None) -> list[Message]:
-        out = []
-        for n in nodes:
-            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
-            if weights is not None:
-                content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in weights.items()})
-            out.append(Message(content=content, dst_node_id=n, message_type=kind))
-        return out
-
-    def _send(self, nodes, kind, cfg, weights):
+    def _query(self, nodes, kind: str, cfg: dict):
         from .round_loop import _site_of
-        return self.loop.stage.send(self._messages(nodes, kind, cfg, weights), self.loop.cfg.eval_timeout,
-                                    site_of=_site_of)
+        messages = [Message(content=RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))}), dst_node_id=n,
+                            message_type=kind) for n in nodes]
+        return self.loop.stage.send(messages, self.loop.cfg.eval_timeout, site_of=_site_of)
 
     def models(self, nodes) -> tuple[dict[str, dict], dict[str, bool]]:
         """name -> weights of every model to evaluate, and each site's consent."""
@@ -88,7 +87,7 @@ class CrossSite:
         consent: dict[str, bool] = {}
         if loop.cfg.site_round.get("local_baseline"):
             cfg = loop._round_config(loop.cfg.rounds + 1)
-            ok, failed = self._send(nodes, K.query_type(K.LOCAL_MODEL), cfg, None)
+            ok, failed = self._query(nodes, K.query_type(K.LOCAL_MODEL), cfg)
             for n, m in sorted(ok.items(), key=lambda nm: loop.stage.site(nm[0])):  # rows in site order
                 site = loop.stage.site(n)
                 weights = {k: a.numpy() for k, a in m.content.array_records[K.REC_ARRAYS].items()}
@@ -109,23 +108,42 @@ class CrossSite:
                 log.warning("cross-site: %s is not the federation's model; left out", name)
         return models, consent
 
-    def _at_sites(self, nodes, name: str, weights: dict) -> list[dict]:
-        """One model at every site: a row per site that answered."""
-        loop = self.loop
-        cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODEL: name}
+    def _at_sites(self, nodes, models: dict[str, dict]) -> list[dict]:
+        """Every model at every site in one message per site (a ClientApp start costs
+        seconds, an evaluation of a small model less): a row per site and model answered."""
+        from .round_loop import _site_of
+        loop, names = self.loop, list(models)
+        if not names:
+            return []
+        cfg = {**loop._round_config(loop.cfg.rounds + 1), K.CROSS_MODELS: names}
+        messages = []
+        for n in nodes:
+            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
+            for i, name in enumerate(names):
+                content[K.batch_record(K.REC_ARRAYS, i)] = ArrayRecord({k: Array(v) for k, v in models[name].items()})
+            messages.append(Message(content=content, dst_node_id=n, message_type=K.evaluate_type(K.CROSS_SITE)))
         t0 = time.perf_counter()
-        ok, failed = self._send(nodes, K.evaluate_type(K.CROSS_SITE), cfg, weights)
-        loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {name}", ok, failed, t0)
-        self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]} for f in failed]
+        ok, failed = loop.stage.send(messages, loop.cfg.eval_timeout * len(names), site_of=_site_of)
+        loop._stage_event(loop.cfg.rounds + 1, f"cross-site evaluation of {len(names)} models", ok, failed, t0)
+        self.failures += [{"model": name, "site": f["site"], "error": f["error"][:200]}
+                          for f in failed for name in names]
         rows = []
-        for n, m in ok.items():
-            row = {"model": name, "eval_set": loop.stage.site(n), **dict(m.content.metric_records[K.REC_METRICS])}
-            if K.NUM_EXAMPLES in row:
-                row["cases"] = row.pop(K.NUM_EXAMPLES)
-            cases = m.content.metric_records.get(K.REC_CASES)
-            if cases is not None:
-                row["per_case"] = {k: list(v) for k, v in cases.items()}
-            rows.append(row)
+        for i, name in enumerate(names):  # model-major rows, as one stage per model gave them
+            for n, m in ok.items():
+                site = loop.stage.site(n)
+                refused = m.content.config_records.get(K.REC_REFUSED) or {}
+                metrics = m.content.metric_records.get(K.batch_record(K.REC_METRICS, i))
+                if metrics is None:  # the site's policy refused this one model (or said nothing of it)
+                    self.failures.append({"model": name, "site": site,
+                                          "error": str(refused.get(str(i), "no metrics in the reply"))[:200]})
+                    continue
+                row = {"model": name, "eval_set": site, **dict(metrics)}
+                if K.NUM_EXAMPLES in row:
+                    row["cases"] = row.pop(K.NUM_EXAMPLES)
+                cases = m.content.metric_records.get(K.batch_record(K.REC_CASES, i))
+                if cases is not None:
+                    row["per_case"] = {k: list(v) for k, v in cases.items()}
+                rows.append(row)
         return rows
 
     def run(self, nodes: list[int], final_rows: list[dict]) -> None:
@@ -140,13 +158,16 @@ class CrossSite:
             # the held-out evaluations run here while the sites evaluate (the server is idle then)
             central = {name: pool.submit(loop.central.evaluate, models[name])
                        for name in unique.values()} if loop.central is not None else {}
-            for name in unique.values():
-                rows += self._at_sites(nodes, name, models[name])
+            rows += self._at_sites(nodes, {name: models[name] for name in unique.values()})
             n_cls = getattr(loop.central, "num_classes", 0)  # CentralEvaluator's; without it no per-case
+            held: dict[str, dict] = {}
             for name, fut in central.items():
                 scores, per_case, _ = fut.result()
+                held[model_hash_of(models[name])] = {"name": name, "cases": per_case}
                 rows.append({"model": name, "eval_set": HELD_OUT, "cases": len(per_case), **scores,
                              **({"per_case": per_case_values(per_case, n_cls)} if n_cls and per_case else {})})
+        if held:
+            save_held_out(loop.record.dir, held)
         rows += [{**r, "model": name} for name, first in alias.items() if name != first
                  for r in list(rows) if r["model"] == first]
         # a site that did not share its local model: that model on its own data only
@@ -162,3 +183,14 @@ class CrossSite:
         loop.record.add_cross_site(rows, consent, self.failures)
         loop.record.event("cross_site_done", models=len(models), rows=len(rows),
                           shared=sorted(s for s, c in consent.items() if c), failed=len(self.failures))
+
+
+def save_held_out(run_dir, held: dict[str, dict]) -> None:
+    """``held``: model hash -> {"name", "cases": the held-out per-case rows (case_metrics + case_id)}."""
+    write_json(Path(run_dir) / HELD_OUT_CASES, {"models": held})
+
+
+def recorded_held_out(run_dir) -> dict[str, list[dict]]:
+    """model hash -> the held-out per-case rows the run recorded ({} when none)."""
+    doc = read_json(Path(run_dir) / HELD_OUT_CASES, {})
+    return {h: m["cases"] for h, m in doc.get("models", {}).items() if isinstance(m, dict) and "cases" in m}

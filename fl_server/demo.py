@@ -136,15 +136,21 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
         with console.status("starting SuperLink (TLS + node authentication)"):
             sl, cli = deploy.start_superlink(group, prov, work / "server", None, insecure=False)
         console.print(f"SuperLink on {sl.address}: TLS, SuperNode auth, {len(names)} site keys registered")
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
         from fl_client.site import start_site  # the demo starts the sites too
         from fl_common.kit import read_kit
-        for s in fed.sites:
-            with console.status(f"starting {s.name}: worker (cache) + SuperNode"):
-                kit = read_kit(prov.site_kits[s.name])
-                start_site(group, kit, keys[s.name], Path(federation), Path(s.config_path),
-                           work / "sites-work" / s.name,
-                           sl.address, data_base=Path(data_base) if data_base else None)
-            console.print(f"  {s.name}: worker ready, SuperNode connected")
+
+        def _start(s):
+            start_site(group, read_kit(prov.site_kits[s.name]), keys[s.name], Path(federation), Path(s.config_path),
+                       work / "sites-work" / s.name, sl.address, data_base=Path(data_base) if data_base else None)
+            return s.name
+        # all at once, as real hospitals come up: a site's start is mostly waiting (worker
+        # cache, SuperNode connection); a failure still stops every process (the group)
+        with console.status(f"starting {len(fed.sites)} sites: worker (cache) + SuperNode each"), \
+                ThreadPoolExecutor(max_workers=len(fed.sites)) as pool:
+            for fut in as_completed([pool.submit(_start, s) for s in fed.sites]):
+                console.print(f"  {fut.result()}: worker ready, SuperNode connected")
         spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,
                                  prov.roster_path, rounds=rounds, min_sites=min(len(names), 2))
         result: dict = {}

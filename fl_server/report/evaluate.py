@@ -1,5 +1,7 @@
 """The held-out re-evaluation: the run's saved global models (and baselines)
-on the coordinator's cases, per case, with overlay cases.
+on the coordinator's cases, per case, with overlay cases. A global model the
+run's cross-site stage already measured there (same hash, same cases) is not
+evaluated again: its recorded rows are used and only the drawn cases predicted.
 
 Everything the report does with torch is in this module, behind
 ``held_out_evaluation``; the rest of the report reads records only.
@@ -15,6 +17,7 @@ import numpy as np
 
 from imaging_core.errors import ImagingError
 
+from ..cross_site import model_hash_of, recorded_held_out
 from ..records import RunRecord
 from .reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, foreground, load_baseline, num as _num
 from .titles import fmt as _fmt
@@ -82,8 +85,15 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
             models.append((f"{load_baseline(bd)['model']} (baseline)", "baseline", st.get("net", st)))
     rows, preds = [], {}
     keep_from = GLOBAL_BEST if any(m[0] == GLOBAL_BEST for m in models) else GLOBAL_FINAL
+    recorded = recorded_held_out(run.dir)  # what the run's cross-site stage measured, by model hash
+    ids = {c.case_id for c in cases}
+    nets = {}
     for name, kind, state in models:
-        net = task.net_from_state(state, run.info.get("model"))
+        nets[name] = net = task.net_from_state(state, run.info.get("model"))
+        same = recorded.get(model_hash_of(state)) if kind == "global" else None
+        if same is not None and {m.get("case_id") for m in same} == ids:  # the same model on the same cases
+            rows += [_case_row(name, kind, m["case_id"], m, labels) for m in same]
+            continue
 
         def keep(cc, item, pred, name=name):
             if name == keep_from:
@@ -92,10 +102,16 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
         rows += [_case_row(name, kind, m["case_id"], m, labels) for m in ev.per_case]
     # representative cases: best, median and worst held-out Dice of the chosen global model
     chosen = keep_from
-    ranked = sorted((r for r in rows if r["model"] == chosen and r["case_id"] in preds),
+    ranked = sorted((r for r in rows if r["model"] == chosen),
                     key=lambda r: -_num(r["dice_fg_mean"]) if math.isfinite(_num(r["dice_fg_mean"])) else 1e9)
     pick = list(dict.fromkeys([ranked[i]["case_id"] for i in
                                sorted({0, len(ranked) // 2, len(ranked) - 1})] if ranked else []))[:n_overlays]
+    missing = [c for c in cases if c.case_id in pick and c.case_id not in preds]
+    if missing and chosen in nets:  # its metrics were reused: predict the drawn cases only
+        def keep_drawn(cc, item, pred):
+            preds[cc.case_id] = (item, pred, tuple(float(s) for s in item["image"].spacing))
+        task.evaluate(nets[chosen], missing, on_prediction=keep_drawn)
+    pick = [cid for cid in pick if cid in preds]
     overlays = []
     sources = {c.case_id: c for c in data.datalist.cases}
     for cid in pick:

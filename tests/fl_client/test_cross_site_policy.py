@@ -73,6 +73,19 @@ class Site:
     def cross(self, weights: dict, name: str = "global (best)", rnd: int = 2) -> Message:
         return self.send(K.evaluate_type(K.CROSS_SITE), rnd, weights, **ROUND, **{K.CROSS_MODEL: name})
 
+    def cross_batch(self, models: dict[str, dict], rnd: int = 2) -> Message:
+        """Several models in one message: names in cross-models, model i in arrays.<i>."""
+        from fl_client import client_app
+        kind = K.evaluate_type(K.CROSS_SITE)
+        content = RecordDict({K.REC_CONFIG: ConfigRecord({K.SERVER_ROUND: rnd, K.RUN_ID: "run-1", **ROUND,
+                                                          K.CROSS_MODELS: list(models)})})
+        for i, w in enumerate(models.values()):
+            content[K.batch_record(K.REC_ARRAYS, i)] = ArrayRecord({k: Array(v) for k, v in w.items()})
+        ctx = Context(run_id=42, node_id=NODE, node_config=dict(self.node_config), state=RecordDict(), run_config={})
+        reply = client_app.cross_site(Message(content=content, dst_node_id=NODE, message_type=kind), ctx)
+        self.replies.append(reply)
+        return reply
+
     def run_to_the_end(self, w0: dict) -> dict:
         """Round 1 (train with the local-only baseline, evaluate), then the final evaluation."""
         for kind, rnd in ((K.MSG_TRAIN, 1), (K.MSG_EVALUATE, 1), (K.MSG_EVALUATE, 2)):
@@ -178,3 +191,29 @@ def test_the_policy_bound_refuses_an_extra_model_a_repeat_and_an_early_request(s
     assert "no cross-site evaluation left" in _refused(site.cross({k: v * 0.5 for k, v in w0.items()}))
     assert "cross-model" in _refused(site.cross(w0, name=""))
     assert "cross-model" in _refused(site.send(K.evaluate_type(K.CROSS_SITE), 2, w0, **ROUND))
+
+
+def test_a_batch_is_each_model_admitted_on_its_own_with_metrics_equal_to_direct_evaluation(served, tmp_path):
+    site = Site(tmp_path, served, 'metrics = ["dice_fg_mean", "dice_<c>", "num_val"]\n'
+                                  "cross_site_per_case = true\nmax_cross_site_models = 2")
+    worker = served["worker"]
+    w0 = _weights(worker)
+    assert "only after the run's final evaluation" in _refused(site.cross_batch({"global (best)": w0}))
+    site.run_to_the_end(w0)
+    a, b, c = w0, {k: v * 0.9 for k, v in w0.items()}, {k: v * 0.5 for k, v in w0.items()}
+    # model 1 repeats model 0 (same hash), model 3 is over the bound of 2: both refused, 0 and 2 answered
+    reply = site.cross_batch({"global (best)": a, "again": a, "local (x)": b, "one too many": c})
+    assert not reply.has_error(), reply.error
+    got = reply.content
+    refused = dict(got.config_records[K.REC_REFUSED])
+    assert set(refused) == {"1", "3"} and "already evaluated" in refused["1"] and "left" in refused["3"]
+    for i, w in ((0, a), (2, b)):
+        ev = _direct(worker, w)
+        m = dict(got.metric_records[K.batch_record(K.REC_METRICS, i)])
+        assert m["dice_1"] == pytest.approx(ev.scores["dice_1"], abs=1e-9, nan_ok=True)
+        cases = dict(got.metric_records[K.batch_record(K.REC_CASES, i)])
+        assert list(cases["dice_1"]) == pytest.approx([x["dice"]["1"] for x in ev.per_case], nan_ok=True)
+    assert K.batch_record(K.REC_METRICS, 1) not in got.metric_records
+    assert K.batch_record(K.REC_METRICS, 3) not in got.metric_records
+    # the bound is spent: a batch with nothing left to admit is one refusal, as a single request is
+    assert "no cross-site evaluation left" in _refused(site.cross_batch({"late": {k: v * 0.3 for k, v in w0.items()}}))

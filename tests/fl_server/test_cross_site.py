@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fl_client.policy import CROSS_BOUND
 from fl_common import keys as K
 from fl_common.tensors import flatten, unflatten
 from fl_server.cross_site import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, local_name
@@ -51,10 +52,20 @@ class ConsentSite(FakeSite):
                            K.REC_INFO: self._info()})
 
     def evaluate_cross_site(self, msg, r):
-        s = score(self._arrays(msg), self.target)
-        return RecordDict({K.REC_METRICS: MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)}),
-                           K.REC_CASES: MetricRecord({"dice_1": [s] * CASES}),
-                           K.REC_INFO: self._info()})
+        """The batched wire: model i in arrays.<i>, its answer in metrics.<i> / cases.<i>."""
+        names = list(msg.content.config_records[K.REC_CONFIG][K.CROSS_MODELS])
+        out = RecordDict({K.REC_INFO: self._info()})
+        refused = {str(i): CROSS_BOUND for i, n in enumerate(names) if n in getattr(self, "refuse", ())}
+        if refused:  # as the ClientApp answers the models its policy refuses inside a batch
+            out[K.REC_REFUSED] = ConfigRecord(refused)
+        for i in range(len(names)):
+            if str(i) in refused:
+                continue
+            rec = msg.content.array_records[K.batch_record(K.REC_ARRAYS, i)]
+            s = score({k: a.numpy() for k, a in rec.items()}, self.target)
+            out[K.batch_record(K.REC_METRICS, i)] = MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)})
+            out[K.batch_record(K.REC_CASES, i)] = MetricRecord({"dice_1": [s] * CASES})
+        return out
 
 
 class Central:
@@ -69,14 +80,16 @@ class Central:
 class RecordingGrid(FakeGrid):
     def __init__(self, sites):
         super().__init__(sites)
-        self.arrays: list[tuple[str, dict]] = []  # (message type, arrays) of every message sent
+        self.arrays: list[tuple[str, int, dict]] = []  # (message type, node, arrays) of every model sent
+        self.messages: list[tuple[str, int]] = []      # (message type, node) of every message
 
     def push_messages(self, messages):
         messages = list(messages)
         for m in messages:
-            rec = m.content.array_records.get(K.REC_ARRAYS)
-            self.arrays.append((m.metadata.message_type, {} if rec is None else
-                                {k: a.numpy() for k, a in rec.items()}))
+            self.messages.append((m.metadata.message_type, m.metadata.dst_node_id))
+            for rec in m.content.array_records.values():
+                self.arrays.append((m.metadata.message_type, m.metadata.dst_node_id,
+                                    {k: a.numpy() for k, a in rec.items()}))
         return super().push_messages(messages)
 
 
@@ -107,13 +120,15 @@ def test_every_model_on_every_set_equals_evaluating_it_directly_and_a_withheld_m
     assert own["eval_set"] == "site-c" and abs(own["dice_1"] - score(local_weights("site-c"), TARGETS["site-c"])) < 1e-6
     assert cells == {}
     # what the coordinator sent: the shared local models went to the sites, site-c's never
-    sent = [a for _, a in grid.arrays if a]
+    sent = [a for _, _, a in grid.arrays if a]
     assert any(np.array_equal(flatten(a), flatten(local_weights("site-a"))) for a in sent)
     assert not any(np.array_equal(flatten(a), flatten(local_weights("site-c"))) for a in sent)
     # each distinct model once per site in the final stage
-    cross = [(n, flatten(a).tobytes()) for (t, a), (_, n, _) in zip(grid.arrays, grid.pushed)
-             if t == K.evaluate_type(K.CROSS_SITE)]
-    assert len(cross) == len(set(cross))
+    cross = [(n, flatten(a).tobytes()) for t, n, a in grid.arrays if t == K.evaluate_type(K.CROSS_SITE)]
+    assert len(cross) == len(set(cross)) == len(sites) * len({flatten(w).tobytes() for w in models.values()})
+    # ... all of them in one message per site (a ClientApp start per message is the cost)
+    per_site = [n for t, n in grid.messages if t == K.evaluate_type(K.CROSS_SITE)]
+    assert sorted(per_site) == sorted(sites)
 
 
 def test_a_failed_share_or_a_refused_evaluation_is_recorded_and_the_matrix_keeps_the_rest(tmp_path):
@@ -134,3 +149,18 @@ def test_a_failed_share_or_a_refused_evaluation_is_recorded_and_the_matrix_keeps
     assert (local_name("site-b"), "site-c") in sets and (local_name("site-b"), "site-b") not in sets
     assert (local_name("site-a"), "site-a") in sets and not any(
         m == local_name("site-a") and e != "site-a" for m, e in sets)   # not shared: own data only
+
+
+def test_a_model_refused_inside_a_sites_batch_is_recorded_and_the_sites_other_models_kept(tmp_path):
+    sites = {10 + i: ConsentSite(s, TARGETS[s], WEIGHTS[s]) for i, s in enumerate(NAMES)}
+    sites[12].refuse = {local_name("site-a")}  # site-c's bound: it evaluates the rest, not site-a's model
+    loop = make_loop(tmp_path, RecordingGrid(sites), site_round={"local_epochs": 1, "local_baseline": True})
+    loop.central = Central()
+    loop.run()
+    rec = RunRecord.open(tmp_path)
+    doc = json.loads((tmp_path / "cross_site.json").read_text())
+    assert [(f["model"], f["site"], f["error"]) for f in doc["failures"]] == [
+        (local_name("site-a"), "site-c", CROSS_BOUND)]
+    sets = {(r["model"], r["eval_set"]) for r in rec.cross_site}
+    assert (local_name("site-a"), "site-c") not in sets
+    assert {(GLOBAL_FINAL, "site-c"), (local_name("site-b"), "site-c"), (local_name("site-a"), "site-b")} <= sets
