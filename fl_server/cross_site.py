@@ -25,20 +25,17 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fl_common import keys as K
-from imaging_core.io.tables import read_json, write_json
 from imaging_core.metrics.summary import per_case_values
 
 from .report.reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, LOCAL
 
 log = logging.getLogger("fedvox.server")
 POOLED = "pooled (baseline)"
-HELD_OUT_CASES = "held_out_cases.json"  # {"models": {model hash: {"name", "cases": [case_metrics + case_id]}}}
 
 
 def local_name(site: str) -> str:
@@ -167,7 +164,7 @@ class CrossSite:
                 rows.append({"model": name, "eval_set": HELD_OUT, "cases": len(per_case), **scores,
                              **({"per_case": per_case_values(per_case, n_cls)} if n_cls and per_case else {})})
         if held:
-            save_held_out(loop.record.dir, held)
+            loop.record.add_held_out_cases(held)
         rows += [{**r, "model": name} for name, first in alias.items() if name != first
                  for r in list(rows) if r["model"] == first]
         # a site that did not share its local model: that model on its own data only
@@ -183,14 +180,3 @@ class CrossSite:
         loop.record.add_cross_site(rows, consent, self.failures)
         loop.record.event("cross_site_done", models=len(models), rows=len(rows),
                           shared=sorted(s for s, c in consent.items() if c), failed=len(self.failures))
-
-
-def save_held_out(run_dir, held: dict[str, dict]) -> None:
-    """``held``: model hash -> {"name", "cases": the held-out per-case rows (case_metrics + case_id)}."""
-    write_json(Path(run_dir) / HELD_OUT_CASES, {"models": held})
-
-
-def recorded_held_out(run_dir) -> dict[str, list[dict]]:
-    """model hash -> the held-out per-case rows the run recorded ({} when none)."""
-    doc = read_json(Path(run_dir) / HELD_OUT_CASES, {})
-    return {h: m["cases"] for h, m in doc.get("models", {}).items() if isinstance(m, dict) and "cases" in m}

@@ -4,6 +4,7 @@
     rounds.json / rounds.csv  one row per round: central (held-out) metrics, sites, failures
     sites.json / sites.csv    one row per round and site: training and validation scalars
     final_sites.json / .csv   each site's evaluation of the final global model (and its local-only one)
+    held_out_cases.json       (optional) the cross-site stage's held-out per-case rows by model hash
     cross_site.json           (optional) every model on every evaluation set: {"rows": [{"model",
                               "eval_set", "cases", "dice_<c>", "hd95_<c>", "missed_<c>", ...}],
                               "per_case": {metric: [values]}, ...}], "consent": {site: true if its
@@ -59,6 +60,7 @@ __all__ = ["RunRecord", "read_json", "write_json", "write_csv", "site_row_model_
 DEFAULT_BEST_METRIC = "dice_fg_mean"
 RUN, ROUNDS, SITES, FINAL_SITES, STATE = "run.json", "rounds.json", "sites.json", "final_sites.json", "state.json"
 CROSS_SITE = "cross_site.json"
+HELD_OUT_CASES = "held_out_cases.json"
 MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
@@ -145,6 +147,18 @@ class RunRecord:
         self._writable()
         write_json(self.dir / FINAL_SITES, {"sites": rows, "failures": failures})
         write_csv(self.dir / "final_sites.csv", rows)
+
+    def add_held_out_cases(self, held: dict[str, dict]) -> None:
+        """The held-out per-case rows of the cross-site stage, by model hash
+        ({hash: {"name", "cases": [case_metrics + case_id]}}): the report reuses them."""
+        self._writable()
+        write_json(self.dir / HELD_OUT_CASES, {"models": held})
+
+    @property
+    def held_out_cases(self) -> dict[str, list[dict]]:
+        """model hash -> the held-out per-case rows the run recorded ({} when none)."""
+        doc = read_json(self.dir / HELD_OUT_CASES, {})
+        return {h: m["cases"] for h, m in doc.get("models", {}).items() if isinstance(m, dict) and "cases" in m}
 
     def add_cross_site(self, rows: list[dict], consent: dict[str, bool], failures: list[dict]) -> None:
         """The cross-site matrix (fl_server.cross_site): rows of model x evaluation set

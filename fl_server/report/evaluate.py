@@ -17,7 +17,7 @@ import numpy as np
 
 from imaging_core.errors import ImagingError
 
-from ..cross_site import model_hash_of, recorded_held_out
+from ..cross_site import model_hash_of
 from ..records import RunRecord
 from .reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, foreground, load_baseline, num as _num
 from .titles import fmt as _fmt
@@ -85,7 +85,7 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
             models.append((f"{load_baseline(bd)['model']} (baseline)", "baseline", st.get("net", st)))
     rows, preds = [], {}
     keep_from = GLOBAL_BEST if any(m[0] == GLOBAL_BEST for m in models) else GLOBAL_FINAL
-    recorded = recorded_held_out(run.dir)  # what the run's cross-site stage measured, by model hash
+    recorded = run.held_out_cases  # what the run's cross-site stage measured, by model hash
     ids = {c.case_id for c in cases}
     nets = {}
     for name, kind, state in models:

@@ -28,7 +28,7 @@ def test_the_report_reuses_the_runs_held_out_evaluation_and_predicts_only_the_dr
 
     from fl_common.config import load_federation
     from fl_server.central_eval import CentralEvaluator
-    from fl_server.cross_site import model_hash_of, save_held_out
+    from fl_server.cross_site import model_hash_of
     from fl_server.records import RunRecord
     from fl_server.report.evaluate import held_out_evaluation
     fed_path = fab.mini_federation(tmp_path / "fed")
@@ -39,7 +39,7 @@ def test_the_report_reuses_the_runs_held_out_evaluation_and_predicts_only_the_dr
     central = CentralEvaluator(fed, fed.coordinator, run.coordinator_cache)  # what the run's last stage does
     states = {w: run.load_model(w) for w in ("best", "final")}
     held = {model_hash_of(st): {"name": w, "cases": central.evaluate(st)[1]} for w, st in states.items()}
-    save_held_out(run_dir, held)
+    RunRecord(run_dir).add_held_out_cases(held)
     reused, overlays = held_out_evaluation(run_dir, **kw)
     key = lambda r: (r["model"], r["case_id"])  # noqa: E731
     assert sorted(map(key, reused)) == sorted(map(key, fresh))
@@ -50,14 +50,14 @@ def test_the_report_reuses_the_runs_held_out_evaluation_and_predicts_only_the_dr
     # the recorded rows are what the report shows (it did not evaluate again) ...
     h_best = model_hash_of(states["best"])
     held[h_best]["cases"][0]["dice"] = {k: 0.123 for k in held[h_best]["cases"][0]["dice"]}
-    save_held_out(run_dir, held)
+    RunRecord(run_dir).add_held_out_cases(held)
     rows, _ = held_out_evaluation(run_dir, **kw)
     cid = held[h_best]["cases"][0]["case_id"]
     (row,) = [r for r in rows if r["case_id"] == cid and r["model"] == "global (best)"]
     assert row["dice_1"] == 0.123
     # ... only for the very same model: another model's rows are not taken for it
     other = {k: v + 1 if torch.is_floating_point(v) else v for k, v in states["best"].items()}
-    save_held_out(run_dir, {model_hash_of(other): held[h_best]})
+    RunRecord(run_dir).add_held_out_cases({model_hash_of(other): held[h_best]})
     rows, _ = held_out_evaluation(run_dir, **kw)
     (row,) = [r for r in rows if r["case_id"] == cid and r["model"] == "global (best)"]
     assert row["dice_1"] != 0.123
