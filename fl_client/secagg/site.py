@@ -237,8 +237,8 @@ class SiteSecAgg:
         next_epoch = my_epoch + 1
         s_shares = encrypt_shares(self.run_id, self.site_id, self._channel_sk, holders,
                                    channel_pks, next_sk, t, wire.MASK_KEY, next_epoch)
-        digest = view_digest(self.run_id, round_, t,
-                                    [(s, e, pk) for s, (e, pk) in view.items()])
+        digest = view_digest(self.run_id, round_, t, [(s, e, pk) for s, (e, pk) in view.items()],
+                             clip_range=setup["clip_range"], max_weight=setup["max_weight"])
         manifest = {
             "run_id": self.run_id, "round": round_, "site_id": self.site_id,
             "num_values": y.size - NUM_EXTRA, "num_extra": NUM_EXTRA,

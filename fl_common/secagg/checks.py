@@ -91,10 +91,14 @@ def received(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any], run_id
 
 
 def view_digest(run_id: str, round_: int, threshold: int,
-                participants: Sequence[tuple[str, int, bytes]]) -> bytes:
+                participants: Sequence[tuple[str, int, bytes]], *, clip_range: float,
+                max_weight: float) -> bytes:
     """Digest of a round's participant view: (site, key epoch, mask key),
-    sorted by site."""
-    parts: list[str | bytes | int] = ["view", run_id, round_, threshold, len(participants)]
+    sorted by site, and the quantisation the site was given at setup: a server
+    that gives the other sites a huge clip range rounds their updates to 0 and
+    reads one site's update in the sum, so survivors must have signed the same."""
+    parts: list[str | bytes | int] = ["view", run_id, round_, threshold, float(clip_range).hex(),
+                                      float(max_weight).hex(), len(participants)]
     for site, epoch, pk in sorted(participants):
         parts += [site, epoch, pk]
     return sha256(pack(*parts))

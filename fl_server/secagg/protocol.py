@@ -177,7 +177,8 @@ class ServerSecAgg:
         view = {s: self._keys.pop(s) for s in part}
         digest = view_digest(
             self.run_id, round_, self.threshold,
-            [(s, a["epoch"], a["mask_public_key"]) for s, a in view.items()])
+            [(s, a["epoch"], a["mask_public_key"]) for s, a in view.items()],
+            clip_range=self.clip_range, max_weight=self.max_weight)
         self._rounds[round_] = _Round(round_, view, digest, bytes(received),
                                       Quantizer(self.clip_range, self.max_weight, len(part)))
         self._self_shares[round_] = {}

@@ -62,18 +62,23 @@ def test_advert_checks_roster_length_and_signature():
         load_roster({})
 
 
+Q = {"clip_range": 8.0, "max_weight": 64.0}
+
+
 def test_view_digest_ignores_order_and_binds_every_field():
     a, b = ("site-a", 1, b"k" * 32), ("site-b", 2, b"m" * 32)
-    d = view_digest("run-1", 3, 2, [a, b])
-    assert d == view_digest("run-1", 3, 2, [b, a])
-    assert d != view_digest("run-1", 4, 2, [a, b]) != view_digest("run-1", 3, 3, [a, b])
-    assert d != view_digest("run-1", 3, 2, [a, ("site-b", 3, b"m" * 32)])
+    d = view_digest("run-1", 3, 2, [a, b], **Q)
+    assert d != view_digest("run-1", 3, 2, [a, b], clip_range=8.0e5, max_weight=64.0)
+    assert d != view_digest("run-1", 3, 2, [a, b], clip_range=8.0, max_weight=65.0)
+    assert d == view_digest("run-1", 3, 2, [b, a], **Q)
+    assert d != view_digest("run-1", 4, 2, [a, b], **Q) != view_digest("run-1", 3, 3, [a, b], **Q)
+    assert d != view_digest("run-1", 3, 2, [a, ("site-b", 3, b"m" * 32)], **Q)
 
 
 def test_view_signature_is_checked_against_the_digest():
     key = pki.generate_enrollment_key()
     roster = {"site-a": key.public_key()}
-    d = view_digest("run-1", 3, 2, [("site-a", 1, b"k" * 32)])
+    d = view_digest("run-1", 3, 2, [("site-a", 1, b"k" * 32)], **Q)
     sig = pki.sign(key, view_signed_bytes("run-1", 3, d, b"m" * 32))
     check_view_signature(roster, "site-a", sig, "run-1", 3, d, b"m" * 32, "view")
     with pytest.raises(BadSignature, match="view of a"):

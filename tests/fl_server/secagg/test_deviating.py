@@ -14,6 +14,7 @@ import pytest
 from fl_common.crypto import secagg as crypto
 from fl_common.secagg import (BadSignature, ProtocolError, Quantizer, ReplayRefused, RevealRefused,
                               SecAggError, wire)
+from fl_common.secagg.checks import view_digest
 from fl_server.secagg import ServerSecAgg
 
 from .test_refusals import _lying_request
@@ -78,6 +79,37 @@ def test_sites_shown_different_models_reveal_nothing(federation):
         with pytest.raises(BadSignature, match="another model or round config"):
             fed.sites[s].reveal(1, reqs[s])
 
+
+
+def test_sites_given_other_quantisation_reveal_nothing(federation):
+    """The server gives two of three sites a huge clip range at setup: their
+    updates quantise to 0 and the unmasked sum is the third site's update
+    (found by an attacker review: clip_range/max_weight were in no signed
+    bytes). Each site's view now covers the quantisation it was given, so at E
+    every site finds a survivor that signed another one."""
+    fed = federation(3, colluding_sites=1)  # threshold 3
+    roster_msg = fed.server.collect_adverts({s: fed.sites[s].advertise() for s in fed.names})
+    honest = wire.decode(wire.ROSTER, roster_msg)
+    huge = {**honest["quant"], "clip_range": honest["quant"]["clip_range"] * 1e5}
+    lying = wire.encode(wire.ROSTER, {**honest, "quant": huge})
+    bundles = {s: fed.sites[s].receive_roster_and_share(roster_msg if s == "site-00" else lying)
+               for s in fed.names}
+    fed.server.collect_share_bundles(bundles)
+    deltas = fed.deltas(np.random.default_rng(5), fed.names, 200)
+    reqs = fed.train_request(1, fed.names)
+    ups = {s: fed.sites[s].mask(1, deltas[s], 10.0, reqs[s], received=fed.received(1)) for s in fed.names}
+    rnd = fed.server._rounds[1]
+    fed.server.collect_masked(1, {"site-00": (ups["site-00"].vector, ups["site-00"].payload)})
+    # the lying server checks the other two against the view it gave them, and sums all three
+    rnd.digest = view_digest(fed.run_id, 1, 3, [(s, a["epoch"], a["mask_public_key"]) for s, a in rnd.view.items()],
+                             **huge)
+    fed.server.collect_masked(1, {s: (ups[s].vector, ups[s].payload) for s in ("site-01", "site-02")})
+    assert sorted(rnd.survivors) == fed.names
+    reqs = fed.server.reveal_requests(1)
+    for s in fed.names:
+        with pytest.raises(BadSignature, match="another set of participants"):
+            fed.sites[s].reveal(1, reqs[s])
+        assert fed.sites[s].state["rounds"]["1"]["revealed"] == {}
 
 # ------------------------------------------------------------ replay, sessions
 def _session(fed, session):
