@@ -172,13 +172,17 @@ def test_nothing_but_masked_vectors_scalars_and_protocol_bytes_leaves_a_site(com
                     # only the masked uint32 vector: n values + weight + clip count + patches
                     assert name == "masked" and list(rec["arrays"]) == ["vector"], line
                     assert rec["arrays"]["vector"] == {"dtype": "uint32", "shape": [n_params + NUM_EXTRA]}
-                elif rec["kind"] == "metric" and name == "cases":  # per-case lists: cross-site, opted in
+                elif rec["kind"] == "metric" and name.split(".")[0] == "cases":  # per-case lists: cross-site, opted in
+                    # (a batched cross-site reply names model i's records metrics.<i> / cases.<i>)
                     assert line["message_type"] == "evaluate.cross_site", line
                     assert set(rec["values"].values()) == {"list"}
                 elif rec["kind"] == "metric":
                     assert set(rec["values"].values()) <= {"float", "int"}
                     if line["message_type"] == "train":  # counts only inside the mask
                         assert not {"num-examples", "clipped", "patches"} & set(rec["values"]), line
+                elif name == "refused":  # batched cross-site: model index -> the policy's fixed reason
+                    assert line["message_type"] == "evaluate.cross_site", line
+                    assert set(rec["values"].values()) <= {"str"}
                 else:
                     assert name in ("info", "secagg"), line
                     assert set(rec["values"]) <= {"site", "payload"}
