@@ -56,21 +56,32 @@ def head_mask(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return ndimage.binary_fill_holes(fg)
 
 
-def head_zscore_(x: np.ndarray, outside: float) -> None:
-    """In place on the float32 3D array ``x``: ``(x - mean) / std`` over ``head_mask(x)``
-    (population std, float64 accumulation, a zero std treated as 1), ``outside``
-    everywhere else. A flat image (no head found) is left as it is."""
-    mask = head_mask(x)
-    vals = x[mask]
+def zscore_inside_(x: np.ndarray, mask: np.ndarray | None) -> bool:
+    """In place: ``(x - mean) / std`` over ``mask`` (all of ``x`` when None; population
+    std, float64 accumulation, a zero std treated as 1). False (``x`` untouched) when the
+    mask is empty. The one z-score arithmetic: imaging_core's other masks use it too."""
+    vals = x if mask is None else x[mask]
     if vals.size == 0:
-        return
+        return False
     # float64 accumulation: float32 sums drift on multi-million-voxel volumes
     mean = vals.mean(dtype=np.float64)
     std = vals.std(dtype=np.float64)
     if std == 0.0:
         std = 1.0
-    x[mask] = (vals - np.float32(mean)) / np.float32(std)
-    x[~mask] = np.float32(outside)
+    if mask is None:
+        x -= np.float32(mean)
+        x /= np.float32(std)
+    else:
+        x[mask] = (vals - np.float32(mean)) / np.float32(std)
+    return True
+
+
+def head_zscore_(x: np.ndarray, outside: float) -> None:
+    """In place on the float32 3D array ``x``: the z-score over ``head_mask(x)``,
+    ``outside`` everywhere else. A flat image (no head found) is left as it is."""
+    mask = head_mask(x)
+    if zscore_inside_(x, mask):
+        x[~mask] = np.float32(outside)
 
 
 def head_zscore(arr: np.ndarray, outside: float) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import ZScoreRule
 from .base import Data, Transform
 # the head mask lives in a self-contained module: exported bundles ship it verbatim
-from .head_zscore import head_mask, head_zscore, otsu_threshold  # noqa: F401 (re-exported)
+from .head_zscore import head_mask, head_zscore, otsu_threshold, zscore_inside_  # noqa: F401 (head_mask, otsu_threshold re-exported)
 
 _ZSCORE = ZScoreRule()  # the defaults live in imaging_core.config
 
@@ -101,23 +101,7 @@ class NormalizeIntensity(_IntensityBase):
 
     def _normalize(self, x: np.ndarray) -> None:
         """In place on the float32 copy ``x``."""
-        if self.mask == "all":
-            mask, vals = None, x
-        else:
-            mask = x != 0
-            vals = x[mask]
-            if vals.size == 0:
-                return
-        # float64 accumulation: float32 sums drift on multi-million-voxel volumes
-        mean = vals.mean(dtype=np.float64)
-        std = vals.std(dtype=np.float64)
-        if std == 0.0:
-            std = 1.0
-        if mask is None:
-            x -= np.float32(mean)
-            x /= np.float32(std)
-        else:
-            x[mask] = (vals - np.float32(mean)) / np.float32(std)
+        zscore_inside_(x, None if self.mask == "all" else x != 0)
 
     def _apply(self, arr):
         if self.mask == "head":  # one implementation, shared with exported bundles
