@@ -30,13 +30,21 @@ from pathlib import Path
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (AcquireTaskRequest, PullAppMessagesRequest,  # pylint: disable=E0611
+                                    PullTaskInputRequest, SendTaskHeartbeatRequest)
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor,
                                          SuperExecAuthHttpInterceptor)
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
+                                                                 make_pull_object_fn_protobuf)
+from flwr.supercore.inflatable.inflatable_utils import (ObjectPullError, ObjectUnavailableError,
+                                                        pull_and_inflate_object_from_tree)
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from .fab_check import FabRefused, check_fab
 
@@ -45,6 +53,15 @@ ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"  # the method the SuperNode c
 POLL_S = 0.1           # idle wait between AcquireTask calls (adds <= 0.1 s to a stage)
 HEARTBEAT_S = 10.0     # a task token lapses after ~60 s without one (HEARTBEAT_PATIENCE x 30 s)
 READY_LINE = "fedvox runner: ready"
+# The SuperNode makes a task acquirable before it has downloaded the message's objects
+# from the SuperLink. Flower's own pull then waits 1, 2, 4... s between tries; ours
+# starts at INPUT_BACKOFF_S. A download the SuperNode abandoned (the SuperLink restarted,
+# the run stopped) never completes and Flower leaves its task open: once the SuperNode
+# offers another task (it takes one message at a time) or after INPUT_STALL_S without a
+# new object, this task fails and the runner takes the next.
+INPUT_BACKOFF_S, INPUT_BACKOFF_CAP_S = 0.02, 0.5
+INPUT_STALL_S = 300.0
+MOVED_ON_CHECK_S = 2.0
 
 
 def _client(address: str, interceptors: list, max_time: float) -> RuntimeHttpClient:
@@ -87,6 +104,32 @@ class _Heartbeat:
         self._th.join(timeout=5)
 
 
+class _StallGuard:
+    """Wraps the pull of one object: gives up (ObjectPullError) when nothing has
+    arrived for a while and the SuperNode has moved on, or for INPUT_STALL_S."""
+
+    def __init__(self, pull, moved_on, stall_s: float = INPUT_STALL_S, check_s: float = MOVED_ON_CHECK_S):
+        self.pull, self.moved_on, self.stall_s, self.check_s = pull, moved_on, stall_s, check_s
+        self.last = self.checked = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, object_id: str) -> bytes:
+        try:
+            out = self.pull(object_id)
+        except ObjectUnavailableError:
+            with self.lock:  # the pull runs on several threads; ask the SuperNode from one
+                now = time.monotonic()
+                if now - self.last > self.stall_s:
+                    raise ObjectPullError(object_id, f"nothing arrived for {self.stall_s:.0f} s") from None
+                if now - self.last > self.check_s and now - self.checked > self.check_s:
+                    self.checked = now
+                    if self.moved_on():
+                        raise ObjectPullError(object_id, "the SuperNode abandoned this message") from None
+            raise
+        self.last = time.monotonic()
+        return out
+
+
 class Runner:
     """Acquire -> check FAB -> installed ClientApp -> push, one task at a time."""
 
@@ -101,10 +144,42 @@ class Runner:
             icp.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_METHOD}))
         self.acquirer = _client(address, icp, max_time=10.0)
         self.tasks_done = 0
+        self.pending: str | None = None  # a task acquired while the previous one was stuck
 
     def acquire(self) -> str | None:
         res = self.acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
         return res.token if res.HasField("task") and res.token else None
+
+    def _moved_on(self) -> bool:
+        """Whether the SuperNode offers another task (keeps its token for next)."""
+        if self.pending is None:
+            try:
+                self.pending = self.acquire()
+            except Exception:  # noqa: BLE001 - cannot tell: keep waiting
+                return False
+        return self.pending is not None
+
+    def pull_input(self, client: RuntimeHttpClient):
+        """flwr's run_clientapp.pull_task_input, with its object pull bounded
+        (_StallGuard) and retried sooner (INPUT_BACKOFF_S)."""
+        res = client.PullTaskInput(PullTaskInputRequest())
+        # replies built in this process take their source task/run/node from here
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (res.task_id, res.run.run_id,
+                                                                           res.context.node_id)
+        context = context_from_proto(res.context)
+        run, fab = run_from_proto(res.run), fab_from_proto(res.fab)
+        msgs = client.PullMessages(PullAppMessagesRequest())
+        if not msgs.messages_list:
+            raise RuntimeError("no message from the SuperNode's Runtime API")
+        node, tree = Node(node_id=context.node_id), msgs.message_object_trees[0]
+        guard = _StallGuard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), self._moved_on)
+        message = pull_and_inflate_object_from_tree(
+            tree, guard, make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
+                                                                  context.run_id),
+            return_type=Message, max_tries_per_object=None, initial_backoff=INPUT_BACKOFF_S,
+            backoff_cap=INPUT_BACKOFF_CAP_S)
+        message.metadata.__dict__["_message_id"] = tree.object_id  # as flwr: not part of the deflated message
+        return message, context, run, fab
 
     def run_task(self, token: str) -> str:
         """Run one acquired task; returns its sub-status. Never raises for a bad task."""
@@ -116,7 +191,7 @@ class Runner:
         try:
             with _Heartbeat(client) as hb:
                 try:
-                    message, context, _run, fab = pull_task_input(client)
+                    message, context, _run, fab = self.pull_input(client)
                     self.check(fab.content, fab.hash_str)
                     reply = self.app(message=message, context=context)
                     status, details = SubStatus.COMPLETED, ""
@@ -156,7 +231,7 @@ class Runner:
                 log.info("SuperNode %d is gone; runner exits", supernode_pid)
                 return 0
             try:
-                token = self.acquire()
+                token, self.pending = self.pending or self.acquire(), None
             except Exception as e:  # noqa: BLE001 - SuperNode restarting: retry, bounded by its pid
                 log.warning("AcquireTask failed: %s", e)
                 time.sleep(1.0)

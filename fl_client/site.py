@@ -2,8 +2,10 @@
 its own key directory -- the roster checked against the fingerprint the site
 pinned first (fl_client.enroll), then the site worker (it builds the
 preprocessed cache, which may take a while), then the SuperNode that connects
-it to the coordinator's SuperLink with the site-made key. Both processes run in
-one ProcessGroup, so Ctrl-C or a failure stops everything."""
+it to the coordinator's SuperLink with the site-made key, and the long-lived
+ClientApp runner that takes its tasks (fl_client.runner: only the installed
+ClientApp runs; a shipped app is checked and never imported). All run in one
+ProcessGroup, so Ctrl-C or a failure stops everything."""
 from __future__ import annotations
 
 import json
@@ -80,7 +82,7 @@ def node_config(name: str, sock: Path, work: Path, auth_key: Path | None, roster
 def start_site(group: ProcessGroup, kit: SiteKit, keys_dir: Path, federation: Path, site_toml: Path,
                work: Path, superlink: str, data_base: Path | None = None, data_root: Path | None = None,
                insecure: bool = False, device: str | None = None, audit_dir: Path | None = None,
-               trust_on_first_use: bool = False, pinned_app: bool = False) -> SiteProcs:
+               trust_on_first_use: bool = False) -> SiteProcs:
     """The pinned roster checked (nothing starts otherwise), then the worker (its
     cache may take a while), then the SuperNode with the site-made key."""
     keys = read_keys(keys_dir)
@@ -94,18 +96,14 @@ def start_site(group: ProcessGroup, kit: SiteKit, keys_dir: Path, federation: Pa
                                      load_federation(federation, require_sites=False).federation.colluding_sites,
                                      pin),
                          log_path=work / "supernode.log", workdir=work, insecure=insecure, group=group,
-                         wait_connected=120, runner=pinned_app)
-    # pinned_app: the long-lived runner checks every shipped app and runs only the
-    # installed ClientApp. Not the default yet: after a SuperLink restart it does not
-    # pick up the resumed run's tasks (tests/fl_server/test_federation.py restart test).
-    if sn.keeper is not None:
-        sn.keeper.wait_ready(120)
+                         wait_connected=120, runner=True)
+    # the long-lived runner checks every shipped app and runs only the installed ClientApp
+    sn.keeper.wait_ready(120)
     return SiteProcs(kit.name, worker, sn, sock)
 
 
 def run_site(kit_dir, keys_dir, work, data_root, *, federation=None, superlink: str | None = None,
-             insecure: bool = False, device: str | None = None, trust_on_first_use: bool = False,
-             pinned_app: bool = False) -> int:
+             insecure: bool = False, device: str | None = None, trust_on_first_use: bool = False) -> int:
     """`fedvox site`: start this site from its kit and key directory and keep it
     up until a process exits (status 1) or Ctrl-C / SIGTERM (everything is
     stopped either way). The ClientApp runner is restarted by its keeper; the
@@ -120,15 +118,14 @@ def run_site(kit_dir, keys_dir, work, data_root, *, federation=None, superlink: 
         write_site_pid(work, kit.name, superlink or kit.superlink_address, group.tag)  # `fedvox site status`
         sp = start_site(group, kit, Path(keys_dir), fed, kit.site_toml, Path(work),
                         superlink or kit.superlink_address, data_root=Path(data_root), insecure=insecure,
-                        device=device, trust_on_first_use=trust_on_first_use, pinned_app=pinned_app)
+                        device=device, trust_on_first_use=trust_on_first_use)
         print(f"{kit.name}: worker on {sp.socket}, SuperNode connected; Ctrl-C to stop", file=sys.stderr)
         # the kit's site.toml came from the coordinator: say what this site answers,
         # so the hospital reviews it (docs/threat-model.md)
         print(f"{kit.name}: site policy from {kit.site_toml}: {read_site_file(kit.site_toml).policy.model_dump()}",
               file=sys.stderr)
         keeper = sp.supernode.keeper
-        while sp.worker.alive() and sp.supernode.alive() and (
-                keeper is None or keeper.proc.alive() or keeper.watching()):
+        while sp.worker.alive() and sp.supernode.alive() and (keeper.proc.alive() or keeper.watching()):
             time.sleep(2)
         print(f"{kit.name}: a process exited; stopping", file=sys.stderr)
         return 1

@@ -28,6 +28,8 @@ SUPERNODE_CONNECTED = r"SuperNode ID: \d+"  # logged once the SuperLink accepted
 # -P: the runner's cwd (a site work dir) never goes on sys.path.
 RUNNER_CMD = [sys.executable, "-P", "-m", "fl_client.runner"]
 RUNNER_READY = r"fedvox runner: ready"  # fl_client.runner.READY_LINE (not imported: it imports flwr)
+# flower-supernode itself, through the entry point that shortens its literal idle waits
+SUPERNODE_CMD = [sys.executable, "-P", "-m", "fl_client.supernode_main"]
 
 
 def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_config: Mapping | None,
@@ -35,7 +37,7 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
                     insecure: bool = False, group: ProcessGroup | None = None,
                     wait_connected: float | None = 60.0, max_wait_time: float | None = None,
                     extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
-                    runner: bool | Sequence[str] = False) -> Proc:
+                    runner: bool | Sequence[str] = False, stock: bool = False) -> Proc:
     """Start `flower-supernode` for site ``name``.
 
     ``clientappio_port``: its local Runtime API port (None: a free one) --
@@ -44,7 +46,8 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
     for the SuperLink to accept the node (None: return at once; a refused
     node then exits by itself). ``workdir`` (default: the log's directory /
     name) holds its FLWR_HOME and node_config.toml. ``env``: extra environment
-    for it and its ClientApps (e.g. CUDA_VISIBLE_DEVICES).
+    for it and its ClientApps (e.g. CUDA_VISIBLE_DEVICES). ``stock``: Flower's
+    own `flower-supernode` with its 3 s idle poll (a benchmark's reference).
     """
     if workdir is None:
         if log_path is None:
@@ -84,7 +87,7 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
     pick = clientappio_port is None
     for attempt in range(3 if pick else 1):
         port = free_port() if pick else int(clientappio_port)
-        argv = [BIN_DIR / "flower-supernode", "--superlink", superlink_addr,
+        argv = [*([BIN_DIR / "flower-supernode"] if stock else SUPERNODE_CMD), "--superlink", superlink_addr,
                 "--port", str(port), *opts]
         proc = group.start(f"supernode:{name}", argv, log_path, env=flower_env(flwr_home, env),
                            cwd=workdir)

@@ -116,8 +116,7 @@ def _cmd_site(a) -> int:
         return 2
     from fl_client.site import run_site  # lazy: only `fedvox site` starts a site
     return run_site(a.kit, a.keys, a.work, a.data, federation=a.federation, superlink=a.superlink,
-                    insecure=a.insecure, device=a.device, trust_on_first_use=a.trust_on_first_use,
-                    pinned_app=a.pinned_app)
+                    insecure=a.insecure, device=a.device, trust_on_first_use=a.trust_on_first_use)
 
 
 def _cmd_site_init(a) -> int:
@@ -324,9 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
     p.add_argument("--keys", default=None, help="this site's key directory from `fedvox site init` (required to run)")
     p.add_argument("--data", default=None, help="this site's data root, holds dataset.json (required to run)")
-    p.add_argument("--pinned-app", action="store_true",
-                   help="run the long-lived ClientApp runner: refuse any shipped app but fedvox's own and run "
-                        "only the installed ClientApp (not yet the default: a server restart is not resumed)")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="no pinned roster yet: pin the kit's roster now instead of refusing")
     p.add_argument("--federation", default=None, help="federation TOML (default: KIT/federation.toml)")

@@ -48,7 +48,14 @@ def test_flwr_is_pinned_exactly_to_the_installed_version():
 
 
 @pytest.mark.parametrize("path, params", [
-    ("flwr.supernode.runtime.run_clientapp.pull_task_input", ["client"]),
+    ("flwr.supernode.runtime.run_clientapp.pull_task_input", ["client"]),  # fl_client.runner.pull_input mirrors it
+    ("flwr.supercore.inflatable.inflatable_utils.pull_and_inflate_object_from_tree",
+     ["object_tree", "pull_object_fn", "confirm_object_received_fn", "return_type", "max_concurrent_pulls",
+      "max_time", "max_tries_per_object", "initial_backoff", "backoff_cap"]),
+    ("flwr.supercore.inflatable.inflatable_protobuf_utils.make_pull_object_fn_protobuf",
+     ["pull_object_protobuf", "node", "run_id"]),
+    ("flwr.supercore.inflatable.inflatable_protobuf_utils.make_confirm_message_received_fn_protobuf",
+     ["confirm_message_received_protobuf", "node", "run_id"]),
     ("flwr.supernode.runtime.run_clientapp.push_message", ["client", "message", "context"]),
     ("flwr.supernode.runtime.run_clientapp.push_task_output", ["client", "context", "sub_status", "details"]),
     ("flwr.supercore.runtime.RuntimeHttpClient.from_server_address",
@@ -108,9 +115,53 @@ def test_the_supernode_still_takes_the_flags_the_site_passes():
     assert _internal("flwr.common.constant.ISOLATION_MODE_PROCESS") == "process"
 
 
-def test_the_supernode_idle_poll_is_still_the_literal_3_s():
-    # The SuperNode waits a literal 3 s between empty pulls from the SuperLink (no
-    # flag, no env var in 1.41). If this fails, Flower changed it: use its knob
-    # in fl_client.supernode instead of living with the 3 s.
-    src = inspect.getsource(importlib.import_module("flwr.supernode.start_client_internal"))
-    assert src.count("time.sleep(3)") == 1, "the SuperNode's idle poll changed: look for a knob"
+def test_the_supernode_waits_fl_client_supernode_main_shortens_are_still_there():
+    # Flower 1.41's SuperNode waits a literal 3 s between empty pulls and 0.5 s while a reply
+    # is on its way (no flag, no env var). fl_client.supernode_main shortens exactly those
+    # through the module's `time` global. If this fails, Flower changed them: use its knob.
+    import time as real_time
+    mod = importlib.import_module("flwr.supernode.start_client_internal")
+    src = inspect.getsource(mod)
+    assert src.count("time.sleep(3)") == 1, "the SuperNode's idle poll changed (fl_client.supernode_main)"
+    assert src.count("time.sleep(0.5)") == 2, "the SuperNode's reply waits changed (fl_client.supernode_main)"
+    assert mod.time is real_time, "start_client_internal no longer has `time` as a module global"
+    assert _internal("flwr.supernode.cli.flower_supernode") is not None
+
+
+def test_the_short_waits_shorten_only_flowers_literals():
+    from fl_client import supernode_main as sm
+    calls = []
+
+    class Clock:
+        def sleep(self, s):
+            calls.append(s)
+        monotonic = staticmethod(lambda: 1.0)
+
+    w = sm._ShortWaits(Clock(), sm.SHORTER)
+    for s in (3, 0.5, 1, 0.25):
+        w.sleep(s)
+    assert calls == [sm.IDLE_POLL_S, sm.REPLY_POLL_S, 1, 0.25]
+    assert w.monotonic() == 1.0  # everything else passes through
+    fake = type("M", (), {"time": object()})
+    with pytest.raises(RuntimeError, match="no longer imports `time`"):
+        sm.patch(fake)
+
+
+def test_the_supernode_entry_point_is_flower_supernode():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-P", "-m", "fl_client.supernode_main", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--isolation" in out.stdout and "--superlink" in out.stdout
+
+
+def test_the_task_input_pull_the_runner_mirrors_is_unchanged():
+    # fl_client.runner.Runner.pull_input is flwr's pull_task_input with a bounded, faster
+    # object pull. If Flower changed that function, re-read it and mirror the change there.
+    import hashlib
+    src = inspect.getsource(_internal("flwr.supernode.runtime.run_clientapp.pull_task_input"))
+    assert hashlib.sha256(src.encode()).hexdigest() == (
+        "5607a23e1673ee876930c1b35685b8dfdfd8b3776a436560b0467042e15fc695"), \
+        "flwr's run_clientapp.pull_task_input changed: mirror it in fl_client.runner.Runner.pull_input"
+    assert _internal("flwr.supercore.task_identity.TaskIdentity") is not None

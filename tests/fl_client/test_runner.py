@@ -85,6 +85,44 @@ def test_a_changed_app_is_refused_naming_the_change(tmp_path, what, edit, files,
     assert says in str(e.value), what
 
 
+def test_an_abandoned_message_download_fails_its_task_instead_of_blocking_the_runner():
+    # Flower's SuperNode leaves a task open when the SuperLink goes away while it downloads the
+    # message (RunNotRunning): its objects never arrive. Seen after a server restart: the
+    # runner waited in the pull and the resumed run's tasks were never taken.
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
+    from fl_client.runner import _StallGuard
+
+    def never(object_id):
+        raise ObjectUnavailableError(object_id)
+
+    asked = []
+    guard = _StallGuard(never, lambda: asked.append(1) or len(asked) > 1, stall_s=60, check_s=0.02)
+    with pytest.raises(ObjectUnavailableError):
+        guard("a")  # too early to ask
+    time.sleep(0.05)
+    with pytest.raises(ObjectUnavailableError):
+        guard("a")  # asked: no other task yet
+    time.sleep(0.05)
+    with pytest.raises(ObjectPullError, match="abandoned"):
+        guard("a")  # the SuperNode offers another task: this download is dead
+    slow = _StallGuard(never, lambda: False, stall_s=0.05, check_s=0.01)
+    time.sleep(0.08)
+    with pytest.raises(ObjectPullError, match="nothing arrived"):
+        slow("b")
+    arrived = iter([ObjectUnavailableError("c"), b"data"])
+
+    def late(object_id):
+        x = next(arrived)
+        if isinstance(x, Exception):
+            raise x
+        return x
+
+    ok = _StallGuard(late, lambda: True, stall_s=60, check_s=60)
+    with pytest.raises(ObjectUnavailableError):
+        ok("c")
+    assert ok("c") == b"data"  # a download still making progress is left alone
+
+
 def test_bytes_that_do_not_match_their_hash_or_are_no_zip_are_refused():
     from fl_client.fab_check import FabRefused, check_fab
     fab = _fab(SHIPPED)
@@ -185,7 +223,7 @@ def federation(tmp_path_factory):
         sl, cli = deploy.start_superlink(group, prov, work / "server", None, False)
         sites = {n: start_site(group, read_kit(prov.site_kits[n]), keys[n], work / "federation.toml",
                                work / "sites" / f"{n}.toml", work / "site" / n, sl.address,
-                               data_base=work / "data", pinned_app=True) for n in SITES}
+                               data_base=work / "data") for n in SITES}
         yield dict(work=work, prov=prov, cli=cli, sites=sites, marker=work / "SHADOW_RAN",
                    runner_pids={n: _runner_pid(s) for n, s in sites.items()})
     finally:
