@@ -30,7 +30,7 @@ from flwr.clientapp import ClientApp
 
 from fl_common import keys as K
 from fl_common.secagg.errors import SecAggError
-from fl_common.tensors import flatten
+from fl_common.tensors import PACKED, flatten, from_record, to_record
 
 from . import policy as P
 from .worker_client import WorkerClient, WorkerError
@@ -43,8 +43,10 @@ def describe_reply(content: RecordDict) -> dict:
     """What a reply carries, record by record (no values except metric names)."""
     out = {}
     for name, rec in content.array_records.items():
+        # a packed model is described tensor by tensor: what an auditor needs to see
+        arrays = from_record(rec) if list(rec.keys()) == [PACKED] else {k: a for k, a in rec.items()}
         out[name] = {"kind": "array", "arrays": {k: {"dtype": str(a.dtype), "shape": list(a.shape)}
-                                                 for k, a in rec.items()}}
+                                                 for k, a in arrays.items()}}
     for name, rec in content.metric_records.items():
         out[name] = {"kind": "metric", "values": {k: type(v).__name__ for k, v in rec.items()}}
     for name, rec in content.config_records.items():
@@ -145,8 +147,7 @@ def _secagg(context: Context, session: str):
 
 
 def _arrays(msg: Message, record: str = K.REC_ARRAYS) -> dict[str, np.ndarray]:
-    rec = msg.content.array_records[record]
-    return {k: v.numpy() for k, v in rec.items()}
+    return from_record(msg.content.array_records[record])
 
 
 def _config(msg: Message) -> dict:
@@ -381,5 +382,5 @@ def _local_model(msg: Message, context: Context, pol) -> Message:
     rnd = P.admit_share_local(pol, _node(context, K.NODE_STATE_DIR), cfg)
     with _worker(context) as w:
         weights = w.local_model(str(cfg[K.RUN_ID]), rnd)
-    return _reply(msg, RecordDict({K.REC_ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
+    return _reply(msg, RecordDict({K.REC_ARRAYS: to_record(weights),
                                    K.REC_INFO: _info(context)}), context)

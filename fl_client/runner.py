@@ -188,12 +188,16 @@ class Runner:
                                         RuntimeTokenHttpInterceptor(token)], max_time=60.0)
         message = context = reply = None
         status, details = SubStatus.FAILED, "ClientApp task failed"
+        marks = {}  # where the task's time went: the log line says
+        tick = time.monotonic
         try:
             with _Heartbeat(client) as hb:
                 try:
                     message, context, _run, fab = self.pull_input(client)
+                    marks["input"] = tick()
                     self.check(fab.content, fab.hash_str)
                     reply = self.app(message=message, context=context)
+                    marks["app"] = tick()
                     status, details = SubStatus.COMPLETED, ""
                 except FabRefused as e:
                     log.error("run %s: %s", getattr(context, "run_id", "?"), e)
@@ -220,7 +224,9 @@ class Runner:
             client.close()
         self.tasks_done += 1
         mtype = message.metadata.message_type if message is not None else "?"
-        log.info("task %s %s in %.3f s", mtype, status, time.monotonic() - t0)
+        t1, t_in, t_app = time.monotonic(), marks.get("input", t0), marks.get("app", marks.get("input", t0))
+        log.info("task %s %s in %.3f s (input %.3f, app %.3f, output %.3f)", mtype, status, t1 - t0,
+                 t_in - t0, t_app - t_in, t1 - t_app)
         return status
 
     def serve(self, supernode_pid: int | None = None, max_tasks: int | None = None) -> int:

@@ -27,9 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fl_common import keys as K
+from fl_common.tensors import from_record, to_record
 from imaging_core.metrics.summary import per_case_values
 
 from .report.reading import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, LOCAL
@@ -87,7 +88,7 @@ class CrossSite:
             ok, failed = self._query(nodes, K.query_type(K.LOCAL_MODEL), cfg)
             for n, m in sorted(ok.items(), key=lambda nm: loop.stage.site(nm[0])):  # rows in site order
                 site = loop.stage.site(n)
-                weights = {k: a.numpy() for k, a in m.content.array_records[K.REC_ARRAYS].items()}
+                weights = from_record(m.content.array_records[K.REC_ARRAYS])
                 if not _matches(loop.weights, weights):
                     log.warning("cross-site: %s sent a local model that is not the federation's model", site)
                     continue
@@ -117,7 +118,7 @@ class CrossSite:
         for n in nodes:
             content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg))})
             for i, name in enumerate(names):
-                content[K.batch_record(K.REC_ARRAYS, i)] = ArrayRecord({k: Array(v) for k, v in models[name].items()})
+                content[K.batch_record(K.REC_ARRAYS, i)] = to_record(models[name])
             messages.append(Message(content=content, dst_node_id=n, message_type=K.evaluate_type(K.CROSS_SITE)))
         t0 = time.perf_counter()
         ok, failed = loop.stage.send(messages, loop.cfg.eval_timeout * len(names), site_of=_site_of)

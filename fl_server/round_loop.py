@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fl_common.secagg.checks import received
-from fl_common.tensors import flatten, unflatten
+from fl_common.tensors import flatten, to_record, unflatten
 from fl_common import keys as K
 
 from .aggregation import Aggregation, RoundFailed
@@ -113,8 +113,7 @@ class RoundLoop:
         cfg = self._round_config(r)
         msgs = []
         for n in nodes:
-            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)),
-                                  K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in self.weights.items()})})
+            content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)), K.REC_ARRAYS: to_record(self.weights)})
             for key, rec in extra.get(n, {}).items():
                 content[key] = rec
             msgs.append(Message(content=content, dst_node_id=n, message_type=kind))

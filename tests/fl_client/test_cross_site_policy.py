@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
+from fl_common.tensors import from_record, to_record
 
 pytestmark = [pytest.mark.timeout(180)]
 NODE = 11
@@ -58,7 +59,7 @@ class Site:
         from fl_client import client_app
         content = RecordDict({K.REC_CONFIG: ConfigRecord({K.SERVER_ROUND: rnd, K.RUN_ID: "run-1", **cfg})})
         if weights is not None:
-            content[K.REC_ARRAYS] = ArrayRecord({k: Array(v) for k, v in weights.items()})
+            content[K.REC_ARRAYS] = to_record(weights)
         handler = {K.MSG_TRAIN: client_app.train, K.MSG_EVALUATE: client_app.evaluate,
                    K.evaluate_type(K.CROSS_SITE): client_app.cross_site,
                    K.query_type(K.LOCAL_MODEL): client_app.local_model}[kind]
@@ -80,7 +81,7 @@ class Site:
         content = RecordDict({K.REC_CONFIG: ConfigRecord({K.SERVER_ROUND: rnd, K.RUN_ID: "run-1", **ROUND,
                                                           K.CROSS_MODELS: list(models)})})
         for i, w in enumerate(models.values()):
-            content[K.batch_record(K.REC_ARRAYS, i)] = ArrayRecord({k: Array(v) for k, v in w.items()})
+            content[K.batch_record(K.REC_ARRAYS, i)] = to_record(w)
         ctx = Context(run_id=42, node_id=NODE, node_config=dict(self.node_config), state=RecordDict(), run_config={})
         reply = client_app.cross_site(Message(content=content, dst_node_id=NODE, message_type=kind), ctx)
         self.replies.append(reply)
@@ -135,7 +136,7 @@ def test_a_consenting_site_sends_its_local_model_once_and_only_after_the_final_e
     assert not site.send(K.MSG_EVALUATE, 2, {k: v + 0.01 for k, v in w0.items()}, **ROUND).has_error()
     reply = site.local()
     assert not reply.has_error(), reply.error
-    got = {k: a.numpy() for k, a in reply.content.array_records[K.REC_ARRAYS].items()}
+    got = from_record(reply.content.array_records[K.REC_ARRAYS])
     want = worker.local_model(2)
     assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
     assert not all(np.array_equal(got[k], w0[k]) for k in w0)  # trained: not the initial model

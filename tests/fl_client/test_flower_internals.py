@@ -125,6 +125,12 @@ def test_the_supernode_waits_fl_client_supernode_main_shortens_are_still_there()
     assert src.count("time.sleep(3)") == 1, "the SuperNode's idle poll changed (fl_client.supernode_main)"
     assert src.count("time.sleep(0.5)") == 2, "the SuperNode's reply waits changed (fl_client.supernode_main)"
     assert mod.time is real_time, "start_client_internal no longer has `time` as a module global"
+    assert mod.pull_objects is _internal("flwr.supercore.inflatable.inflatable_utils.pull_objects"), \
+        "start_client_internal no longer calls inflatable_utils.pull_objects (fl_client.supernode_main)"
+    assert "initial_backoff" not in src, "the SuperNode now passes its own object backoff: drop ours"
+    _params("flwr.supercore.inflatable.inflatable_utils.pull_objects",
+            ["object_ids", "pull_object_fn", "max_concurrent_pulls", "max_time", "max_tries_per_object",
+             "initial_backoff", "backoff_cap"])
     assert _internal("flwr.supernode.cli.flower_supernode") is not None
 
 
@@ -145,6 +151,13 @@ def test_the_short_waits_shorten_only_flowers_literals():
     fake = type("M", (), {"time": object()})
     with pytest.raises(RuntimeError, match="no longer imports `time`"):
         sm.patch(fake)
+    seen = {}
+    mod = type("M", (), {"time": sm._time, "pull_objects": staticmethod(lambda ids, **kw: seen.update(kw))})
+    sm.patch(mod)
+    sm.patch(mod)  # twice: wrapped once
+    mod.pull_objects(["x"], pull_object_fn=len)
+    assert seen == {"pull_object_fn": len, "initial_backoff": sm.OBJECT_BACKOFF_S,
+                    "backoff_cap": sm.OBJECT_BACKOFF_CAP_S}
 
 
 def test_the_supernode_entry_point_is_flower_supernode():

@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
+from fl_common.tensors import from_record, to_record
 
 pytestmark = [pytest.mark.timeout(120)]  # on main, epochs=10**9 would train for ever
 NODE = 11
@@ -64,7 +65,7 @@ class Site:
     def send(self, kind: str, rnd: int, weights: dict, run: str = "run-1", **cfg) -> Message:
         from fl_client import client_app
         content = RecordDict({K.REC_CONFIG: ConfigRecord({K.SERVER_ROUND: rnd, K.RUN_ID: run, **cfg}),
-                              K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()})})
+                              K.REC_ARRAYS: to_record(weights)})
         msg = Message(content=content, dst_node_id=NODE, message_type=kind)
         handler = client_app.train if kind == K.MSG_TRAIN else client_app.evaluate
         return handler(msg, self.context())

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from fl_client.policy import CROSS_BOUND
 from fl_common import keys as K
-from fl_common.tensors import flatten, unflatten
+from fl_common.tensors import flatten, from_record, to_record, unflatten
 from fl_server.cross_site import GLOBAL_BEST, GLOBAL_FINAL, HELD_OUT, local_name
 from fl_server.records import RunRecord
 
@@ -33,7 +33,7 @@ def local_weights(site: str) -> dict:
 
 class ConsentSite(FakeSite):
     def _arrays(self, msg):
-        return {k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()}
+        return from_record(msg.content.array_records[K.REC_ARRAYS])
 
     def evaluate(self, msg, r):
         content = super().evaluate(msg, r)  # as the worker: the local-only model's metrics beside it
@@ -48,7 +48,7 @@ class ConsentSite(FakeSite):
         return super().reply(msg)
 
     def query_local_model(self, msg, r):
-        return RecordDict({K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in local_weights(self.name).items()}),
+        return RecordDict({K.REC_ARRAYS: to_record(local_weights(self.name)),
                            K.REC_INFO: self._info()})
 
     def evaluate_cross_site(self, msg, r):
@@ -62,7 +62,7 @@ class ConsentSite(FakeSite):
             if str(i) in refused:
                 continue
             rec = msg.content.array_records[K.batch_record(K.REC_ARRAYS, i)]
-            s = score({k: a.numpy() for k, a in rec.items()}, self.target)
+            s = score(from_record(rec), self.target)
             out[K.batch_record(K.REC_METRICS, i)] = MetricRecord({"dice_1": s, K.NUM_EXAMPLES: float(CASES)})
             out[K.batch_record(K.REC_CASES, i)] = MetricRecord({"dice_1": [s] * CASES})
         return out
@@ -88,8 +88,7 @@ class RecordingGrid(FakeGrid):
         for m in messages:
             self.messages.append((m.metadata.message_type, m.metadata.dst_node_id))
             for rec in m.content.array_records.values():
-                self.arrays.append((m.metadata.message_type, m.metadata.dst_node_id,
-                                    {k: a.numpy() for k, a in rec.items()}))
+                self.arrays.append((m.metadata.message_type, m.metadata.dst_node_id, from_record(rec)))
         return super().push_messages(messages)
 
 

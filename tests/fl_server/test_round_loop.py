@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_common.tensors import flatten
+from fl_common.tensors import flatten, from_record, to_record
 from fl_common import keys as K
 from fl_server.aggregation import PlainAggregation
 from fl_server.records import RunRecord
@@ -81,14 +81,14 @@ class FakeSite:
         return RecordDict({K.REC_SECAGG: ConfigRecord({K.SITE: self.name, K.PAYLOAD: payload})})
 
     def train(self, msg, r):
-        flat = flatten({k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()})
+        flat = flatten(from_record(msg.content.array_records[K.REC_ARRAYS]))
         d, sec = self.delta(flat), self._sec(msg)
         if sec is None:
             return RecordDict({K.REC_DELTA: ArrayRecord({K.FLAT: Array(d)}),
                                K.REC_METRICS: MetricRecord({"loss": 1.0, K.NUM_EXAMPLES: self.num_examples}),
                                K.REC_INFO: self._info()})
         # as client_app does: what it received, hashed by itself; counts only inside the mask
-        arrays = {k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()}
+        arrays = from_record(msg.content.array_records[K.REC_ARRAYS])
         cfg = dict(msg.content.config_records[K.REC_CONFIG])
         got = received(arrays, cfg, str(cfg[K.RUN_ID]), r)
         up = self.secagg(str(sec[K.SESSION])).mask(r, d, self.num_examples, bytes(sec[K.PAYLOAD]),

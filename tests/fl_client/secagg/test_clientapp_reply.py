@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
+from fl_common.tensors import from_record, to_record
 from fl_common.crypto import pki
 from fl_common.secagg.checks import received
 
@@ -83,7 +84,7 @@ def test_a_masked_train_reply_carries_no_weight_clip_or_patch_count(worker, tmp_
     reqs = srv.train_requests(1, received=got.digest)
     from flwr.app import Array, ArrayRecord
     content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)),
-                          K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                          K.REC_ARRAYS: to_record(weights),
                           K.REC_SECAGG: secagg_rec(reqs[me])})
     server = serve(worker, sock)
     try:
@@ -106,7 +107,7 @@ def test_a_masked_train_reply_carries_no_weight_clip_or_patch_count(worker, tmp_
     assert srv.collect_masked(1, {me: (vec, payload), peer: (peer_up.vector, peer_up.payload)}) == sorted([me, peer])
     rr = srv.reveal_requests(1)
     eval_content = RecordDict({K.REC_CONFIG: ConfigRecord(dict(cfg)),
-                               K.REC_ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                               K.REC_ARRAYS: to_record(weights),
                                K.REC_SECAGG: secagg_rec(rr[me])})
     server = serve(worker, sock)
     try:
