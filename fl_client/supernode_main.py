@@ -11,7 +11,7 @@ model), then pulls them with Flower's default backoff of 1, 2, 4... s: measured
 6-8 s of a 12 s train stage on sites_example. Rather than fork Flower, this
 entry point gives that one module a ``time`` whose ``sleep`` shortens exactly
 those two literal waits (every other call passes through unchanged) and a
-``pull_objects`` that retries from OBJECT_BACKOFF_S, capped at OBJECT_BACKOFF_CAP_S.
+``pull_objects`` that retries sooner (fl_common.flower.sooner_object_pulls).
 
 A shorter idle poll means more PullMessages calls to the SuperLink: 1 / IDLE_POLL_S
 per site per second while idle (authenticated, a few hundred bytes each).
@@ -25,11 +25,12 @@ from __future__ import annotations
 import sys
 import time as _time
 
+from fl_common.flower import sooner_object_pulls
+
 IDLE_POLL_S = 0.2    # instead of 3 s between empty pulls
 REPLY_POLL_S = 0.05  # instead of 0.5 s while the runner's reply is on its way (local)
 # Flower's literal waits -> ours; any other duration is left alone.
 SHORTER = {3: IDLE_POLL_S, 0.5: REPLY_POLL_S}
-OBJECT_BACKOFF_S, OBJECT_BACKOFF_CAP_S = 0.02, 0.5  # Flower: 1 s doubling to 20 s
 
 
 class _ShortWaits:
@@ -45,16 +46,6 @@ class _ShortWaits:
         return getattr(self._real, name)
 
 
-def sooner(pull_objects):
-    """Flower's pull_objects, retrying a not-yet-uploaded object sooner (unless told)."""
-    def pull(*args, **kw):
-        kw.setdefault("initial_backoff", OBJECT_BACKOFF_S)
-        kw.setdefault("backoff_cap", OBJECT_BACKOFF_CAP_S)
-        return pull_objects(*args, **kw)
-    pull.fedvox_sooner = True
-    return pull
-
-
 def patch(module=None, shorter: dict = SHORTER) -> None:
     """Give flwr.supernode.start_client_internal the shorter waits."""
     if module is None:
@@ -62,12 +53,8 @@ def patch(module=None, shorter: dict = SHORTER) -> None:
     if getattr(module, "time", None) is not _time and not isinstance(getattr(module, "time", None), _ShortWaits):
         raise RuntimeError("fl_client.supernode_main: flwr.supernode.start_client_internal no longer "
                            "imports `time` as a module global; the poll patch does not apply (Flower upgrade?)")
-    if not callable(getattr(module, "pull_objects", None)):
-        raise RuntimeError("fl_client.supernode_main: flwr.supernode.start_client_internal no longer "
-                           "imports `pull_objects`; the backoff patch does not apply (Flower upgrade?)")
+    sooner_object_pulls(module)
     module.time = _ShortWaits(_time, shorter)
-    if not getattr(module.pull_objects, "fedvox_sooner", False):
-        module.pull_objects = sooner(module.pull_objects)
 
 
 def main() -> None:

@@ -22,6 +22,14 @@ from .strategy import ServerOptimizer, site_lr, site_round_config
 app = ServerApp()
 
 
+def _sooner_reply_pulls() -> None:
+    """The grid pulls each reply's objects with Flower's 1 s first backoff, usually
+    before the site has finished uploading them: retry sooner (fl_common.flower)."""
+    import flwr.superlink.grid.http_grid as http_grid
+    from fl_common.flower import sooner_object_pulls
+    sooner_object_pulls(http_grid)
+
+
 def build_server(spec: dict, grid) -> RoundLoop:
     """The round loop for run ``spec`` (run_dir, federation, data_base, secure_aggregation,
     roster, threshold, device, timeouts) over ``grid``."""
@@ -85,4 +93,5 @@ def _aggregation(spec: dict, fl, record: RunRecord):
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     spec = json.loads(Path(str(context.run_config["spec"])).read_text())
+    _sooner_reply_pulls()
     build_server(spec, grid).run()

@@ -151,13 +151,25 @@ def test_the_short_waits_shorten_only_flowers_literals():
     fake = type("M", (), {"time": object()})
     with pytest.raises(RuntimeError, match="no longer imports `time`"):
         sm.patch(fake)
+    from fl_common import flower
     seen = {}
     mod = type("M", (), {"time": sm._time, "pull_objects": staticmethod(lambda ids, **kw: seen.update(kw))})
     sm.patch(mod)
     sm.patch(mod)  # twice: wrapped once
     mod.pull_objects(["x"], pull_object_fn=len)
-    assert seen == {"pull_object_fn": len, "initial_backoff": sm.OBJECT_BACKOFF_S,
-                    "backoff_cap": sm.OBJECT_BACKOFF_CAP_S}
+    assert seen == {"pull_object_fn": len, "initial_backoff": flower.OBJECT_BACKOFF_S,
+                    "backoff_cap": flower.OBJECT_BACKOFF_CAP_S}
+    with pytest.raises(RuntimeError, match="no longer imports `pull_objects`"):
+        flower.sooner_object_pulls(type("N", (), {"__name__": "n"}))
+
+
+def test_the_coordinators_grid_still_pulls_replies_through_pull_objects():
+    # fl_server.server_app shortens the grid's reply-object backoff the same way
+    src = inspect.getsource(importlib.import_module("flwr.superlink.grid.http_grid"))
+    mod = importlib.import_module("flwr.superlink.grid.http_grid")
+    assert mod.pull_objects is _internal("flwr.supercore.inflatable.inflatable_utils.pull_objects") or \
+        getattr(mod.pull_objects, "fedvox_sooner", False), "http_grid no longer calls inflatable_utils.pull_objects"
+    assert "initial_backoff" not in src, "the grid now passes its own object backoff: drop ours (fl_server.server_app)"
 
 
 def test_the_supernode_entry_point_is_flower_supernode():
