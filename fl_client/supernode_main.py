@@ -27,7 +27,7 @@ import time as _time
 
 from fl_common.flower import sooner_object_pulls
 
-IDLE_POLL_S = 0.2    # instead of 3 s between empty pulls
+IDLE_POLL_S = 0.1    # instead of 3 s between empty pulls
 REPLY_POLL_S = 0.05  # instead of 0.5 s while the runner's reply is on its way (local)
 # Flower's literal waits -> ours; any other duration is left alone.
 SHORTER = {3: IDLE_POLL_S, 0.5: REPLY_POLL_S}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-POLL_S = 0.2
+POLL_S = 0.05  # a pull of a pending reply is one local request to the SuperLink: cheap
 
 
 def send_and_gather(grid, messages: Iterable, timeout: float, poll: float = POLL_S,
