@@ -230,8 +230,8 @@ def _fingerprint(msg: Message, context: Context, pol) -> Message:
     sec = msg.content.config_records.get(K.REC_SECAGG)
     cfg = _config(msg)
     state = _node(context, K.NODE_STATE_DIR)
-    cached = P.admit_fingerprint(pol, state, cfg, P.request_digest(cfg, None if sec is None else dict(sec)),
-                                 secure=sec is not None)
+    request = P.request_digest(cfg, None if sec is None else dict(sec))
+    cached = P.admit_fingerprint(pol, state, cfg, request, secure=sec is not None)
     if cached is not None:
         return _reply(msg, cached_content(cached, _info(context)), context)
     reply = read_fingerprint(fingerprint_path(_node(context, K.NODE_WORKER_SOCKET)))
@@ -258,7 +258,7 @@ def _fingerprint(msg: Message, context: Context, pol) -> Message:
         content[K.REC_SECAGG] = ConfigRecord({K.PAYLOAD: up.payload})
         side = {**reply, "vector": None}
     content[K.REC_FINGERPRINT] = ConfigRecord({K.PAYLOAD: json.dumps(side).encode()})
-    P.keep_fingerprint(state, str(cfg[K.RUN_ID]), content_to_cache(content))
+    P.keep_fingerprint(pol, state, cfg, request, content_to_cache(content))
     return _reply(msg, content, context)
 
 

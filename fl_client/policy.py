@@ -236,29 +236,38 @@ def admit_fingerprint(pol: PolicyTable, state_dir, cfg: dict, request: str, secu
     update, unless the site itself opted out of secure aggregation. One answer per run
     id, at most ``max_fingerprints_per_day`` run ids: the same request again gets the
     cached reply (returned here: the same bytes reveal nothing new), another request
-    under an answered run id is refused. None: answer it, then ``keep_fingerprint``."""
+    under an answered run id is refused. None: compute it, then ``keep_fingerprint``
+    (which checks again and records it) before it leaves."""
     if pol.require_secure_aggregation and not secure:
         raise Refused(SECAGG_REQUIRED)
     run = cfg.get(K.RUN_ID)
     if not isinstance(run, str) or not 0 < len(run) <= 128:
         raise Refused(BAD_RUN)
     with _releases(state_dir) as led:
-        tag, t = run_tag(run), now()
-        prev = led["fingerprints"].get(tag)
-        if prev is not None:
-            cached = ReleaseLedger(state_dir).reply_path(run)
-            if prev["request"] != request or not cached.is_file():
-                raise Refused(FINGERPRINT_REPEAT)
-            return json.loads(cached.read_text())
-        if started_today(led["fingerprints"], t) >= pol.max_fingerprints_per_day:
-            raise Refused(FINGERPRINT_BOUND)
-        led["fingerprints"][tag] = {"time": t, "request": request}
+        return _fingerprint_slot(pol, state_dir, led, run, request)
+
+
+def _fingerprint_slot(pol: PolicyTable, state_dir, led: dict, run: str, request: str) -> dict | None:
+    prev = led["fingerprints"].get(run_tag(run))
+    if prev is not None:
+        cached = ReleaseLedger(state_dir).reply_path(run)
+        if prev["request"] != request or not cached.is_file():
+            raise Refused(FINGERPRINT_REPEAT)
+        return json.loads(cached.read_text())
+    if started_today(led["fingerprints"], now()) >= pol.max_fingerprints_per_day:
+        raise Refused(FINGERPRINT_BOUND)
     return None
 
 
-def keep_fingerprint(state_dir, run: str, reply: dict) -> None:
-    """The reply of the run's fingerprint request, for an identical repeat (0600)."""
-    write_private(ReleaseLedger(state_dir).reply_path(run), json.dumps(reply).encode())
+def keep_fingerprint(pol: PolicyTable, state_dir, cfg: dict, request: str, reply: dict) -> None:
+    """Record the run's answer (so a failed attempt spends no slot) and keep its reply
+    for an identical repeat (0600); Refused if another process answered meanwhile."""
+    run = cfg[K.RUN_ID]
+    with _releases(state_dir) as led:
+        if _fingerprint_slot(pol, state_dir, led, run, request) is not None:
+            raise Refused(FINGERPRINT_REPEAT)
+        write_private(ReleaseLedger(state_dir).reply_path(run), json.dumps(reply).encode())
+        led["fingerprints"][run_tag(run)] = {"time": now(), "request": request}
 
 
 def admit_evaluate(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:

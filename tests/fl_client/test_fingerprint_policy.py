@@ -122,3 +122,15 @@ def test_a_corrupt_ledger_stops_the_answer_with_a_site_fault(tmp_path):
     reply = site.ask("run-1")
     assert reply.has_error() and reply.error.code == K.ERR_INTERNAL
     assert "releases.json" in (tmp_path / "state" / "policy.log").read_text()
+
+
+def test_a_failed_attempt_spends_no_answer(tmp_path):
+    site = Site(tmp_path, "max_fingerprints_per_day = 1")
+    fp = tmp_path / "work" / K.FINGERPRINT_FILE
+    good = fp.read_text()
+    doc = json.loads(good)
+    fp.write_text(json.dumps({**doc, "vector": doc["vector"][:-3]}))  # the worker wrote a broken file
+    reply = site.ask("run-1")
+    assert reply.has_error() and reply.error.code == K.ERR_BAD_REQUEST
+    fp.write_text(good)
+    assert _side(site.ask("run-1"))["summary"]["orientations"] == ["RAS"]
