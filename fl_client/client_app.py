@@ -223,34 +223,43 @@ def _share(msg: Message, context: Context, pol) -> Message:
 
 def _fingerprint(msg: Message, context: Context, pol) -> Message:
     """The plan's query: summary + categorical counts in clear, the vector masked
-    (in the federation's layout) with the round's secure-aggregation request."""
+    (in the federation's layout) with the round's secure-aggregation request. Once
+    per run id (fl_client.policy.admit_fingerprint): the same request again gets the
+    identical cached reply."""
     from fl_common.fingerprint_codec import encode_counts, federation_vector
-    from .fingerprint import fingerprint_path, read_fingerprint
+    from .fingerprint import cached_content, content_to_cache, fingerprint_path, read_fingerprint
     sec = msg.content.config_records.get(K.REC_SECAGG)
-    P.admit_fingerprint(pol, secure=sec is not None)
     cfg = _config(msg)
+    state = _node(context, K.NODE_STATE_DIR)
+    request = P.request_digest(cfg, None if sec is None else dict(sec))
+    cached = P.admit_fingerprint(pol, state, cfg, request, secure=sec is not None)
+    if cached is not None:
+        return _reply(msg, cached_content(cached, _info(context)), context)
     reply = read_fingerprint(fingerprint_path(_node(context, K.NODE_WORKER_SOCKET)))
     vector = federation_vector(reply["modality"], reply["vector"])
     if reply["summary"]["cases"] < 1:
         raise P.SiteFault("the site fingerprinted no case (every case skipped or unlabelled)")
     if not P.case_counts_allowed(pol):  # its case counts stay (they are inside the masked sum only)
+        from imaging_core.plan.fingerprint import coarsen_categorical
         from imaging_core.plan.harmonise import hide_counts
-        reply = {**reply, "summary": hide_counts(reply["summary"])}
+        reply = {**reply, "summary": hide_counts(reply["summary"]),
+                 "categorical": coarsen_categorical(reply["categorical"])}
     content = RecordDict({K.REC_INFO: _info(context)})
     if sec is None:
         side = {**reply, "vector": [int(v) for v in vector]}
     else:
-        from fl_common.secagg.checks import received
+        from .fingerprint import fingerprint_received
         sa = _secagg(context, str(sec[K.SESSION]))
         rnd = int(cfg.get(K.SERVER_ROUND, 0))
         clip, weight = sa.setup_bounds()
         # equal weights: the unmasked mean times the survivors is the exact sum
         up = sa.mask(rnd, encode_counts(vector, clip), weight, bytes(sec[K.PAYLOAD]),
-                     received=received({}, cfg, str(cfg.get(K.RUN_ID, "")), rnd))
+                     received=fingerprint_received(cfg, rnd))
         content[K.REC_MASKED] = ArrayRecord({K.VECTOR: Array(up.vector)})
         content[K.REC_SECAGG] = ConfigRecord({K.PAYLOAD: up.payload})
         side = {**reply, "vector": None}
     content[K.REC_FINGERPRINT] = ConfigRecord({K.PAYLOAD: json.dumps(side).encode()})
+    P.keep_fingerprint(pol, state, cfg, request, content_to_cache(content))
     return _reply(msg, content, context)
 
 
@@ -360,12 +369,13 @@ def _cross_site(msg: Message, context: Context, pol) -> Message:
     content = RecordDict({K.REC_INFO: _info(context)})
     if refused:
         content[K.REC_REFUSED] = ConfigRecord(refused)
+    secret = P.case_secret(_node(context, K.NODE_STATE_DIR), str(cfg[K.RUN_ID]))
     with _worker(context) as w:
         for i, rnd, c, arrays in admitted:
             metrics, n = w.evaluate(str(c[K.RUN_ID]), rnd, arrays, c)
             cases = metrics.pop("cases", {})
             content[_rec(K.REC_METRICS, i, batch)] = metric_record(_val_metrics(pol, metrics, n))
-            per_case = P.outgoing_cases(pol, cases) if n >= pol.min_val_cases else {}
+            per_case = P.outgoing_cases(pol, cases, secret) if n >= pol.min_val_cases else {}
             if per_case:
                 content[_rec(K.REC_CASES, i, batch)] = MetricRecord(per_case)
     return _reply(msg, content, context)
@@ -376,11 +386,15 @@ def _rec(record: str, i: int, batch: bool) -> str:
 
 
 def _local_model(msg: Message, context: Context, pol) -> Message:
-    """The local-only model's weights, once per run and only with the site's consent
-    ([policy] share_local_model): the coordinator sends them on to the other sites."""
+    """The local-only model's weights, only with the site's consent ([policy]
+    share_local_model): the final one of this run's own training (never an earlier
+    round, whatever the request names), once per run and each model once ever
+    (fl_client.policy.claim_local_model). The coordinator sends them on to the other sites."""
     cfg = _config(msg)
-    rnd = P.admit_share_local(pol, _node(context, K.NODE_STATE_DIR), cfg)
+    state = _node(context, K.NODE_STATE_DIR)
+    rnd = P.admit_share_local(pol, state, cfg)
     with _worker(context) as w:
         weights = w.local_model(str(cfg[K.RUN_ID]), rnd)
+    P.claim_local_model(state, str(cfg[K.RUN_ID]), weights)
     return _reply(msg, RecordDict({K.REC_ARRAYS: to_record(weights),
                                    K.REC_INFO: _info(context)}), context)

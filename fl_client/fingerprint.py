@@ -57,3 +57,50 @@ def read_fingerprint(path: str | Path, wait: float = 120.0) -> dict:
             raise RuntimeError(f"no fingerprint at {path}: the site worker has not written one")
         time.sleep(0.2)
     return json.loads(path.read_text())
+
+
+def fingerprint_received(cfg: dict, rnd: int):
+    """What the site signs for its masked fingerprint: the digest the server computes
+    (checks.received of no model and the round config), and as the secure-aggregation
+    ledger's model entry one of this run's own. No model was received: the empty
+    model's entry would refuse every later run's plan stage, and once per run id and
+    per day is the release ledger's bound (fl_client.policy.admit_fingerprint)."""
+    import dataclasses
+    import hashlib
+
+    from fl_common.secagg.checks import received
+    run = str(cfg.get(K.RUN_ID, ""))
+    return dataclasses.replace(received({}, cfg, run, rnd),
+                               model=hashlib.sha256(f"fedvox-fingerprint/{run}".encode()).digest())
+
+
+# ----- the answer to one run's request, kept for an identical repeat (policy.admit_fingerprint)
+def content_to_cache(content) -> dict:
+    """A fingerprint reply's records as JSON (arrays and bytes in base64)."""
+    import base64
+    out: dict = {"arrays": {}, "configs": {}}
+    for name in (K.REC_MASKED,):
+        if name in content.array_records:
+            out["arrays"][name] = {k: {"dtype": a.numpy().dtype.str, "shape": list(a.numpy().shape),
+                                       "data": base64.b64encode(a.numpy().tobytes()).decode()}
+                                   for k, a in content.array_records[name].items()}
+    for name in (K.REC_SECAGG, K.REC_FINGERPRINT):
+        if name in content.config_records:
+            out["configs"][name] = {k: base64.b64encode(bytes(v)).decode()
+                                    for k, v in content.config_records[name].items()}
+    return out
+
+
+def cached_content(cached: dict, info):
+    """The RecordDict of a kept reply: the same bytes as the first answer."""
+    import base64
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+    content = RecordDict({K.REC_INFO: info})
+    for name, arrays in cached["arrays"].items():
+        content[name] = ArrayRecord({k: Array(np.frombuffer(base64.b64decode(a["data"]), dtype=a["dtype"])
+                                              .reshape(a["shape"]).copy()) for k, a in arrays.items()})
+    for name, values in cached["configs"].items():
+        content[name] = ConfigRecord({k: base64.b64decode(v) for k, v in values.items()})
+    return content

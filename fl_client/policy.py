@@ -11,8 +11,10 @@ of the model each round's train message carried and the evaluations left.
 
 Cross-site evaluation (after the final evaluation only): each other model is
 evaluated once per hash, at most ``max_cross_site_models`` per run, so the
-final stage is no open evaluation oracle; the local-only model leaves once,
-and only with ``share_local_model = true`` (the site's consent).
+final stage is no open evaluation oracle; the local-only model leaves only with
+``share_local_model = true`` (the site's consent), only the final one of the
+run's own training, and each model at most once ever (fl_client.release_ledger,
+which also bounds new runs and fingerprint answers per day).
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ import json
 import math
 import os
 import re
+import secrets
 from pathlib import Path
 
 import numpy as np
 
 from fl_common import keys as K
 from fl_common.config import PolicyTable, read_site_file
+
+from .release_ledger import LedgerFault, ReleaseLedger, now, run_tag, started_today, write_private
 
 
 class Refused(Exception):
@@ -54,6 +59,10 @@ CROSS_REPEAT = "policy: this model was already evaluated in this run"
 CROSS_BOUND = "policy: no cross-site evaluation left in this run"
 NO_CONSENT = "policy: this site does not share its local model"
 LOCAL_SHARED = "policy: the local model was already sent in this run"
+LOCAL_SENT_BEFORE = "policy: this local model was already sent"
+RUNS_BOUND = "policy: no new run left today"
+FINGERPRINT_REPEAT = "policy: this run's fingerprint was already answered"
+FINGERPRINT_BOUND = "policy: no fingerprint answer left today"
 BAD_REQUEST = "bad request: a record or key is missing or malformed"
 WORKER_FAILED = "the site worker failed; see the site's logs"
 INTERNAL = "the site failed; see the site's logs"
@@ -74,6 +83,15 @@ def load_policy(node_config) -> PolicyTable:
     try:
         return read_site_file(str(path)).policy if path else PolicyTable()
     except ValueError as e:  # ConfigError / ImagingError: one line naming the file, for the site's log
+        raise SiteFault(str(e)) from None
+
+
+@contextlib.contextmanager
+def _releases(state_dir):
+    try:
+        with ReleaseLedger(state_dir).open() as data:
+            yield data
+    except LedgerFault as e:
         raise SiteFault(str(e)) from None
 
 
@@ -152,8 +170,7 @@ class PolicyState:
 
     def __init__(self, state_dir: str | os.PathLike, run_id: str):
         self.dir = Path(state_dir) / "policy"
-        tag = hashlib.sha256(run_id.encode()).hexdigest()[:24]  # the server's string never names a file
-        self.path = self.dir / f"run-{tag}.json"
+        self.path = self.dir / f"run-{run_tag(run_id)}.json"
 
     @contextlib.contextmanager
     def open(self):
@@ -191,16 +208,66 @@ def admit_train(pol: PolicyTable, state_dir, cfg: dict, arrays: dict, secure: bo
             raise Refused(ROUND_BACKWARDS)
         if rnd == st["latest"] and st["trained"][str(rnd)] != digest:
             raise Refused(MODEL_CHANGED)
+        if not st["trained"]:  # a new run: one more local training, bounded per day
+            _start_run(pol, state_dir, cfg[K.RUN_ID])
         # a replayed round (server restart) trains the same model again and may be evaluated again
         st["trained"][str(rnd)], st["latest"], st["evals_left"] = digest, rnd, 1
     return rnd
 
 
-def admit_fingerprint(pol: PolicyTable, secure: bool) -> None:
-    """The plan's fingerprint query: its histogram vector leaves only masked,
-    like an update, unless the site itself opted out of secure aggregation."""
+def _start_run(pol: PolicyTable, state_dir, run: str) -> None:
+    with _releases(state_dir) as led:
+        tag, t = run_tag(run), now()
+        if tag not in led["runs"]:
+            if started_today(led["runs"], t) >= pol.max_runs_per_day:
+                raise Refused(RUNS_BOUND)
+            led["runs"][tag] = t
+
+
+def request_digest(cfg: dict, secagg: dict | None) -> str:
+    """What identifies a fingerprint request: its round config and secure-aggregation record."""
+    def plain(v):
+        return v.hex() if isinstance(v, bytes) else repr(v)
+    return hashlib.sha256(json.dumps([cfg, secagg], sort_keys=True, default=plain).encode()).hexdigest()
+
+
+def admit_fingerprint(pol: PolicyTable, state_dir, cfg: dict, request: str, secure: bool) -> dict | None:
+    """The plan's fingerprint query: its histogram vector leaves only masked, like an
+    update, unless the site itself opted out of secure aggregation. One answer per run
+    id, at most ``max_fingerprints_per_day`` run ids: the same request again gets the
+    cached reply (returned here: the same bytes reveal nothing new), another request
+    under an answered run id is refused. None: compute it, then ``keep_fingerprint``
+    (which checks again and records it) before it leaves."""
     if pol.require_secure_aggregation and not secure:
         raise Refused(SECAGG_REQUIRED)
+    run = cfg.get(K.RUN_ID)
+    if not isinstance(run, str) or not 0 < len(run) <= 128:
+        raise Refused(BAD_RUN)
+    with _releases(state_dir) as led:
+        return _fingerprint_slot(pol, state_dir, led, run, request)
+
+
+def _fingerprint_slot(pol: PolicyTable, state_dir, led: dict, run: str, request: str) -> dict | None:
+    prev = led["fingerprints"].get(run_tag(run))
+    if prev is not None:
+        cached = ReleaseLedger(state_dir).reply_path(run)
+        if prev["request"] != request or not cached.is_file():
+            raise Refused(FINGERPRINT_REPEAT)
+        return json.loads(cached.read_text())
+    if started_today(led["fingerprints"], now()) >= pol.max_fingerprints_per_day:
+        raise Refused(FINGERPRINT_BOUND)
+    return None
+
+
+def keep_fingerprint(pol: PolicyTable, state_dir, cfg: dict, request: str, reply: dict) -> None:
+    """Record the run's answer (so a failed attempt spends no slot) and keep its reply
+    for an identical repeat (0600); Refused if another process answered meanwhile."""
+    run = cfg[K.RUN_ID]
+    with _releases(state_dir) as led:
+        if _fingerprint_slot(pol, state_dir, led, run, request) is not None:
+            raise Refused(FINGERPRINT_REPEAT)
+        write_private(ReleaseLedger(state_dir).reply_path(run), json.dumps(reply).encode())
+        led["fingerprints"][run_tag(run)] = {"time": now(), "request": request}
 
 
 def admit_evaluate(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:
@@ -252,25 +319,52 @@ def admit_cross_site(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> in
 
 def admit_share_local(pol: PolicyTable, state_dir, cfg: dict) -> int:
     """Raise Refused unless the site consents to share its local-only model, the run's
-    final evaluation is done and the model was not sent before in this run."""
+    final evaluation is done and the model was not sent before in this run. Returns
+    the run's last trained round: its local-only model is the only one that may leave
+    (whatever round the request names), and only after ``claim_local_model``."""
     if not pol.share_local_model:
         raise Refused(NO_CONSENT)
-    rnd, run = _closed_run(pol, cfg)
+    _, run = _closed_run(pol, cfg)
     with PolicyState(state_dir, run).open() as st:
         if not st["closed"]:
             raise Refused(CROSS_NOT_FINAL)
         if st.get("local_shared"):
             raise Refused(LOCAL_SHARED)
         st["local_shared"] = True
-    return rnd
+        return st["latest"]
 
 
-def outgoing_cases(pol: PolicyTable, cases: dict) -> dict[str, list[float]]:
-    """Per-case value lists (no case ids) of allow-listed metrics, only where the
-    site opted in (``cross_site_per_case``)."""
-    if not pol.cross_site_per_case or not isinstance(cases, dict):
+def claim_local_model(state_dir, run: str, arrays: dict) -> None:
+    """Record in the site-wide ledger that this local-only model leaves; Refused if
+    these weights (by content hash) ever left before, under any run id."""
+    digest = model_hash(arrays)
+    with _releases(state_dir) as led:
+        if digest in led["local_models"]:
+            raise Refused(LOCAL_SENT_BEFORE)
+        led["local_models"][digest] = {"run": run_tag(run), "time": now()}
+
+
+def case_secret(state_dir, run: str) -> str:
+    """The run's secret (made at the site, kept in its PolicyState, never sent) that
+    orders its per-case lists: one order for every model of the run, so values pair
+    up across models, and another order in every run, so positions name no case."""
+    with PolicyState(state_dir, run).open() as st:
+        return st.setdefault("case_order_secret", secrets.token_hex(32))
+
+
+def outgoing_cases(pol: PolicyTable, cases: dict, secret: str) -> dict[str, list[float]]:
+    """Per-case value lists (no case ids) of allow-listed metrics, only where the site
+    opted in (``cross_site_per_case``) and lets its case count leave (a list's length
+    is that count), each list in the order of the run's secret permutation."""
+    if not pol.cross_site_per_case or not case_counts_allowed(pol) or not isinstance(cases, dict):
         return {}
     pat = _pattern(pol.metrics)
-    return {k: [float(x) for x in v] for k, v in cases.items()
-            if isinstance(k, str) and pat.fullmatch(k) and isinstance(v, list)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
+    out = {k: [float(x) for x in v] for k, v in cases.items()
+           if isinstance(k, str) and pat.fullmatch(k) and isinstance(v, list)
+           and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
+    if len({len(v) for v in out.values()}) > 1:  # not one value per case: nothing pairs up, none leaves
+        return {}
+    n = len(next(iter(out.values()), []))
+    seed = int.from_bytes(hashlib.sha256(f"case-order/{secret}/{n}".encode()).digest(), "little")
+    order = np.random.default_rng(seed).permutation(n)
+    return {k: [v[i] for i in order] for k, v in out.items()}

@@ -99,7 +99,7 @@ class SiteWorker:
     def train(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float, dict]:
         """Local epochs from the global weights -> (delta, weight, scalar metrics)."""
         if cfg.get(K.LOCAL_MODEL):  # the Train RPC's tensor reply carries it: no new worker API
-            return self.local_model(server_round), 0.0, {}
+            return self.local_model(server_round, cfg.get(K.RUN_ID)), 0.0, {}
         if not self.data.cases("training"):
             raise RuntimeError(f"{self.name}: no usable training cases")
         self._load(self.net, weights)
@@ -153,17 +153,26 @@ class SiteWorker:
         else:  # round 1 starts from the same initial model as the federation
             self._load(net, init_weights)
         hist = self._trainer(net, server_round, {**cfg, "prox_mu": 0.0}, None).fit(show_progress=False)
-        save_checkpoint({"net": net.state_dict(), "round": server_round}, self._local_path(server_round))
+        # the run is recorded: a later run overwrites the file, and only this run's may leave
+        save_checkpoint({"net": net.state_dict(), "round": server_round, "run": cfg.get(K.RUN_ID)},
+                        self._local_path(server_round))
         return {"local_train_loss": hist.epochs[-1]["loss"]}
 
-    def local_model(self, server_round: int) -> dict[str, np.ndarray]:
-        """The site's latest local-only model (float tensors, as the global weights);
-        the ClientApp sends it only with the site's consent (fl_client.policy)."""
-        path = self._latest_local(server_round)
-        if path is None:
-            raise RuntimeError(f"{self.name}: no local-only model (is [federation] local_baseline on?)")
+    def local_model(self, server_round: int, run_id: str | None) -> dict[str, np.ndarray]:
+        """The local-only model this site trained in round ``server_round`` of run
+        ``run_id`` (float tensors, as the global weights): that exact file, or an
+        error. The ClientApp asks only for the run's last trained round, with the
+        site's consent (fl_client.policy)."""
+        path = self._local_path(server_round)
+        if not path.exists():
+            raise RuntimeError(f"{self.name}: no local-only model of round {server_round} "
+                               "(is [federation] local_baseline on?)")
+        ckpt = load_checkpoint(path)
+        if not run_id or ckpt.get("run") != run_id or ckpt.get("round") != server_round:
+            raise RuntimeError(f"{path}: the local-only model of round {server_round} is another run's "
+                               "(a later run trained over it)")
         net = self.task.build_net()
-        net.load_state_dict(load_checkpoint(path)["net"])
+        net.load_state_dict(ckpt["net"])
         return {k: v.numpy() for k, v in float_state(net).items()}
 
     def evaluate(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float]:

@@ -65,6 +65,6 @@ class WorkerClient:
 
     def local_model(self, run_id: str, server_round: int) -> dict:
         """The site's local-only model (over the Train RPC: fl_client.worker.SiteWorker.train)."""
-        from fl_common.keys import LOCAL_MODEL
-        weights, _, _ = self.train(run_id, server_round, {}, {LOCAL_MODEL: True})
+        from fl_common.keys import LOCAL_MODEL, RUN_ID
+        weights, _, _ = self.train(run_id, server_round, {}, {LOCAL_MODEL: True, RUN_ID: run_id})
         return weights

@@ -112,9 +112,15 @@ class PolicyTable(Table):
     share_local_model: bool = False
     # other models this site evaluates after the final one (cross-site matrix), each once
     max_cross_site_models: Annotated[int, Field(ge=0)] = 8
-    # per-case values (lists in case order, no case ids) of the allowed metrics, in the
-    # cross-site replies only: finer than any mean, so off unless the site opts in
+    # per-case values (no case ids, shuffled by a secret permutation per run) of the allowed
+    # metrics, in the cross-site replies only, and only where "num_val" is allowed (a list's
+    # length is the case count): finer than any mean, so off unless the site opts in
     cross_site_per_case: bool = False
+    # new runs this site trains in per 24 h: each run is one more local training (a new
+    # local-only model) and one more final stage of evaluations (fl_client.release_ledger)
+    max_runs_per_day: PosInt = 4
+    # plan-stage fingerprint answers per 24 h, one per run id (a repeat gets the same bytes)
+    max_fingerprints_per_day: PosInt = 4
 
 
 class TrustTable(Table):

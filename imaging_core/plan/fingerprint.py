@@ -8,9 +8,13 @@ Three parts, by what may leave the site and how:
   spacing and extent counts on fixed grids, background and label counts. It
   leaves only inside a secure sum.
 - ``categorical``: orientation codes and scanner (manufacturer|model|kernel)
-  counts; a count below SMALL_COUNT is merged into "other" before it leaves.
+  counts; a count below SMALL_COUNT is merged into "other", and an "other"
+  still below it is left out, so no reported count is below SMALL_COUNT. Where
+  the site keeps its case count, ``coarsen_categorical`` also rounds every count
+  down to a multiple of SMALL_COUNT, so their sum does not give the count.
 - ``summary``: the site's own row of the harmonisation table (medians and
-  percentiles over its cases, its label set, skipped cases).
+  percentiles over its cases, its label set, skipped cases); it names only the
+  orientations of at least SMALL_COUNT cases.
 Per-case records stay at the site (``cases``).
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..data.datalist import Case, load_datalist
 from .layout import (EXTENT_BINS, EXTENT_STEP, FRACTION_BINS, MAX_LABEL, SPACING_BINS, SPACING_STEP,
                      Layout, grid_index, intensity_bins, intensity_counts)
 
-SMALL_COUNT = 3            # categorical counts below this leave as "other"
+SMALL_COUNT = 3            # no count (nor the name of a category) below this leaves
 BACKGROUND_FRACTION = 0.05  # this share of voxels at the image minimum: a filled background
 FINGERPRINT_VERSION = 1
 
@@ -189,12 +193,21 @@ def background_convention(at_min_fraction: float, min_value: float) -> str:
 
 
 def suppress(counts: Counter) -> dict[str, int]:
-    """Category counts with those below SMALL_COUNT merged into 'other'."""
+    """Category counts with those below SMALL_COUNT merged into 'other', and an
+    'other' below SMALL_COUNT left out (it would count one or two cases)."""
     out: dict[str, int] = {}
     for k, n in sorted(counts.items()):
         key = k if n >= SMALL_COUNT else "other"
         out[key] = out.get(key, 0) + n
-    return out
+    return {k: n for k, n in out.items() if n >= SMALL_COUNT}
+
+
+def coarsen_categorical(categorical: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Suppressed counts rounded down to multiples of SMALL_COUNT: for a site that
+    keeps its case count, whose counts would otherwise sum to it (each is still
+    >= SMALL_COUNT, and the true total may be up to 2 more per category and 'other')."""
+    return {f: {k: int(n) // SMALL_COUNT * SMALL_COUNT for k, n in suppress(Counter(c)).items()}
+            for f, c in categorical.items()}
 
 
 def _summary(site: str, modality: str, label_names: dict[int, str], cases: list[CaseFingerprint],
@@ -204,7 +217,8 @@ def _summary(site: str, modality: str, label_names: dict[int, str], cases: list[
         return float(np.median(vals)) if vals else None
 
     conv = Counter(background_convention(c.at_min_fraction, c.min_value) for c in cases)
-    orient = Counter(c.orientation for c in cases)
+    # names of one or two cases' orientations would single them out: as in the counts
+    orient = Counter({k: n for k, n in suppress(Counter(c.orientation for c in cases)).items() if k != "other"})
     return {
         "site": site, "modality": modality, "cases": len(cases), "skipped": len(skipped),
         "spacing": [med([c.spacing[a] for c in cases]) for a in range(3)],

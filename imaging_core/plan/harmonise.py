@@ -121,7 +121,8 @@ def flags_for(summaries: Mapping[str, Mapping]) -> list[Flag]:
     allo = sorted({o for v in orients.values() for o in v if o})
     if len(allo) > 1:
         major = max(allo, key=lambda o: sum(o in v for v in orients.values()))
-        odd = sorted(s for s, v in orients.items() if v != [major])
+        # a site that names no orientation (all below the small-count threshold) is not odd
+        odd = sorted(s for s, v in orients.items() if any(v) and v != [major])
         flags.append(Flag("orientation_mix", odd, f"orientations {allo} (most sites {major})",
                           "none if every site reorients to [preprocess].orientation (fedvox does); a "
                           "wrong header flips anatomy silently", "check each flagged site's headers "

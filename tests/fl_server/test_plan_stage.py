@@ -172,3 +172,17 @@ def test_round_loop_runs_the_check_first_and_a_refusal_fails_the_run(tmp_path):
     info = RunRecord.open(tmp_path / "run").info
     assert info["status"] == "failed" and info["reason"].startswith("harmonisation check failed under --strict")
     assert not RunRecord.open(tmp_path / "run").rounds     # no round ran
+
+
+def test_a_second_runs_plan_stage_is_answered_and_sums_the_same(tmp_path):
+    """The same sites, a second legitimate run (its own session): each site masks its
+    fingerprint again (once per run id, within its daily bound) and the sum is the same.
+    It used to fail: the secure-aggregation ledger held the empty model of run 1."""
+    sites = Sites(tmp_path, SPECS)
+    nodes = sites.get_node_ids()
+    totals = [fingerprint_sum(Stage(sites), nodes, run, SecureAggregation(sites.roster, lambda r=run: f"{r}.s1"),
+                              timeout=30)[0] for run in ("run-1", "run-2")]
+    assert np.array_equal(totals[0], totals[1])
+    for ctx in sites.ctx.values():  # each site counted two answers against its daily bound
+        ledger = json.loads((Path(ctx.node_config[K.NODE_STATE_DIR]) / "policy" / "releases.json").read_text())
+        assert len(ledger["fingerprints"]) == 2

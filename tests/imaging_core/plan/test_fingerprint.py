@@ -33,8 +33,9 @@ def test_zero_background_and_small_counts(site_writer):
     fp = fingerprint_site(site_writer("z", modality="MR", n=2, background="zero"), "MR")
     assert fp.summary["background"] == "zero-filled"
     assert Layout("MR").unpack(fp.vector)["zero_min"][0] == 2
-    # 2 cases in one orientation: below SMALL_COUNT, it leaves as "other"
-    assert fp.categorical["orientation"] == {"other": 2}
+    # 2 cases in one orientation: below SMALL_COUNT, so is their "other": neither leaves, nor the name
+    assert fp.categorical["orientation"] == {}
+    assert fp.summary["orientations"] == [] and fp.summary["orientation"] is None
 
 
 def test_bad_case_is_skipped_and_named(site_writer):
@@ -60,4 +61,4 @@ def test_dicom_series_scanner_and_hu(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "img/c0", "label": "c0_seg.nii.gz"}]}))
     fp = fingerprint_site(tmp_path / "dataset.json", "CT")
     assert fp.cases[0].scanner.startswith("fedvox|") and fp.summary["whole"]["0.5"] < -900
-    assert fp.categorical["scanner"] == {"other": 1}   # one case: below the small-count bound
+    assert fp.categorical["scanner"] == {}   # one case: below the small-count bound, not even as "other"
