@@ -26,30 +26,19 @@ found within the box alone. That is exact, not an approximation: every target
 edge voxel lies in the box, and so does every query voxel, so the nearest
 target found inside the box is the nearest one overall.
 
-How the nearest-edge distances are found (the values are the same either way):
-
-* ``"edt"``: a distance transform of the target edges over the box, read at
-  the query voxels. The transform is pluggable (``set_distance_transform``) so
-  a compiled EDT can replace scipy's; without a plug-in, scipy's feature
-  transform (``distance_transform_edt(..., return_indices=True)``) is used and
-  distances are computed at the query voxels only.
-* ``"kdtree"``: nearest neighbours among the surface voxels' coordinates
-  (what MONAI 1.6.1 itself does on CPU, after cropping to the same box).
-* ``"auto"`` (default): the plug-in EDT when one is set; otherwise whichever of
-  the two is cheaper for this box. scipy's transform costs ~60 ns per box voxel
-  and the KD-tree ~0.3-0.9 us per surface voxel here, so large boxes with few
-  surface voxels (big organs, or a stray false positive far away that
-  stretches the box over the volume and would make the dense transform need
-  gigabytes) go to the KD-tree, compact ones to the EDT.
+How the nearest-edge distances are found (the values are the same either way)
+is ``nearest.py``'s job: fedvox's compiled exact EDT over the box where it can
+be built, scipy's otherwise, or a KD-tree over the surface voxels
+(``set_distance_method``, ``set_distance_transform``).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
-from scipy.spatial import cKDTree
+
+from .nearest import (DistanceTransform, directed, get_distance_transform,  # noqa: F401 (re-exported)
+                      scipy_distance_transform, set_distance_method, set_distance_transform)
 
 __all__ = [
     "set_distance_transform", "get_distance_transform", "scipy_distance_transform",
@@ -58,53 +47,6 @@ __all__ = [
     "surface_metrics", "compute_hausdorff_distance", "compute_average_surface_distance",
     "percentile_of", "bounding_box",
 ]
-
-#: ``fn(targets, sampling) -> distances``: ``targets`` is a bool array, the result
-#: (same shape, float) holds for every voxel the Euclidean distance in mm to the
-#: nearest True voxel of ``targets``, axes scaled by ``sampling``. That is
-#: ``scipy.ndimage.distance_transform_edt(~targets, sampling=sampling)``.
-DistanceTransform = Callable[[np.ndarray, Sequence[float]], np.ndarray]
-
-_distance_transform: DistanceTransform | None = None
-
-_METHODS = ("auto", "edt", "kdtree")
-_method = "auto"
-
-# "auto" without a plug-in: KD-tree when the box has more voxels than this per
-# surface voxel (query + target). Measured here (2-core CPU, shifted spheres of
-# radius 8..60): scipy's feature transform 50-70 ns per box voxel, KD-tree
-# build + query 0.3-0.95 us per surface voxel, breaking even at 5-15.
-_KDTREE_VOXELS_PER_POINT = 8
-
-
-def set_distance_transform(fn: DistanceTransform | None) -> DistanceTransform | None:
-    """Use ``fn`` for every distance transform from now on (None: built-in scipy path).
-
-    Returns the previous plug-in, so callers (and tests) can restore it.
-    """
-    global _distance_transform
-    if fn is not None and not callable(fn):
-        raise TypeError(f"distance transform must be callable, got {type(fn).__name__}")
-    prev, _distance_transform = _distance_transform, fn
-    return prev
-
-
-def get_distance_transform() -> DistanceTransform | None:
-    return _distance_transform
-
-
-def set_distance_method(method: str) -> str:
-    """``"auto"`` (default), ``"edt"`` or ``"kdtree"``; returns the previous one."""
-    global _method
-    if method not in _METHODS:
-        raise ValueError(f"distance method must be one of {_METHODS}, got {method!r}")
-    prev, _method = _method, method
-    return prev
-
-
-def scipy_distance_transform(targets: np.ndarray, sampling: Sequence[float]) -> np.ndarray:
-    """Reference implementation of the plug-in contract (dense, float64)."""
-    return ndi.distance_transform_edt(~np.asarray(targets, dtype=bool), sampling=tuple(sampling))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -199,45 +141,6 @@ def mask_edges(mask) -> np.ndarray:
     return out
 
 
-def _directed(query: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Distance (mm) from every True voxel of ``query`` (C order) to the nearest True
-    voxel of ``target``; both non-empty arrays of the same (box) shape."""
-    q = np.nonzero(query)
-    method = _method
-    if method == "auto":
-        if _distance_transform is not None:
-            method = "edt"
-        else:
-            n_points = q[0].size + int(np.count_nonzero(target))
-            method = "kdtree" if target.size > _KDTREE_VOXELS_PER_POINT * n_points else "edt"
-    if method == "kdtree":
-        # Surface voxels shared by both masks are at distance 0: only the others are
-        # looked up (most of them, for a good segmentation).
-        out = np.zeros(q[0].size, dtype=np.float64)
-        away = ~target[q]
-        if away.any():
-            scale = np.asarray(spacing, dtype=np.float64)
-            pts_t = np.argwhere(target) * scale
-            pts_q = np.stack([i[away] for i in q], axis=1) * scale
-            # leafsize 32: one batched query per tree, so a cheaper build pays off
-            out[away] = cKDTree(pts_t, leafsize=32).query(pts_q, k=1)[0]
-        return out
-    if _distance_transform is not None:
-        dist = np.asarray(_distance_transform(target, spacing), dtype=np.float64)
-        if dist.shape != target.shape:
-            raise ValueError(f"distance transform returned shape {dist.shape}, expected {target.shape}")
-        return dist[q]
-    # The feature transform gives the nearest target voxel's index for every voxel;
-    # distances are then needed at the query voxels only, not densely.
-    ft = ndi.distance_transform_edt(~target, sampling=spacing, return_distances=False,
-                                    return_indices=True)
-    d2 = np.zeros(q[0].size, dtype=np.float64)
-    for ax, s in enumerate(spacing):
-        diff = (ft[ax][q] - q[ax]).astype(np.float64) * s
-        d2 += diff * diff
-    return np.sqrt(d2)
-
-
 def _distances_in_box(pc: np.ndarray, gc: np.ndarray, spacing: tuple[float, ...],
                       symmetric: bool) -> tuple[np.ndarray, ...]:
     """Directed distance arrays from zero-padded crops ``pc`` (prediction) and ``gc``.
@@ -254,7 +157,7 @@ def _distances_in_box(pc: np.ndarray, gc: np.ndarray, spacing: tuple[float, ...]
             return np.full(n_q, np.inf)
         if n_q == 0:
             return np.full(n_t, np.inf)
-        return _directed(query, target, spacing)
+        return directed(query, target, spacing)
 
     out = (one(ep, eg, n_p, n_g),)
     if symmetric:

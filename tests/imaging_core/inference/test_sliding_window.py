@@ -79,3 +79,40 @@ def test_bad_arguments():
         sliding_window_inference(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=1.0)
     with pytest.raises(ValueError, match="spatial dims"):
         sliding_window_inference(torch.zeros(1, 8, 8, 8), (4, 4, 4), _net())
+
+
+def _minor_faults(fn) -> int:
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_cpu_inference_keeps_freed_memory_for_reuse():
+    """After a CPU sliding window, freeing and re-allocating a 64 MB buffer no longer
+    page-faults it in again (glibc); off with FEDVOX_KEEP_FREED_MEMORY=0."""
+    import os
+    import subprocess
+    import sys
+
+    from imaging_core.inference import sliding_window as sw
+    if not sys.platform.startswith("linux"):
+        pytest.skip("allocator policy is set on Linux (glibc) only")
+    sliding_window_inference(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), lambda t: t, overlap=0.0)
+    if not sw.keep_freed_memory():
+        pytest.skip("not glibc here: nothing to tune")
+
+    def cycle():
+        torch.ones(16 << 20).sum()  # 64 MB, freed at once
+
+    cycle()
+    assert _minor_faults(cycle) < 1000  # ~16k 4-KiB pages when glibc mmaps it afresh
+    code = ("import torch\nfrom imaging_core.inference import sliding_window as sw\n"
+            "sw.sliding_window_inference(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), lambda t: t)\n"
+            "print(sw.keep_freed_memory())\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = dict(os.environ, FEDVOX_KEEP_FREED_MEMORY="0",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False"]

@@ -160,3 +160,35 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_volume(vol, target)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def inflate(request, monkeypatch):
+    """Runs a test with ISA-L's inflate (where installed) and with plain zlib."""
+    from imaging_core.io import nifti
+    if request.param == "isal" and nifti._isal_zlib is None:
+        pytest.skip("isal is not installed here (the zlib path is tested)")
+    if request.param == "zlib":
+        monkeypatch.setattr(nifti, "_isal_zlib", None)
+    return request.param
+
+
+def test_gz_same_array_either_inflate_and_writable(write_nifti, inflate):
+    """Both inflaters give nibabel's array; the array is the caller's to write
+    (kept in the file's x-fastest layout: no transposing copy)."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-1000, 2000, size=(23, 17, 11)).astype(np.int16)
+    p = write_nifti("ct.nii.gz", a)
+    vol = load_volume(p)
+    np.testing.assert_array_equal(vol.array[0], np.asanyarray(nib.load(p).dataobj))
+    assert vol.array.flags.writeable and vol.array.flags.f_contiguous
+    vol.array[0, 0, 0, 0] = 7  # the caller's own copy
+    assert load_volume(p).array[0, 0, 0, 0] == a[0, 0, 0]
+
+
+def test_truncated_gz_either_inflate(write_nifti, inflate):
+    p = write_nifti("t.nii.gz", np.random.default_rng(1).normal(size=(20, 20, 20)).astype(np.float32))
+    p.write_bytes(p.read_bytes()[:-300])
+    with pytest.raises(ImagingError) as e:
+        load_volume(p)
+    _assert_names(e, p, "truncated")

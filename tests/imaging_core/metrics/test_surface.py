@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from imaging_core.metrics import nearest as N
 from imaging_core.metrics import surface as S
 from imaging_core.metrics import (average_surface_distance, compute_average_surface_distance,
                                   compute_hausdorff_distance, hausdorff_distance, mask_edges,
@@ -16,7 +17,26 @@ from imaging_core.metrics import (average_surface_distance, compute_average_surf
 
 monai_metrics = pytest.importorskip("monai.metrics")
 
-METHODS = ("edt", "kdtree")
+# "edt" runs fedvox's compiled EDT (built on first use); "edt-scipy" the same
+# method with the compiled ops taken away, as where they cannot be built.
+METHODS = ("edt", "edt-scipy", "kdtree")
+
+
+class use_method:
+    """``with use_method(m):`` runs the block with one of METHODS, then restores."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.saved = N._compiled
+        if self.name == "edt-scipy":
+            N._compiled = False
+        self.prev = set_distance_method(self.name.split("-")[0])
+
+    def __exit__(self, *exc):
+        set_distance_method(self.prev)
+        N._compiled = self.saved
 
 
 def sphere(size, centre, r):
@@ -66,9 +86,8 @@ def assert_same(ours, ref, tol=1e-5):
 
 @pytest.fixture(params=METHODS)
 def method(request):
-    prev = set_distance_method(request.param)
-    yield request.param
-    set_distance_method(prev)
+    with use_method(request.param):
+        yield request.param
 
 
 # ----------------------------------------------------------------- reference values
@@ -121,16 +140,13 @@ def test_random_cases_match_monai(seed):
         refs["asd", sym] = monai(monai_metrics.SurfaceDistanceMetric, yp, y, spacing,
                                  include_background=inc, symmetric=sym)
     for m in METHODS:
-        prev = set_distance_method(m)
-        try:
+        with use_method(m):
             for pct in (95, None):
                 for directed in (False, True):
                     assert_same(compute_hausdorff_distance(yp, y, inc, pct, directed, spacing),
                                 refs["hd", pct, directed])
             for sym in (False, True):
                 assert_same(compute_average_surface_distance(yp, y, inc, sym, spacing), refs["asd", sym])
-        finally:
-            set_distance_method(prev)
 
 
 def test_numpy_bool_inputs_and_per_batch_spacing():
@@ -253,8 +269,8 @@ def test_auto_method_picks_kdtree_for_stretched_box(monkeypatch):
     g[2:5, 2:5, 2:5] = True
     p[36, 37, 38] = True  # one far false positive stretches the box over the volume
     used = []
-    real = S.cKDTree
-    monkeypatch.setattr(S, "cKDTree", lambda *a, **k: used.append(1) or real(*a, **k))
+    real = N.cKDTree
+    monkeypatch.setattr(N, "cKDTree", lambda *a, **k: used.append(1) or real(*a, **k))
     auto = surface_distances(p, g, (1.0, 2.0, 0.5), symmetric=True)
     assert used
     prev = set_distance_method("edt")
@@ -307,3 +323,55 @@ def test_non_bool_inputs_same_as_bool():
         assert surface_metrics(conv(p), conv(g), sp) == want
     z = np.full((5, 5, 5), -0.0)
     assert math.isnan(hausdorff_distance(z, z))
+
+
+def _ops_build_here() -> bool:
+    from imaging_core.postprocess.build import OpsBuildError, load_ops
+    try:
+        load_ops()
+        return True
+    except OpsBuildError:
+        return False
+
+
+@pytest.mark.parametrize("shape", [(31, 24, 17), (40, 33)])
+def test_compiled_edt_used_and_equal_to_scipy(shape):
+    """Where the ops build, "edt" runs the compiled transform, with scipy's values."""
+    if not _ops_build_here():
+        pytest.skip("fedvox's compiled ops cannot be built here (the scipy path is tested)")
+    rng = np.random.default_rng(7)
+    p = random_labels(rng, shape, 2, 3) > 0
+    g = np.roll(p, 2, axis=0)
+    g[(0,) * len(shape)] = True
+    sp = tuple(rng.uniform(0.4, 2.5, size=len(shape)))
+    with use_method("edt"):
+        assert N.dense_backend(len(shape)) == "compiled"
+        ours = surface_distances(p, g, sp, symmetric=True)
+    with use_method("edt-scipy"):
+        assert N.dense_backend(len(shape)) == "scipy"
+        ref = surface_distances(p, g, sp, symmetric=True)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert N.dense_backend(1) == "scipy"  # the compiled EDT is 2-D/3-D only
+
+
+def test_falls_back_to_scipy_where_ops_cannot_build(tmp_path):
+    """No C++ compiler (and no cached build): the metrics still run, on scipy's EDT."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np\n"
+            "from imaging_core.metrics import nearest, hausdorff_distance\n"
+            "x = np.ogrid[:128, :128, :128]\n"
+            "r2 = lambda c: sum((a - b) ** 2 for a, b in zip(x, c)) <= 400\n"
+            "print(nearest.dense_backend(3), repr(hausdorff_distance(r2((70, 64, 64)), r2((64, 64, 64)),"
+            " (1.5, 1.5, 2.0), 95)))\n")
+    env = dict(os.environ, CXX="no-such-compiler-xyz", FEDVOX_OPS_CACHE=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    backend, value = res.stdout.split()
+    assert backend == "scipy"
+    assert float(value) == pytest.approx(8.631338119506836, abs=1e-6)

@@ -193,3 +193,26 @@ def test_roundtrip_spacing_crop_dice():
 def test_to_original_space_requires_meta():
     with pytest.raises(ValueError):
         to_original_space(Volume(np.zeros((1, 2, 2, 2), np.uint8), np.eye(4)))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16, np.float32, np.bool_])
+def test_spacing_same_values_for_any_memory_layout(dtype):
+    """C order, x-fastest (a NIfTI file's layout), flipped and permuted views
+    (what Orientation returns) give bit-identical resampled arrays, C-contiguous."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 300, size=(1, 41, 37, 19)).astype(dtype)
+    A = np.diag([0.8, 0.9, 2.5, 1.0])
+    views = {"C": base, "F": np.asfortranarray(base),
+             "F flipped": np.asfortranarray(base[:, ::-1, ::-1])[:, ::-1, ::-1],
+             "C flipped": np.ascontiguousarray(base[:, :, ::-1])[:, :, ::-1],
+             "permuted": np.ascontiguousarray(base.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)}
+    for key in ("image", "label"):
+        outs = {}
+        for name, arr in views.items():
+            assert np.array_equal(arr, base)
+            out = Spacing((1.5, 1.3, 2.0), keys=(key,))({key: Volume(arr, A)})[key].array
+            assert out.flags.c_contiguous and not np.shares_memory(out, arr)
+            outs[name] = out
+        for name, out in outs.items():
+            assert out.dtype == outs["C"].dtype
+            np.testing.assert_array_equal(out, outs["C"], err_msg=f"{key}, {name} layout")
