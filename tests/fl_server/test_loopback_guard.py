@@ -1,0 +1,173 @@
+"""fl_common.loopback_guard with real processes, in a network namespace and a
+cgroup this test creates and removes: a real `flower-superlink` runs as a
+throwaway service uid inside the guarded cgroup; `flwr ls` (a Control API
+call, what `flwr run` / `flwr stop` use) from another uid (nobody) is refused
+at TCP connect, while the service uid and root get an answer; a listener
+outside the cgroup stays reachable for everyone; removing the guard opens the
+port again. Needs root, nsenter/setpriv, nftables and cgroup v2 (skips with the
+reason otherwise). The host's own ruleset is never touched: nft runs only
+inside the namespace.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fl_common import loopback_guard as G
+from fl_common.flower import BIN_DIR, flower_env
+from fl_common.supervise import ProcessGroup, free_port
+from fl_server.flwr_cli import write_cli_config
+from fl_server.netns import Scratch, namespaces_available
+
+pytestmark = [pytest.mark.timeout(240)]
+SERVICE_UID = 47000 + secrets.randbelow(1000)  # no passwd entry needed: setpriv takes numbers
+OTHER_UID = 65534  # nobody
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespace, nftables, cgroups)"
+    for tool in ("nft", "nsenter", "setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    try:
+        G.cgroup2_mount()
+    except G.GuardError as e:
+        return str(e)
+    return namespaces_available()
+
+
+WHY_NOT = _why_not()
+# a raw Control API request (what `flwr ls` sends), printing Flower's HTTP status or the refusal
+PROBE = """
+import socket, sys
+try:
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)
+    if sys.argv[2:]:
+        c.sendall(b"POST /v1/control/list-runs HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n"
+                  b"Connection: close\\r\\n\\r\\n")
+        print("http", c.recv(64).split(b" ")[1].decode())
+    else:
+        print("connected")
+except OSError as e:
+    print("refused", e.errno)
+"""
+# other uids cannot run this venv's python when it lives under /root (0700): probes use the system's
+OTHER_PY = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None)
+
+
+def _as(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+@pytest.fixture()
+def guarded():
+    if WHY_NOT:
+        pytest.skip(f"loopback guard test: {WHY_NOT}")
+    tag = secrets.token_hex(3)
+    cg_rel = f"fvx-guard-{tag}"
+    cg = G.cgroup2_mount() / cg_rel
+    cg.mkdir()
+    base = Path(tempfile.mkdtemp(prefix="fvx-guard-"))
+    base.chmod(0o755)  # other uids must reach their own homes below it
+    group = ProcessGroup("test-guard")
+    try:
+        with Scratch(tag) as ns:
+            yield {"ns": ns, "cg_rel": cg_rel, "cg": cg, "base": base, "group": group}
+            group.stop_all(timeout=15)
+    finally:
+        group.stop_all(timeout=15)
+        left = group.leftovers()
+        for _ in range(50):  # the cgroup empties once its processes are reaped
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not left, f"processes left running: {left}"
+    assert not cg.exists(), f"cgroup {cg} left behind"
+    assert not Path("/run/netns", f"fvx-{tag}-scratch").exists()
+
+
+def _flwr_ls(ns: Scratch, address: str, home: Path) -> dict | str:
+    """`flwr ls` as root in the namespace (this venv may be unreadable to other uids)."""
+    write_cli_config(home, "guarded", address, insecure=True)
+    cp = subprocess.run([*ns.enter_prefix(), str(BIN_DIR / "flwr"), "ls", "guarded", "--format", "json"], capture_output=True,
+                        text=True, timeout=60, env=flower_env(home))
+    i = cp.stdout.find("{")
+    return json.JSONDecoder().raw_decode(cp.stdout, i)[0] if i >= 0 else (cp.stdout + cp.stderr)[-800:]
+
+
+def _probe(ns: Scratch, uid: int, port: int, http: bool = True) -> str:
+    r = subprocess.run([*ns.enter_prefix(), *_as(uid), OTHER_PY, "-c", PROBE, str(port), *(["h"] if http else [])],
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    return r.stdout.strip() or r.stderr[-500:]
+
+
+def _guard(ns: Scratch, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*ns.enter_prefix(), sys.executable, "-m", "fl_common.loopback_guard", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+
+
+def test_only_root_and_the_service_uid_reach_the_guarded_superlink(guarded):
+    if OTHER_PY is None:
+        pytest.skip("no system python3 that other uids can run (for the probes)")
+    ns, base, group = guarded["ns"], guarded["base"], guarded["group"]
+    port, other_port = free_port(), free_port()  # ports are per namespace: nothing else is in this one
+    # the guard keys on the LISTENER's cgroup (and the CONNECTING uid), so the SuperLink may run as
+    # root here; in the unit it runs as the service user in fedvox-server.service's cgroup
+    into_cgroup = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(guarded["cg"] / "cgroup.procs")]
+    sl = group.start("superlink", [*into_cgroup, *ns.enter_prefix(), BIN_DIR / "flower-superlink", "--insecure",
+                                   "--host", "127.0.0.1", "--port", str(port),
+                                   "--disable-runtime-dependency-installation"],
+                     base / "superlink.log", env=flower_env(base / "sl_home"), cwd=base)
+    sl.wait_for_log(r"Uvicorn running on https?://", 90)
+    group.start("plain", [*ns.enter_prefix(), sys.executable, "-c",  # a listener outside the cgroup
+                          "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen()\n"
+                          "print('listening', flush=True)\ntime.sleep(120)\n" % other_port],
+                base / "plain.log").wait_for_log("listening", 30)
+
+    # before the guard: any local uid talks to the Control API (the hole this closes)
+    before = _probe(ns, OTHER_UID, port)
+    assert before.startswith("http "), before
+
+    r = _guard(ns, "install", "--user", str(SERVICE_UID), "--cgroup", guarded["cg_rel"])
+    assert r.returncode == 0, r.stderr
+    tables = subprocess.run([*ns.enter_prefix(), "nft", "list", "tables"], capture_output=True, text=True,
+                            timeout=30).stdout
+    assert f"table inet {G.table_name(guarded['cg_rel'])}" in tables
+    assert _probe(ns, OTHER_UID, port) == "refused 111"  # reset at connect: no byte reaches Flower
+    assert _probe(ns, SERVICE_UID, port) == before  # the same answer as before for the service user
+    ls = _flwr_ls(ns, f"127.0.0.1:{port}", base / "root_home")  # the real CLI, as root
+    assert isinstance(ls, dict) and ls.get("success") is True, ls
+    assert _probe(ns, OTHER_UID, other_port, http=False) == "connected"  # only the service's sockets
+
+    r = _guard(ns, "remove", "--cgroup", guarded["cg_rel"])
+    assert r.returncode == 0, r.stderr
+    assert _probe(ns, OTHER_UID, port) == before
+    assert "fedvox_guard" not in subprocess.run([*ns.enter_prefix(), "nft", "list", "tables"],
+                                                capture_output=True, text=True, timeout=30).stdout
+
+
+def test_bad_input_is_one_clear_error():
+    with pytest.raises(G.GuardError, match="root cgroup"):
+        G.ruleset("t", 1000, "/")
+    with pytest.raises(G.GuardError, match="no such user"):
+        G.resolve_uid("no-such-user-fedvox-test")
+    text = G.ruleset("fedvox_guard_x", 991, "system.slice/fedvox-server.service")
+    assert "meta skuid != { 0, 991 }" in text and 'level 2 "system.slice/fedvox-server.service"' in text
+    assert G.table_name("system.slice/fedvox-server.service") == "fedvox_guard_fedvox_server_service"
+    with pytest.raises(G.GuardError, match="does not exist|no cgroup2"):
+        G.install(991, f"fvx-no-such-cgroup-{secrets.token_hex(3)}")
