@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 MARK = 0x00800000  # one ct mark bit ("from an untrusted local uid"); OR-ed in, other bits kept
-_DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")  # where nft resolves `socket cgroupv2` paths
+_NFT_CGROUP_ROOT = Path("/sys/fs/cgroup")  # where nft resolves `socket cgroupv2` paths
 
 
 class GuardError(RuntimeError):
@@ -72,17 +72,30 @@ def resolve_uid(user: str) -> int:
         raise GuardError(f"no such user {user!r} (the service's User=)") from None
 
 
-def ruleset(table: str, uid: int, cgroup: str) -> str:
+def nft_cgroup_path(cgroup: str, mount: Path) -> str:
+    """The path nft wants: nft resolves `socket cgroupv2` paths under /sys/fs/cgroup only, so
+    on a hybrid host (cgroup2 at /sys/fs/cgroup/unified) it is 'unified/<cgroup>'; the rule
+    keeps the cgroup's id, and ``level`` counts from the cgroup2 root either way."""
+    try:
+        prefix = mount.relative_to(_NFT_CGROUP_ROOT)
+    except ValueError:
+        raise GuardError(f"cgroup2 is mounted at {mount}, outside {_NFT_CGROUP_ROOT} where nft "
+                         "looks up cgroups") from None
+    return str(prefix / cgroup.strip("/")).removeprefix("./")
+
+
+def ruleset(table: str, uid: int, cgroup: str, nft_path: str | None = None) -> str:
     """The nft script that (re)creates ``table`` atomically."""
     cg = cgroup.strip("/")
     if not cg:
         raise GuardError("refusing to guard the root cgroup: that would cover every process "
                          "on the machine; run this from the service's own cgroup (ExecStartPre)")
-    if '"' in cg or "\n" in cg:
+    path = nft_path or cg
+    if '"' in path or "\n" in path:
         raise GuardError(f"cgroup path {cgroup!r} has a quote or newline")
     level = cg.count("/") + 1
     exempt = "0" if uid == 0 else f"0, {uid}"
-    match = f'iifname "lo" ct mark and {MARK:#x} == {MARK:#x} socket cgroupv2 level {level} "{cg}"'
+    match = f'iifname "lo" ct mark and {MARK:#x} == {MARK:#x} socket cgroupv2 level {level} "{path}"'
     return (f"add table inet {table}\ndelete table inet {table}\n"
             f"table inet {table} {{\n"
             "  chain mark_untrusted {\n"
@@ -97,21 +110,11 @@ def ruleset(table: str, uid: int, cgroup: str) -> str:
             "}\n")
 
 
-def _nft(script: str, cgroup_root: Path | None = None, timeout: float = 30.0) -> None:
-    """Run ``nft -f -``. nft resolves cgroup paths under /sys/fs/cgroup only, so on a hybrid
-    host (cgroup2 at /sys/fs/cgroup/unified) it runs in a private mount namespace where the
-    cgroup2 hierarchy is bind-mounted there; the rule keeps the cgroup's id, not the path."""
+def _nft(script: str, timeout: float = 30.0) -> None:
     nft = shutil.which("nft")
     if nft is None:
         raise GuardError("`nft` is not installed (apt-get install nftables / dnf install nftables)")
-    argv = [nft, "-f", "-"]
-    if cgroup_root is not None and cgroup_root != _DEFAULT_CGROUP_ROOT:
-        if shutil.which("unshare") is None:
-            raise GuardError(f"cgroup2 is mounted at {cgroup_root}, not {_DEFAULT_CGROUP_ROOT}, and "
-                             "`unshare` (util-linux) is missing to present it where nft looks")
-        argv = ["unshare", "-m", "sh", "-c", 'mount --make-rprivate / && mount --bind "$0" '
-                f'{_DEFAULT_CGROUP_ROOT} && exec "$@"', str(cgroup_root), *argv]
-    r = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout)
     if r.returncode:
         raise GuardError(f"nft refused the loopback guard: {r.stderr.strip() or r.returncode}")
 
@@ -122,7 +125,7 @@ def install(uid: int, cgroup: str, table: str | None = None) -> str:
     root = cgroup2_mount()
     if not (root / cgroup.strip("/")).is_dir():
         raise GuardError(f"cgroup {cgroup!r} does not exist under {root}")
-    _nft(ruleset(table, uid, cgroup), root)
+    _nft(ruleset(table, uid, cgroup, nft_cgroup_path(cgroup, root)))
     return table
 
 
@@ -131,7 +134,7 @@ def remove(table: str) -> None:
     _nft(f"add table inet {table}\ndelete table inet {table}\n")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fl_common.loopback_guard",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["install", "remove"])
@@ -139,6 +142,11 @@ def main(argv=None) -> int:
     p.add_argument("--cgroup", help="cgroup v2 path to guard (default: this process's own, "
                                     "i.e. the unit's when run as its ExecStartPre)")
     p.add_argument("--table", help="nftables table name (default: from the cgroup's name)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     try:
         cgroup = a.cgroup if a.cgroup is not None else own_cgroup()

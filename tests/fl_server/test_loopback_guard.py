@@ -37,7 +37,7 @@ OTHER_UID = 65534  # nobody
 def _why_not() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespace, nftables, cgroups)"
-    for tool in ("nft", "nsenter", "setpriv", "unshare"):
+    for tool in ("nft", "nsenter", "setpriv"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     try:
@@ -115,8 +115,11 @@ def _probe(ns: Scratch, uid: int, port: int, http: bool = True) -> str:
     return r.stdout.strip() or r.stderr[-500:]
 
 
+GUARD_CAPS = ["setpriv", "--bounding-set=-all,+net_admin"]  # as the units' ExecStartPre runs it
+
+
 def _guard(ns: Scratch, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ns.enter_prefix(), sys.executable, "-m", "fl_common.loopback_guard", *args],
+    return subprocess.run([*ns.enter_prefix(), *GUARD_CAPS, sys.executable, "-m", "fl_common.loopback_guard", *args],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
 
