@@ -1,12 +1,13 @@
 """fl_common.loopback_guard with real processes, in a network namespace and a
-cgroup this test creates and removes: a real `flower-superlink` runs as a
-throwaway service uid inside the guarded cgroup; `flwr ls` (a Control API
-call, what `flwr run` / `flwr stop` use) from another uid (nobody) is refused
-at TCP connect, while the service uid and root get an answer; a listener
-outside the cgroup stays reachable for everyone; removing the guard opens the
-port again. Needs root, nsenter/setpriv, nftables and cgroup v2 (skips with the
-reason otherwise). The host's own ruleset is never touched: nft runs only
-inside the namespace.
+cgroup this test creates and removes: a real `flower-superlink` runs inside the
+guarded cgroup; a Control API request (what `flwr run` / `flwr stop` / `flwr
+ls` send) from another uid (nobody) is reset at TCP connect, while a throwaway
+service uid gets Flower's answer and root's `flwr ls` succeeds; a socket of the
+cgroup on the namespace's own non-loopback address (as the Fleet gate's) is
+guarded too, a listener outside the cgroup stays reachable for everyone;
+removing the guard opens the port again. Needs root, nsenter/setpriv, nftables
+and cgroup v2 (skips with the reason otherwise). The host's own ruleset is
+never touched: nft runs only inside the namespace.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,8 +52,8 @@ WHY_NOT = _why_not()
 PROBE = """
 import socket, sys
 try:
-    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)
-    if sys.argv[2:]:
+    c = socket.create_connection((sys.argv[3] if sys.argv[3:] else "127.0.0.1", int(sys.argv[1])), 5)
+    if sys.argv[2] == "h":
         c.sendall(b"POST /v1/control/list-runs HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n"
                   b"Connection: close\\r\\n\\r\\n")
         print("http", c.recv(64).split(b" ")[1].decode())
@@ -62,6 +62,9 @@ try:
 except OSError as e:
     print("refused", e.errno)
 """
+HOST_IP = "10.231.78.1"  # exists only inside the test's namespace
+LISTEN = [sys.executable, "-c", "import socket,sys,time\ns=socket.socket()\n"
+          "s.bind((sys.argv[1], int(sys.argv[2])))\ns.listen()\nprint('listening', flush=True)\ntime.sleep(120)\n"]
 # other uids cannot run this venv's python when it lives under /root (0700): probes use the system's
 OTHER_PY = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None)
 
@@ -79,7 +82,6 @@ def guarded():
     cg = G.cgroup2_mount() / cg_rel
     cg.mkdir()
     base = Path(tempfile.mkdtemp(prefix="fvx-guard-"))
-    base.chmod(0o755)  # other uids must reach their own homes below it
     group = ProcessGroup("test-guard")
     try:
         with Scratch(tag) as ns:
@@ -103,15 +105,15 @@ def guarded():
 def _flwr_ls(ns: Scratch, address: str, home: Path) -> dict | str:
     """`flwr ls` as root in the namespace (this venv may be unreadable to other uids)."""
     write_cli_config(home, "guarded", address, insecure=True)
-    cp = subprocess.run([*ns.enter_prefix(), str(BIN_DIR / "flwr"), "ls", "guarded", "--format", "json"], capture_output=True,
-                        text=True, timeout=60, env=flower_env(home))
+    cp = subprocess.run([*ns.enter_prefix(), str(BIN_DIR / "flwr"), "ls", "guarded", "--format", "json"],
+                        capture_output=True, text=True, timeout=60, env=flower_env(home))
     i = cp.stdout.find("{")
     return json.JSONDecoder().raw_decode(cp.stdout, i)[0] if i >= 0 else (cp.stdout + cp.stderr)[-800:]
 
 
-def _probe(ns: Scratch, uid: int, port: int, http: bool = True) -> str:
-    r = subprocess.run([*ns.enter_prefix(), *_as(uid), OTHER_PY, "-c", PROBE, str(port), *(["h"] if http else [])],
-                       capture_output=True, text=True, timeout=30, cwd="/")
+def _probe(ns: Scratch, uid: int, port: int, http: bool = True, host: str = "127.0.0.1") -> str:
+    r = subprocess.run([*ns.enter_prefix(), *_as(uid), OTHER_PY, "-c", PROBE, str(port),
+                        "h" if http else "-", host], capture_output=True, text=True, timeout=30, cwd="/")
     return r.stdout.strip() or r.stderr[-500:]
 
 
@@ -119,8 +121,8 @@ GUARD_CAPS = ["setpriv", "--bounding-set=-all,+net_admin"]  # as the units' Exec
 
 
 def _guard(ns: Scratch, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ns.enter_prefix(), *GUARD_CAPS, sys.executable, "-m", "fl_common.loopback_guard", *args],
-                          capture_output=True, text=True, timeout=60,
+    return subprocess.run([*ns.enter_prefix(), *GUARD_CAPS, sys.executable, "-m", "fl_common.loopback_guard",
+                           *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
 
 
@@ -137,10 +139,15 @@ def test_only_root_and_the_service_uid_reach_the_guarded_superlink(guarded):
                                    "--disable-runtime-dependency-installation"],
                      base / "superlink.log", env=flower_env(base / "sl_home"), cwd=base)
     sl.wait_for_log(r"Uvicorn running on https?://", 90)
-    group.start("plain", [*ns.enter_prefix(), sys.executable, "-c",  # a listener outside the cgroup
-                          "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen()\n"
-                          "print('listening', flush=True)\ntime.sleep(120)\n" % other_port],
+    group.start("plain", [*ns.enter_prefix(), *LISTEN, "127.0.0.1", str(other_port)],  # outside the cgroup
                 base / "plain.log").wait_for_log("listening", 30)
+    # a socket of the unit on this host's own (non-loopback) address, like the Fleet gate's:
+    # local traffic to it is routed over lo, so it is guarded too
+    for args in (["link", "add", "fvxa", "type", "veth", "peer", "name", "fvxb"], ["link", "set", "fvxb", "up"],
+                 ["addr", "add", f"{HOST_IP}/24", "dev", "fvxa"], ["link", "set", "fvxa", "up"]):
+        subprocess.run(["ip", "-n", ns.name, *args], check=True, timeout=10)
+    group.start("host-addr", [*into_cgroup, *ns.enter_prefix(), *LISTEN, HOST_IP, str(other_port)],
+                base / "host-addr.log").wait_for_log("listening", 30)
 
     # before the guard: any local uid talks to the Control API (the hole this closes)
     before = _probe(ns, OTHER_UID, port)
@@ -156,6 +163,8 @@ def test_only_root_and_the_service_uid_reach_the_guarded_superlink(guarded):
     ls = _flwr_ls(ns, f"127.0.0.1:{port}", base / "root_home")  # the real CLI, as root
     assert isinstance(ls, dict) and ls.get("success") is True, ls
     assert _probe(ns, OTHER_UID, other_port, http=False) == "connected"  # only the service's sockets
+    assert _probe(ns, OTHER_UID, other_port, http=False, host=HOST_IP) == "refused 111"
+    assert _probe(ns, SERVICE_UID, other_port, http=False, host=HOST_IP) == "connected"
 
     r = _guard(ns, "remove", "--cgroup", guarded["cg_rel"])
     assert r.returncode == 0, r.stderr
@@ -174,3 +183,13 @@ def test_bad_input_is_one_clear_error():
     assert G.table_name("system.slice/fedvox-server.service") == "fedvox_guard_fedvox_server_service"
     with pytest.raises(G.GuardError, match="does not exist|no cgroup2"):
         G.install(991, f"fvx-no-such-cgroup-{secrets.token_hex(3)}")
+
+
+def test_nft_is_given_the_cgroup_path_under_sys_fs_cgroup_on_pure_and_hybrid_hosts():
+    cg = "system.slice/fedvox-site.service"
+    assert G.nft_cgroup_path(cg, Path("/sys/fs/cgroup")) == cg
+    assert G.nft_cgroup_path(cg, Path("/sys/fs/cgroup/unified")) == f"unified/{cg}"
+    with pytest.raises(G.GuardError, match="outside /sys/fs/cgroup"):
+        G.nft_cgroup_path(cg, Path("/mnt/cg2"))
+    # the level counts from the cgroup2 root, whatever prefix nft needs
+    assert 'level 2 "unified/system.slice/fedvox-site.service"' in G.ruleset("t", 5, cg, f"unified/{cg}")
