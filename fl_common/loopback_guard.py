@@ -110,18 +110,45 @@ def ruleset(table: str, uid: int, cgroup: str, nft_path: str | None = None) -> s
             "}\n")
 
 
-def _nft(script: str, timeout: float = 30.0) -> None:
+def _nft_bin() -> str:
     nft = shutil.which("nft")
     if nft is None:
         raise GuardError("`nft` is not installed (apt-get install nftables / dnf install nftables)")
-    r = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout)
+    return nft
+
+
+def _nft(script: str, timeout: float = 30.0) -> None:
+    r = subprocess.run([_nft_bin(), "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout)
     if r.returncode:
         raise GuardError(f"nft refused the loopback guard: {r.stderr.strip() or r.returncode}")
 
 
+def other_guards(table: str) -> dict[str, int]:
+    """{table: exempt uid} of the other fedvox guards in this network namespace."""
+    out = {}
+    listed = subprocess.run([_nft_bin(), "list", "tables", "inet"], capture_output=True, text=True, timeout=30)
+    for name in re.findall(r"^table inet (fedvox_guard_\w+)$", listed.stdout, re.M):
+        if name == table:
+            continue
+        body = subprocess.run([_nft_bin(), "list", "table", "inet", name], capture_output=True, text=True,
+                              timeout=30).stdout
+        m = re.search(r"meta skuid != \{ 0(?:, (\d+))? \}", body)
+        if m:
+            out[name] = int(m.group(1) or 0)
+    return out
+
+
 def install(uid: int, cgroup: str, table: str | None = None) -> str:
-    """Install (or replace) the guard for ``cgroup``; returns the table name."""
+    """Install (or replace) the guard for ``cgroup``; returns the table name.
+
+    Every guard ORs the same mark bit ("not root nor MY user"), so two guards
+    for different users would refuse each other's user: that is refused here."""
     table = table or table_name(cgroup)
+    clash = {t: u for t, u in other_guards(table).items() if u != uid}
+    if clash:
+        raise GuardError(f"another loopback guard on this host lets a different user in "
+                         f"({', '.join(f'{t}: uid {u}' for t, u in clash.items())}); guarded fedvox units "
+                         f"on one host must share one User= (this one: uid {uid})")
     root = cgroup2_mount()
     if not (root / cgroup.strip("/")).is_dir():
         raise GuardError(f"cgroup {cgroup!r} does not exist under {root}")

@@ -48,13 +48,13 @@ def _why_not() -> str | None:
 
 
 WHY_NOT = _why_not()
-# a raw Control API request (what `flwr ls` sends), printing Flower's HTTP status or the refusal
+# connect and (given a path) POST an empty request, printing Flower's HTTP status or the refusal
 PROBE = """
 import socket, sys
 try:
     c = socket.create_connection((sys.argv[3] if sys.argv[3:] else "127.0.0.1", int(sys.argv[1])), 5)
-    if sys.argv[2] == "h":
-        c.sendall(b"POST /v1/control/list-runs HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n"
+    if sys.argv[2] != "-":
+        c.sendall(b"POST " + sys.argv[2].encode() + b" HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n"
                   b"Connection: close\\r\\n\\r\\n")
         print("http", c.recv(64).split(b" ")[1].decode())
     else:
@@ -67,6 +67,11 @@ LISTEN = [sys.executable, "-c", "import socket,sys,time\ns=socket.socket()\n"
           "s.bind((sys.argv[1], int(sys.argv[2])))\ns.listen()\nprint('listening', flush=True)\ntime.sleep(120)\n"]
 # other uids cannot run this venv's python when it lives under /root (0700): probes use the system's
 OTHER_PY = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None)
+
+
+def _into(cgroup: Path) -> list[str]:
+    """argv prefix: move into ``cgroup`` (as a unit's processes are), then exec the rest."""
+    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
 
 
 def _as(uid: int) -> list[str]:
@@ -111,9 +116,13 @@ def _flwr_ls(ns: Scratch, address: str, home: Path) -> dict | str:
     return json.JSONDecoder().raw_decode(cp.stdout, i)[0] if i >= 0 else (cp.stdout + cp.stderr)[-800:]
 
 
-def _probe(ns: Scratch, uid: int, port: int, http: bool = True, host: str = "127.0.0.1") -> str:
+CONTROL = "/v1/control/list-runs"  # what `flwr ls` calls
+
+
+def _probe(ns: Scratch, uid: int, port: int, http: bool = True, host: str = "127.0.0.1",
+           path: str = CONTROL) -> str:
     r = subprocess.run([*ns.enter_prefix(), *_as(uid), OTHER_PY, "-c", PROBE, str(port),
-                        "h" if http else "-", host], capture_output=True, text=True, timeout=30, cwd="/")
+                        path if http else "-", host], capture_output=True, text=True, timeout=30, cwd="/")
     return r.stdout.strip() or r.stderr[-500:]
 
 
@@ -133,7 +142,7 @@ def test_only_root_and_the_service_uid_reach_the_guarded_superlink(guarded):
     port, other_port = free_port(), free_port()  # ports are per namespace: nothing else is in this one
     # the guard keys on the LISTENER's cgroup (and the CONNECTING uid), so the SuperLink may run as
     # root here; in the unit it runs as the service user in fedvox-server.service's cgroup
-    into_cgroup = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(guarded["cg"] / "cgroup.procs")]
+    into_cgroup = _into(guarded["cg"])
     sl = group.start("superlink", [*into_cgroup, *ns.enter_prefix(), BIN_DIR / "flower-superlink", "--insecure",
                                    "--host", "127.0.0.1", "--port", str(port),
                                    "--disable-runtime-dependency-installation"],
@@ -171,6 +180,42 @@ def test_only_root_and_the_service_uid_reach_the_guarded_superlink(guarded):
     assert _probe(ns, OTHER_UID, port) == before
     assert "fedvox_guard" not in subprocess.run([*ns.enter_prefix(), "nft", "list", "tables"],
                                                 capture_output=True, text=True, timeout=30).stdout
+
+
+def test_a_sites_supernode_runtime_api_is_guarded_and_guards_must_share_one_user(guarded):
+    if OTHER_PY is None:
+        pytest.skip("no system python3 that other uids can run (for the probes)")
+    ns, base, group = guarded["ns"], guarded["base"], guarded["group"]
+    link_port, runtime_port = free_port(), free_port()
+    group.start("superlink", [*ns.enter_prefix(), BIN_DIR / "flower-superlink", "--insecure", "--host",
+                              "127.0.0.1", "--port", str(link_port), "--disable-runtime-dependency-installation"],
+                base / "superlink.log", env=flower_env(base / "sl_home"),
+                cwd=base).wait_for_log(r"Uvicorn running on https?://", 90)
+    # the site unit's SuperNode, in the guarded cgroup, its Runtime API on loopback
+    sn = group.start("supernode", [*_into(guarded["cg"]), *ns.enter_prefix(), BIN_DIR / "flower-supernode",
+                                   "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--port",
+                                   str(runtime_port)], base / "supernode.log", env=flower_env(base / "sn_home"),
+                     cwd=base)
+    deadline = time.monotonic() + 90
+    while not _probe(ns, 0, runtime_port, http=False).startswith("connected"):
+        assert time.monotonic() < deadline and sn.popen.poll() is None, sn.tail(40)
+        time.sleep(0.5)
+    acquire = "/v1/runtime/acquire-task"  # the SuperExec-secret route; the rest want a task token
+    before = _probe(ns, OTHER_UID, runtime_port, path=acquire)
+    assert before.startswith("http "), before
+
+    r = _guard(ns, "install", "--user", str(SERVICE_UID), "--cgroup", guarded["cg_rel"])
+    assert r.returncode == 0, r.stderr
+    assert _probe(ns, OTHER_UID, runtime_port, path=acquire) == "refused 111"
+    assert _probe(ns, OTHER_UID, runtime_port, path="/health") == "refused 111"
+    assert _probe(ns, SERVICE_UID, runtime_port, path=acquire) == before
+    assert _probe(ns, OTHER_UID, link_port).startswith("http ")  # the SuperLink is not in this cgroup
+
+    # a second guard for another user would refuse this one's user (one shared mark bit): refused
+    r = _guard(ns, "install", "--user", str(SERVICE_UID + 1), "--cgroup", guarded["cg_rel"],
+               "--table", "fedvox_guard_second")
+    assert r.returncode == 1 and "must share one User=" in r.stderr, r.stderr
+    assert _guard(ns, "remove", "--cgroup", guarded["cg_rel"]).returncode == 0
 
 
 def test_bad_input_is_one_clear_error():
