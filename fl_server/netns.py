@@ -122,3 +122,37 @@ class Rehearsal:
         """Our namespaces that still exist (for the test's teardown check)."""
         r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
         return [ln.split()[0] for ln in r.stdout.splitlines() if ln.startswith(f"fvx-{self.tag}-")]
+
+
+class Scratch:
+    """One bare namespace (loopback up) for a test; ``close()`` deletes it.
+    ``enter_prefix()`` uses nsenter, which switches only the network namespace
+    (`ip netns exec` also remounts /sys, hiding the cgroup hierarchy)."""
+
+    def __init__(self, tag: str | None = None):
+        self.name = f"fvx-{tag or secrets.token_hex(3)}-scratch"
+        self.made = False
+
+    def __enter__(self) -> "Scratch":
+        _ip("netns", "add", self.name)
+        self.made = True
+        try:
+            _ip("-n", self.name, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def enter_prefix(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.name}"]
+
+    def close(self) -> None:
+        if self.made:
+            try:
+                _ip("netns", "del", self.name)
+            except NetnsError:
+                pass
+            self.made = False

@@ -3,6 +3,8 @@ certificate, SuperNode authentication, its state database. Flower 1.41 serves
 the Control, Fleet and Runtime (ServerAppIo) APIs on ONE port, so the
 SuperLink itself always binds 127.0.0.1 and, when sites elsewhere must reach
 it, fl_server.fleet_gate serves the Fleet API alone on the public addresses.
+Other local users are kept off that loopback port (which has no
+authentication) by fl_common.loopback_guard, which the systemd unit installs.
 Flower's quirks: fl_common.flower."""
 from __future__ import annotations
 

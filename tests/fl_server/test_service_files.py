@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from fl_common import exit_codes as X
+from fl_common import loopback_guard
 from fl_server.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 FEDVOX = "/opt/fedvox/venv/bin/fedvox"  # where deploy/README.md installs it
+PYTHON = "/opt/fedvox/venv/bin/python"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -80,7 +82,7 @@ def test_systemd_analyze_verifies_the_unit_and_rates_its_exposure_ok(unit, tmp_p
     if not exe.is_file():
         pytest.skip(f"{exe} not installed (pip install -e .)")
     copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace(FEDVOX, str(exe)))
+    copy.write_text(unit.read_text().replace(FEDVOX, str(exe)).replace(PYTHON, sys.executable))
     v = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0, v.stderr
     assert not any(w in v.stderr for w in ("Unknown key", "Unknown section", "Failed to parse", "Invalid")), v.stderr
@@ -90,6 +92,27 @@ def test_systemd_analyze_verifies_the_unit_and_rates_its_exposure_ok(unit, tmp_p
     assert line, s.stdout + s.stderr
     level = float(line[0].split(":")[-1].split()[0])
     assert level <= 2.0, line[0]  # systemd's scale: < 2 "OK", 10 "UNSAFE"
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_a_unit_guards_its_loopback_ports_with_net_admin_only(unit):
+    """ExecStartPre installs fl_common.loopback_guard for the unit's own cgroup and user,
+    ExecStopPost removes it; both as root ('+': nft needs AF_NETLINK, which the sandbox
+    refuses) with CAP_NET_ADMIN as the only capability left."""
+    svc = parse_unit(unit)["Service"]
+    user = svc["User"][-1]
+    for key, action in (("ExecStartPre", "install"), ("ExecStopPost", "remove")):
+        (line,) = svc[key]
+        assert line.startswith("+"), f"{unit.name}: {key} must run privileged ('+'), got {line!r}"
+        argv = shlex.split(line[1:])
+        assert argv[:2] == ["/usr/bin/setpriv", "--bounding-set=-all,+net_admin"], argv
+        assert argv[2:5] == [PYTHON, "-m", "fl_common.loopback_guard"], argv
+        a = loopback_guard.build_parser().parse_args(argv[5:])
+        assert a.action == action and a.cgroup is None and a.table is None  # the unit's own cgroup
+        if action == "install":
+            assert a.user == user
+    # the service itself keeps no capability and cannot touch netlink
+    assert svc["CapabilityBoundingSet"] == [""] and "AF_NETLINK" not in svc["RestrictAddressFamilies"][-1]
 
 
 def test_the_compose_file_runs_valid_fedvox_commands_hardened():
