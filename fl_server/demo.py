@@ -116,9 +116,13 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
         prov_hosts = {}
     prov, keys = enroll_and_provision(work, names, fed.federation.name.replace("_", "-"), **prov_hosts)
     run_dir = work / "run"
-    if run_dir.exists():  # a demo always starts a fresh run
-        import shutil
-        shutil.rmtree(run_dir)
+    import shutil
+    # a demo always starts a fresh run, with freshly enrolled sites: their old state (the
+    # policy's release ledger, secure-aggregation sessions) belonged to the previous keys,
+    # and would count this demo against the sites' daily run bounds
+    for old in (run_dir, work / "sites-work"):
+        if old.exists():
+            shutil.rmtree(old)
     RunRecord(run_dir).save_harmonisation(harmonisation)
     labels = dict(fed.labels)
     if hosts:
