@@ -19,7 +19,6 @@ which also bounds new runs and fingerprint answers per day).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ import numpy as np
 from fl_common import keys as K
 from fl_common.config import PolicyTable, read_site_file
 
-from .release_ledger import LedgerFault, ReleaseLedger, now, run_tag, started_today, write_private
+from .release_ledger import LedgerFault, ReleaseLedger, locked_json, now, run_tag, started_today, write_private
 
 
 class Refused(Exception):
@@ -172,27 +171,9 @@ class PolicyState:
         self.dir = Path(state_dir) / "policy"
         self.path = self.dir / f"run-{run_tag(run_id)}.json"
 
-    @contextlib.contextmanager
     def open(self):
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            st = json.loads(self.path.read_text()) if self.path.exists() else \
-                {"latest": 0, "trained": {}, "evals_left": 0, "closed": False}
-            yield st
-            self._write(st)
-        finally:
-            os.close(fd)
-
-    def _write(self, st: dict) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(st, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        return locked_json(self.dir / "lock", self.path, lambda: json.loads(self.path.read_text())
+                           if self.path.exists() else {"latest": 0, "trained": {}, "evals_left": 0, "closed": False})
 
 
 def admit_train(pol: PolicyTable, state_dir, cfg: dict, arrays: dict, secure: bool) -> int:

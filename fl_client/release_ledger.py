@@ -47,6 +47,22 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def locked_json(lock: Path, path: Path, load):
+    """``load()`` under an exclusive lock on ``lock``; the (changed) value is written back
+    to ``path`` (0600, fsync, atomic replace) when the block ends without an error. One
+    message at a time, across the site's processes."""
+    lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = load()
+        yield data
+        write_private(path, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+
+
 class ReleaseLedger:
     def __init__(self, state_dir: str | os.PathLike):
         self.dir = Path(state_dir) / "policy"
@@ -55,18 +71,9 @@ class ReleaseLedger:
     def reply_path(self, run_id: str) -> Path:
         return self.dir / f"fingerprint-{run_tag(run_id)}.json"
 
-    @contextlib.contextmanager
     def open(self):
         """The ledger's entries, locked; written back when the block ends without an error."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.dir / "releases.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = self._load()
-            yield data
-            write_private(self.path, json.dumps(data).encode())
-        finally:
-            os.close(fd)
+        return locked_json(self.dir / "releases.lock", self.path, self._load)
 
     def _load(self) -> dict:
         if not self.path.exists():

@@ -6,6 +6,21 @@ import pytest
 from fl_common.config import example_federation_path, load_federation
 
 
+@pytest.fixture(autouse=True)
+def node_identity(request):
+    """What Flower's ClientApp runtime sets before a handler runs (messages built in a
+    handler need it), for the modules that call the handlers directly as node ``NODE``."""
+    node = getattr(request.module, "NODE", None)
+    if node is None:
+        yield
+        return
+    from flwr.supercore.task_identity import TaskIdentity
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 42, node
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
 @pytest.fixture(scope="module")
 def tiny_worker(tmp_path_factory):
     """A SiteWorker of hospital_a on a small generated example (a tiny UNet, 24^3 patches)."""

@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
 from fl_common.tensors import from_record, to_record
@@ -21,13 +20,6 @@ NODE = 11
 ROUND = {"local_epochs": 1, "local_baseline": True, K.LR: 1e-3}
 OPEN = "require_secure_aggregation = false\nmin_val_cases = 1\n"
 
-
-@pytest.fixture(autouse=True)
-def node_identity():
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 42, NODE
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")

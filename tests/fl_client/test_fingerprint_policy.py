@@ -13,20 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
 
 NODE = 12
 OPEN = "require_secure_aggregation = false\n"
 
-
-@pytest.fixture(autouse=True)
-def node_identity():
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 42, NODE
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def _datalist(d: Path, flips: list[bool]) -> Path:

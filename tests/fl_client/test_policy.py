@@ -13,7 +13,6 @@ import stat
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_common import keys as K
 from fl_common.tensors import from_record, to_record
@@ -22,14 +21,6 @@ pytestmark = [pytest.mark.timeout(120)]  # on main, epochs=10**9 would train for
 NODE = 11
 EPOCHS = {"local_epochs": 1, "local_baseline": False, K.LR: 1e-3}
 
-
-@pytest.fixture(autouse=True)
-def node_identity():
-    """What Flower's ClientApp runtime sets before a handler runs: messages need it."""
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 3, 42, NODE
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")
