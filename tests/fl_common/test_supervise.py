@@ -61,7 +61,7 @@ with S.ProcessGroup("driver") as g:
 """
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_to_the_launcher_stops_everything(tmp_path, sig):
     """A program using ProcessGroup, interrupted, leaves nothing behind."""
@@ -75,7 +75,9 @@ def test_ctrl_c_or_sigterm_to_the_launcher_stops_everything(tmp_path, sig):
         gc = int((tmp_path / "gc.pid").read_text())
         assert S.pid_alive(gc) and S.tagged_pids(S.GROUP_ENV, tag)
         drv.send_signal(sig)
-        assert drv.wait(timeout=20) != 0
+        # stop_all's 10 s grace plus its /proc scans; on a loaded 2-core CI box (load 8) 20 s was
+        # not always enough
+        assert drv.wait(timeout=45) != 0
         assert not S.pid_alive(gc) and S.tagged_pids(S.GROUP_ENV, tag) == set()
     finally:
         if drv.poll() is None:
