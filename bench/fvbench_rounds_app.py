@@ -33,6 +33,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fl_common import keys as K
+from fl_common.tensors import from_record
 
 server = ServerApp()
 client = ClientApp()
@@ -266,7 +267,7 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     cfg = msg.content.config_records[K.REC_CONFIG]
     rnd, n, site = int(cfg[K.SERVER_ROUND]), int(cfg["num-params"]), _site(context)
-    arrays = {k: a.numpy() for k, a in msg.content.array_records[K.REC_ARRAYS].items()}  # decode
+    arrays = from_record(msg.content.array_records[K.REC_ARRAYS])  # decode, as client_app
     delta, weight = site_update(site, rnd, n), float(site_weight(site))
     sec = msg.content.config_records.get(K.REC_SECAGG)
     if sec is None:
@@ -291,7 +292,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[K.REC_CONFIG]
     rnd, site = int(cfg[K.SERVER_ROUND]), _site(context)
-    _w = msg.content.array_records[K.REC_ARRAYS]["w"].numpy()
+    _w = from_record(msg.content.array_records[K.REC_ARRAYS])["w"]
     content = RecordDict({K.REC_METRICS: MetricRecord({"loss": 0.0, K.NUM_EXAMPLES: float(site_weight(site))}),
                           K.REC_INFO: ConfigRecord({K.SITE: site})})
     sec = msg.content.config_records.get(K.REC_SECAGG)
