@@ -95,7 +95,7 @@ class SiteWorker:
         fingerprint_in_background(site.datalist_path, site.modality, site.name, self.work_dir / FINGERPRINT_FILE)
         self.net = self.task.build_net(seed=self.seed)
         self.loss_fn = self.task.loss()
-        self.task.eval_amp  # resolved now ("auto" times both on a forked RNG): never beside a training
+        self.task.eval_amp  # noqa: B018 - resolved now ("auto" forks the RNG): never beside a training
         self.local_wait = local_wait  # the longest a request waits for the local-only baseline
         self._local: _LocalOnly | None = None
         self._local_failed = 0  # the last round whose local-only training failed (its file is an older one)

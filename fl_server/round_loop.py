@@ -209,13 +209,12 @@ class RoundLoop:
         if row is None:  # resumed: was a round in flight when the server stopped?
             if int(self.record.info.get(IN_FLIGHT, 0)) != r:
                 return False
-            self._settle()  # the last committed round's held-out metrics first
             row = {"round": r, "status": "interrupted", "sites_aggregated": 0,
                    "reason": "the server stopped after sending this round's train requests"}
             self.record.add_round(row, [])
         elif row["status"] == "ok" or not self.aggregation.model_spent(r):
             return False
-        self._settle()
+        self._settle()  # the last committed round's held-out metrics and best model first
         why = (f"round {r} {row['status']} after the sites may have masked updates from its model; "
                "secure aggregation never re-runs a round from the same model (the sites refuse "
                "it): start a new run from another model to go on")
