@@ -9,11 +9,21 @@ Per-round determinism: the patches and the torch seed of round r depend only
 on (federation seed, site, r), and the local-only baseline of round r is
 trained from the round r-1 state saved on disk, so a replayed round (server
 restart) gives the same result.
+
+The local-only baseline of round r trains in a background thread after the
+train reply (the federated update) has gone: only its metrics are ever asked
+for, by the evaluate request of round r, which evaluates the global model first
+and then waits (bounded) for the baseline. Nothing else runs beside it: every
+other request waits for it first, so it alone uses the process's RNGs while it
+trains (the global model's evaluation draws no random numbers) and its result is
+the same as trained inline. Torch threads: it runs at the worker's thread count;
+only during the global-model evaluation do both share the cores.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -39,8 +49,30 @@ def _scalars(prefix: str, d: dict) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in d.items() if isinstance(v, (int, float, np.floating, np.integer))}
 
 
+class _LocalOnly:
+    """One round's local-only training in a daemon thread."""
+
+    def __init__(self, r: int, fn, *args):
+        self.round, self.metrics, self.error = r, None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                        name=f"fedvox-local-only-round-{r}")
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self.metrics = fn(*args)
+        except Exception as e:  # noqa: BLE001 - kept for the evaluate request; the worker stays up
+            log.exception("local-only baseline of round %d failed", self.round)
+            self.error = e
+
+    def wait(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class SiteWorker:
-    def __init__(self, fed: Federation, site: SiteConfig, work_dir: str | Path, device: str | None = None):
+    def __init__(self, fed: Federation, site: SiteConfig, work_dir: str | Path, device: str | None = None,
+                 local_wait: float = 1800.0):
         self.fed, self.site = fed, site
         self.name = site.name
         self.work_dir = Path(work_dir)
@@ -63,6 +95,10 @@ class SiteWorker:
         fingerprint_in_background(site.datalist_path, site.modality, site.name, self.work_dir / FINGERPRINT_FILE)
         self.net = self.task.build_net(seed=self.seed)
         self.loss_fn = self.task.loss()
+        self.task.eval_amp  # noqa: B018 - resolved now ("auto" forks the RNG): never beside a training
+        self.local_wait = local_wait  # the longest a request waits for the local-only baseline
+        self._local: _LocalOnly | None = None
+        self._local_failed = 0  # the last round whose local-only training failed (its file is an older one)
 
     # ----- introspection ----------------------------------------------------
     def status(self) -> dict:
@@ -97,11 +133,13 @@ class SiteWorker:
 
     # ----- one round --------------------------------------------------------
     def train(self, server_round: int, weights: dict[str, np.ndarray], cfg: dict) -> tuple[dict, float, dict]:
-        """Local epochs from the global weights -> (delta, weight, scalar metrics)."""
+        """Local epochs from the global weights -> (delta, weight, scalar metrics); the
+        local-only baseline of the round then trains in the background (``local_only``)."""
         if cfg.get(K.LOCAL_MODEL):  # the Train RPC's tensor reply carries it: no new worker API
             return self.local_model(server_round, cfg.get(K.RUN_ID)), 0.0, {}
         if not self.data.cases("training"):
             raise RuntimeError(f"{self.name}: no usable training cases")
+        self.local_only()  # a replayed or next round: the previous baseline is on disk first
         self._load(self.net, weights)
         start = float_state(self.net)
         anchor = {k: v.to(self.device) for k, v in start.items()} if float(cfg.get("prox_mu", 0)) > 0 else None
@@ -120,8 +158,38 @@ class SiteWorker:
         metrics = {"train_loss": hist.epochs[-1]["loss"], "train_seconds": time.perf_counter() - t0,
                    "patches": sum(e["patches"] for e in hist.epochs)}
         if cfg.get("local_baseline", True):
-            metrics.update(self._train_local_only(server_round, weights, cfg))
+            init = {k: np.array(v, copy=True) for k, v in weights.items()}
+            self._local = _LocalOnly(server_round, self._train_local_only, server_round, init, dict(cfg))
         return delta, float(len(self.data.cases("training"))), metrics
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let a running local-only training finish (bounded) before the process exits."""
+        job = self._local
+        if job is not None and not job.wait(timeout):
+            log.warning("%s: leaving the local-only baseline of round %d unfinished", self.name, job.round)
+
+    def local_only(self, server_round: int | None = None, strict: bool = True) -> dict | None:
+        """Wait (at most ``local_wait`` s) for the background local-only training.
+        Its metrics when it was round ``server_round``'s, {} when there was none or it
+        was another round's; None when it failed, or (``strict=False``) still trains:
+        the latest local-only model on disk is then not the one this round made."""
+        job = self._local
+        if job is None:
+            return {}
+        if not job.wait(self.local_wait):
+            if strict:
+                raise RuntimeError(f"{self.name}: the local-only baseline of round {job.round} is still "
+                                   f"training after {self.local_wait:.0f} s")
+            log.warning("%s: the local-only baseline of round %d still trains after %.0f s: no local-only "
+                        "metrics this time", self.name, job.round, self.local_wait)
+            return None
+        self._local = None
+        if job.error is not None:
+            self._local_failed = job.round
+            return None
+        if job.round >= self._local_failed:  # e.g. a replay of the failed round: its file is current
+            self._local_failed = 0
+        return job.metrics if job.round == server_round else {}
 
     def _restore_optimizer(self, trainer: Trainer, server_round: int) -> None:
         """Keep the site's optimizer moments across rounds (a fresh AdamW takes
@@ -139,6 +207,8 @@ class SiteWorker:
         """The local-only model after the last round <= server_round (the final
         evaluation asks for round R+1, which trains nothing)."""
         for r in range(server_round, 0, -1):
+            if r == self._local_failed:  # its training failed: an older file is not the latest model
+                return None
             if self._local_path(r).exists():
                 return self._local_path(r)
         return None
@@ -163,6 +233,7 @@ class SiteWorker:
         ``run_id`` (float tensors, as the global weights): that exact file, or an
         error. The ClientApp asks only for the run's last trained round, with the
         site's consent (fl_client.policy)."""
+        self.local_only()  # a baseline still training in the background is waited for
         path = self._local_path(server_round)
         if not path.exists():
             raise RuntimeError(f"{self.name}: no local-only model of round {server_round} "
@@ -181,8 +252,10 @@ class SiteWorker:
         adds its per-case values (``cases``: metric -> list in case order)."""
         val = self.data.cases("validation")
         if not val:
+            self.local_only()
             return {"num_val": 0.0}, 0.0
         if cfg.get(K.CROSS_MODEL):
+            self.local_only()
             net = self.task.build_net()
             self._load(net, weights)
             ev = self.task.evaluate(net, val)
@@ -190,12 +263,14 @@ class SiteWorker:
             return {"num_val": float(len(val)), **_scalars("", ev.scores), "cases": cases}, float(len(val))
         self._load(self.net, weights)
         out: dict[str, float] = {"num_val": float(len(val))}
-        models = [(K.GLOBAL, self.net)]
+        # the same evaluation path (and precision) as the coordinator's; the global model
+        # first, while this round's local-only baseline may still be training
+        out.update(_scalars(K.GLOBAL, self.task.evaluate(self.net, val).scores))
+        late = self.local_only(server_round, strict=False)
+        out.update(late or {})  # the baseline's training loss (fl_server.round_loop LATE_TRAIN_METRICS)
         local = self._latest_local(server_round)
-        if cfg.get("local_baseline", True) and local is not None:
+        if cfg.get("local_baseline", True) and local is not None and late is not None:
             net = self.task.build_net()
             net.load_state_dict(load_checkpoint(local)["net"])
-            models.append((K.LOCAL, net))
-        for prefix, net in models:  # the same evaluation path (and precision) as the coordinator's
-            out.update(_scalars(prefix, self.task.evaluate(net, val).scores))
+            out.update(_scalars(K.LOCAL, self.task.evaluate(net, val).scores))
         return out, float(len(val))

@@ -134,6 +134,7 @@ def serve_until_signalled(worker, socket_path: str, ready_file: str | None = Non
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait(5)
+    worker.close()  # a local-only baseline still training is written out, not cut off
 
 
 if __name__ == "__main__":

@@ -142,6 +142,19 @@ class RunRecord:
         write_json(self.dir / SITES, self.sites)
         write_csv(self.dir / "sites.csv", self.sites)
 
+    def add_central(self, r: int, scores: dict, seconds: float | None = None) -> None:
+        """Round ``r``'s held-out metrics, added to its row when the (background)
+        evaluation of the model after round r is done."""
+        self._writable()
+        row = self.round_row(r)
+        if not row:
+            raise ValueError(f"{self.dir / ROUNDS}: no round {r} row to add held-out metrics to")
+        row.update({f"{CENTRAL}{k}": v for k, v in scores.items()})
+        if seconds is not None:
+            row["central_seconds"] = seconds
+        write_json(self.dir / ROUNDS, self.rounds)
+        write_csv(self.dir / "rounds.csv", self.rounds)
+
     def add_final_sites(self, rows: list[dict], failures: list[dict]) -> None:
         """Each site's evaluation of the final global model."""
         self._writable()

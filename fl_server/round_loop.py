@@ -6,8 +6,16 @@ One round = two message stages, as in plain FedAvg with federated evaluation:
   E (evaluate): each site reports validation metrics of w_r and of its
                 local-only baseline; with secure aggregation the same reply
                 carries what the server needs to strip the masks.
-Then the server forms the weighted mean delta, applies the strategy, evaluates
-w_{r+1} on the coordinator's held-out cases and writes the round atomically.
+Then the server forms the weighted mean delta, applies the strategy and writes
+the round atomically (checkpoint, rows, state.json). The held-out evaluation of
+w_{r+1} on the coordinator's cases runs in a background thread while round r+1's
+train stage runs (round 0's, of the initial model, while the sites connect and
+round 1 trains); its metrics land on round r's row, and the best model is
+chosen, when it is done and always before round r+1 is committed, so rounds are
+complete in order. run.json ``central_pending`` names the committed round whose
+evaluation is still running: a restarted server evaluates that round's saved
+checkpoint again (the model is the one the round committed), so a restart mid
+evaluation loses nothing and puts nothing on another round's row.
 A late or failed site is left out of the round when at least `min_sites`
 remain; otherwise the round fails and the global model is unchanged.
 
@@ -31,12 +39,17 @@ from fl_common.tensors import flatten, to_record, unflatten
 from fl_common import keys as K
 
 from .aggregation import Aggregation, RoundFailed
+from .central_eval import InBackground
 from .exchange import Stage
 from .records import RunRecord
 from .strategy import ServerOptimizer
 
 log = logging.getLogger("fedvox.server")
 IN_FLIGHT = "round_in_flight"  # run.json: a round whose train requests went out, until it is committed
+CENTRAL_PENDING = "central_pending"  # run.json: a committed round whose held-out evaluation is not recorded yet
+# the sites' local-only baseline trains after their train reply (fl_client.worker), so its
+# loss comes with the evaluate reply; the site row keeps it with the training scalars
+LATE_TRAIN_METRICS = frozenset({"local_train_loss"})
 
 
 class Evaluator(Protocol):
@@ -53,6 +66,7 @@ class RoundSettings:
     site_round: dict = field(default_factory=dict)   # every T/E message's config, besides round, run and lr
     lr: Callable[[int], float] = lambda r: 0.0        # the sites' learning rate in round r
     best_metric: str = "dice_fg_mean"
+    central_timeout: float = 3600.0  # the longest a round's commit waits for the previous held-out evaluation
 
 
 def _site_of(m: Message):
@@ -80,6 +94,7 @@ class RoundLoop:
         self.before_rounds = before_rounds   # (stage, nodes): the plan's fingerprint query + check (plan_stage)
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
         self.cross_models = dict(cross_models or {})  # e.g. the pooled baseline, for the cross-site matrix
+        self._pending: InBackground | None = None     # the held-out evaluation still running
 
     # ----- state ------------------------------------------------------------
     def flat(self) -> np.ndarray:
@@ -100,9 +115,10 @@ class RoundLoop:
         log.info("resuming after round %d", last)
         return last + 1
 
-    def _save_weights(self, which: str) -> None:
+    def _save_weights(self, which: str, weights: dict[str, np.ndarray] | None = None) -> None:
         import torch
-        self.record.save_model(which, {k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
+        weights = self.weights if weights is None else weights
+        self.record.save_model(which, {k: torch.from_numpy(v.copy()) for k, v in weights.items()})
 
     # ----- messaging --------------------------------------------------------
     def _round_config(self, r: int) -> dict:
@@ -127,6 +143,14 @@ class RoundLoop:
         """Resume, state the run in the record, wait for the sites, set up the
         aggregation; returns the first round to run."""
         start = self.resume()
+        # the held-out evaluation the sites need not wait for: the initial model's in a new run,
+        # or, resumed, that of the last committed round if the server stopped before recording it
+        fresh = start == 1 and not self.record.rounds
+        redo = self.record.info.get(CENTRAL_PENDING)
+        todo = 0 if fresh else start - 1 if redo == start - 1 else None
+        if todo is None:  # none, or one for a round that was not committed: void
+            self.record.info.pop(CENTRAL_PENDING, None)
+        early = None if self.central is None or todo is None else InBackground(self.central, todo, self.weights)
         run_id = self.record.info.get("run_id") or time.strftime("%Y%m%d-%H%M%S")
         self.record.start({"run_id": run_id, **self.run_info,
                            "rounds": self.cfg.rounds, "strategy": self.opt.name, "min_sites": self.cfg.min_sites,
@@ -140,12 +164,40 @@ class RoundLoop:
             except ValueError as e:  # PlanError, HarmonisationRefused: the run does not start
                 self.record.finish("failed", reason=str(e))
                 raise
+        if early is not None:
+            if fresh:
+                self._save_weights("best")  # round 0 competes for best: a best model always exists
+            self._pending_until_recorded(early, {"round": 0} if fresh else None)
         self.aggregation.setup(self.stage, nodes)
-        if start == 1 and self.central is not None and not self.record.rounds:
-            scores, _, _ = self.central.evaluate(self.weights)
-            self.record.add_round({"round": 0, **{f"{K.CENTRAL}{k}": v for k, v in scores.items()}}, [])
-            self._save_weights("best")  # round 0 competes for best: a best model always exists
         return start
+
+    # ----- the held-out evaluation, overlapped with the next round --------------
+    def _pending_until_recorded(self, ev: InBackground, row: dict | None = None) -> None:
+        """``ev`` is the evaluation of committed round ``ev.round``: run.json says so
+        before its ``row`` (if new) is written, so a restart evaluates it again."""
+        self.record.start({CENTRAL_PENDING: ev.round})
+        if row is not None:
+            self.record.add_round(row, [])
+        self._pending = ev
+
+    def _settle(self, wait: bool = True) -> None:
+        """Record the running held-out evaluation (``wait=False``: only if it is done):
+        metrics on its round's row, the best model if it is the best so far, then
+        run.json forgets it. Rounds settle in order, so ``best`` sees every earlier round."""
+        ev = self._pending
+        if ev is None or not (wait or ev.done()):
+            return
+        scores, _, _ = ev.result(self.cfg.central_timeout)
+        self.record.add_central(ev.round, scores, ev.seconds)
+        best_round, _ = self.record.best(self.cfg.best_metric)
+        if best_round == ev.round and ev.round > 0:  # round 0's was written before it was evaluated
+            self._save_weights("best", ev.weights)
+        self._pending = None
+        self.record.info.pop(CENTRAL_PENDING, None)
+        self.record.start({})
+        metric = self.cfg.best_metric
+        self.record.event("central_done", round=ev.round, seconds=ev.seconds, metric=metric,
+                          value=scores.get(metric))
 
     def _stop_if_spent(self, r: int, row: dict | None) -> bool:
         """Secure aggregation: a round that failed, or was interrupted by a
@@ -161,6 +213,7 @@ class RoundLoop:
             self.record.add_round(row, [])
         elif row["status"] == "ok" or not self.aggregation.model_spent(r):
             return False
+        self._settle()  # the last committed round's held-out metrics and best model first
         why = (f"round {r} {row['status']} after the sites may have masked updates from its model; "
                "secure aggregation never re-runs a round from the same model (the sites refuse "
                "it): start a new run from another model to go on")
@@ -202,6 +255,7 @@ class RoundLoop:
         train_ok, train_failed = self._send(nodes, K.MSG_TRAIN, r, extra, self.cfg.train_timeout,
                                             on_reply=lambda n, m: agg.collect_train(r, {n: m}))
         self._stage_event(r, K.MSG_TRAIN, train_ok, train_failed, t0)
+        self._settle(wait=False)
         for n, m in train_ok.items():
             site = self.stage.site(n)
             site_rows[site] = {"round": r, "site": site, **{f"{K.TRAIN}{k}": v for k, v in _metrics(m).items()}}
@@ -214,7 +268,7 @@ class RoundLoop:
         for n, m in eval_ok.items():
             site = self.stage.site(n)
             site_rows.setdefault(site, {"round": r, "site": site}).update(
-                {f"{K.VAL}{k}": v for k, v in _metrics(m).items()})
+                {f"{K.TRAIN if k in LATE_TRAIN_METRICS else K.VAL}{k}": v for k, v in _metrics(m).items()})
         row["train_seconds"] = round(time.perf_counter() - t0, 2)
         try:
             if len(survivors) < self.cfg.min_sites:
@@ -229,15 +283,15 @@ class RoundLoop:
         row["failures"] = [{"site": f["site"], "stage": st, "error": f["error"][:300]}
                            for st, fl in ((K.MSG_TRAIN, train_failed), (K.MSG_EVALUATE, eval_failed)) for f in fl]
         row["n_failures"] = len(row["failures"])
-        if self.central is not None and row["status"] == "ok":
-            scores, _, _ = self.central.evaluate(self.weights)
-            row.update({f"{K.CENTRAL}{k}": v for k, v in scores.items()})
+        self._settle()  # round r-1's held-out metrics and best model before round r is committed
         row["seconds"] = round(time.perf_counter() - t0, 2)
         self.record.save_round_checkpoint(r, {"flat": self.flat(), "opt": self.opt.state(), "round": r,
                                               "aggregation": agg.state()})
         self.record.add_round(row, list(site_rows.values()))
-        best_round, _ = self.record.best(self.cfg.best_metric)
-        if best_round == r:
+        evaluate = self.central is not None and row["status"] == "ok"
+        if evaluate:  # in the background, while round r+1 trains; recorded by _settle
+            self._pending_until_recorded(InBackground(self.central, r, self.weights))
+        elif self.record.best(self.cfg.best_metric)[0] == r:  # no held-out metric: the final model is the best
             self._save_weights("best")
         self.record.commit_round(r)
         if self.record.info.get(IN_FLIGHT) == r:
@@ -261,8 +315,11 @@ class RoundLoop:
         model too), so the comparison table is like for like."""
         self._save_weights("final")
         if not nodes:
+            self._settle()
             return
+        # the sites evaluate while the coordinator finishes the last round's held-out evaluation
         ok, failed = self._send(nodes, K.MSG_EVALUATE, self.cfg.rounds + 1, {}, self.cfg.eval_timeout)
+        self._settle()  # the best model is known before the cross-site stage evaluates it
         rows = [{"site": self.stage.site(n), **_metrics(m)} for n, m in ok.items()]
         self.record.add_final_sites(rows, failed)
         from .cross_site import CrossSite  # every model on every site's data, within the sites' policies

@@ -31,4 +31,6 @@ def tiny_worker(tmp_path_factory):
     fed = load_federation(example_federation_path(), data_base=base / "data").updated(
         {"model": {"channels": [4, 8, 16], "strides": [2, 2]},
          "sampling": {"patch_size": [24, 24, 24], "samples_per_case": 2}})
-    return SiteWorker(fed, fed.sites[0], base / "work")
+    worker = SiteWorker(fed, fed.sites[0], base / "work")
+    yield worker
+    worker.close()  # no local-only training left running at exit
