@@ -49,9 +49,13 @@ def describe(ev: dict) -> tuple[str, str] | None:
     if kind == "round_done":
         if ev.get("status") != "ok":
             return "red", f"{_round(ev)} {ev.get('status')}: {ev.get('reason') or ''} (global model unchanged)"
+        held = (f"; held-out {ev.get('metric')} {_num(ev.get('value'))}" if ev.get("value") is not None
+                else "; held-out evaluation running beside the next round")
         return "bold green", (f"{_round(ev)} ok in {_num(ev.get('seconds'), 1)} s: {ev.get('sites')} sites "
-                              f"aggregated, {ev.get('failed')} failed; held-out {ev.get('metric')} "
-                              f"{_num(ev.get('value'))}")
+                              f"aggregated, {ev.get('failed')} failed{held}")
+    if kind == "central_done":  # the coordinator's held-out score, evaluated beside the next round
+        return "green", (f"round {ev.get('round')}: held-out {ev.get('metric')} {_num(ev.get('value'))} "
+                         f"({_num(ev.get('seconds'), 1)} s)")
     if kind == "run_done":
         if ev.get("status") == "completed":
             return "bold green", (f"run completed: best held-out {ev.get('metric')} {_num(ev.get('value'))} "

@@ -49,14 +49,19 @@ def test_progress_prints_one_plain_line_per_stage_while_the_loop_runs(tmp_path):
     assert "round 1: evaluate done in" in text
     assert "round 2: train done" in text and "2 ok (site-a, site-b), 1 failed (site-c: site-c ClientApp raised" in text
     rows = [x for x in lines if "round 2/2 ok" in x]
+    assert rows and "2 sites aggregated, 1 failed" in rows[0]
+    # the held-out score comes when the coordinator's evaluation beside the next stage is done
     score = RunRecord.open(tmp_path / "run").round_row(2)["central/dice_fg_mean"]
-    assert rows and f"2 sites aggregated, 1 failed; held-out dice_fg_mean {score:.4f}" in rows[0]
+    assert f"round 2: held-out dice_fg_mean {score:.4f}" in text
     assert "run completed: best held-out dice_fg_mean" in lines[-1]
-    # one line per event, in order: connect, 2 x (start, train, evaluate, done), the final
-    # cross-site stage(s) (the fake sites have no cross-site handler: reported failed), end
+    # one line per event, in order: connect, 2 x (start, train, evaluate, done), the held-out
+    # evaluations of rounds 0-2, the final cross-site stage(s) (the fake sites have no
+    # cross-site handler: reported failed), end
     cross = [x for x in lines if "cross-site" in x]
     assert cross and all("failed" in x for x in cross)
-    assert len(lines) == 1 + 2 * 4 + len(cross) + 1
+    held = [x for x in lines if ": held-out dice_fg_mean" in x and "round " in x]
+    assert len(held) == 3
+    assert len(lines) == 1 + 2 * 4 + len(held) + len(cross) + 1
 
 
 def _main(capsys, *argv) -> tuple[int, str, str]:
