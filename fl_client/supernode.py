@@ -28,6 +28,10 @@ SUPERNODE_CONNECTED = r"SuperNode ID: \d+"  # logged once the SuperLink accepted
 # -P: the runner's cwd (a site work dir) never goes on sys.path.
 RUNNER_CMD = [sys.executable, "-P", "-m", "fl_client.runner"]
 RUNNER_READY = r"fedvox runner: ready"  # fl_client.runner.READY_LINE (not imported: it imports flwr)
+# A SuperNode restarted with the same key is refused while the SuperLink still counts its
+# previous node online (HEARTBEAT_DEFAULT_INTERVAL x HEARTBEAT_PATIENCE = 60 s in 1.41).
+ACTIVATE_REFUSED = "Failed to activate SuperNode"
+REJOIN_S, REJOIN_RETRY_S = 150.0, 5.0
 # flower-supernode itself, through the entry point that shortens its literal idle waits
 SUPERNODE_CMD = [sys.executable, "-P", "-m", "fl_client.supernode_main"]
 
@@ -85,7 +89,10 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
         opts += ["--isolation", "process", "--superexec-auth-secret-file", secret_file]
 
     pick = clientappio_port is None
-    for attempt in range(3 if pick else 1):
+    rejoin_until = time.monotonic() + REJOIN_S
+    attempt = 0
+    while True:
+        attempt += 1
         port = free_port() if pick else int(clientappio_port)
         argv = [*([BIN_DIR / "flower-supernode"] if stock else SUPERNODE_CMD), "--superlink", superlink_addr,
                 "--port", str(port), *opts]
@@ -104,14 +111,18 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
             proc.wait_for_log(SUPERNODE_CONNECTED, wait_connected)
             return proc
         except LaunchError:
-            in_use = "address already in use" in proc.log_text()[proc.log_start:].lower()
+            text = proc.log_text()[proc.log_start:]
             if proc.keeper:
                 proc.keeper.stop()
             proc.stop(5.0)
-            if pick and in_use and attempt < 2:
+            if pick and "address already in use" in text.lower() and attempt < 3:
                 continue  # our free port was taken before the SuperNode bound it
+            if ACTIVATE_REFUSED in text and time.monotonic() + REJOIN_RETRY_S < rejoin_until:
+                # a restarted site: the SuperLink still holds this key's previous node as
+                # online until its heartbeats lapse (~60 s in Flower 1.41); try again
+                time.sleep(REJOIN_RETRY_S)
+                continue
             raise
-    raise LaunchError("could not start the SuperNode")  # not reached
 
 
 class RunnerKeeper:

@@ -59,6 +59,7 @@ class SecureAggregation:
         self.last = None  # the last round's AggregateResult (its tolerance, survivors, ...)
         self.summary: dict = {}
         self._spent: set[int] = set()  # rounds whose train requests went out
+        self._keyed_without: set[str] | None = None  # connected sites the last setup left out
         self.warning = two_site_warning(len(roster))
         if self.warning:
             log.warning("secure aggregation: %s", self.warning)
@@ -120,9 +121,16 @@ class SecureAggregation:
         self.failure = None
         sites = [self.stage.node_site.get(n) for n in nodes]
         part = [s for s in sites if s in self.proto.eligible_sites()]
-        if len(part) < self.threshold:  # spent or missing keys: re-key once, then go on
+        # connected sites without keys in this session: a site that dropped out and came
+        # back (its old keys are spent: the others revealed what unmasks its dropout)
+        outside = {s for s in sites if s in self.roster and s not in part}
+        rejoined = bool(outside) and outside != self._keyed_without
+        if len(part) < self.threshold or rejoined:
+            if rejoined:  # fresh keys for everyone connected: once per such set of sites
+                self.session = None
             self.setup(self.stage, nodes)
             part = [s for s in sites if s in self.proto.eligible_sites()]
+            self._keyed_without = {s for s in sites if s in self.roster and s not in part}
         try:
             reqs = self.proto.train_requests(r, participants=part, received=received)
         except RoundFailed as e:

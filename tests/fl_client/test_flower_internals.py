@@ -190,3 +190,11 @@ def test_the_task_input_pull_the_runner_mirrors_is_unchanged():
         "5607a23e1673ee876930c1b35685b8dfdfd8b3776a436560b0467042e15fc695"), \
         "flwr's run_clientapp.pull_task_input changed: mirror it in fl_client.runner.Runner.pull_input"
     assert _internal("flwr.supercore.task_identity.TaskIdentity") is not None
+
+
+def test_a_restarted_supernode_is_refused_with_the_message_the_site_retries_on():
+    from fl_client.supernode import ACTIVATE_REFUSED
+    src = inspect.getsource(importlib.import_module("flwr.supercore.error.catalog"))
+    assert f'"{ACTIVATE_REFUSED}.' in src, "Flower's SuperNode activation refusal changed (fl_client.supernode)"
+    assert _internal("flwr.common.constant.HEARTBEAT_DEFAULT_INTERVAL") * \
+        _internal("flwr.common.constant.HEARTBEAT_PATIENCE") <= 120, "a restarted site retries for 150 s"

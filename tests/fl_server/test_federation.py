@@ -238,3 +238,27 @@ def test_a_restarted_server_resumes_and_matches_the_uninterrupted_run(tmp_path, 
             np.testing.assert_allclose(ours[k], ref[k], atol=1e-5, err_msg=k)
     finally:
         fed.stop()
+
+
+def test_a_killed_and_restarted_site_rejoins_and_the_next_round_includes_it(tmp_path, example):
+    fed = Federation(tmp_path, example)
+    try:
+        fed.start_server()
+        fed.start_sites()
+        th, out = fed.start_run_thread()
+        victim = fed.sites["hospital_c"]
+        fed.wait_until(lambda: "train round 1: start" in victim.worker.log_text(), 180, "hospital_c training")
+        victim.supernode.keeper.stop()
+        victim.supernode.stop(timeout=5)
+        victim.worker.stop(timeout=5)
+        t0 = time.monotonic()
+        fed.start_sites(["hospital_c"])  # same key, kit and work directory: `fedvox site` again
+        rejoined_s = time.monotonic() - t0
+        th.join(400)
+        assert not th.is_alive()
+        assert out["r"].ok, out["r"].details
+        r1, r2 = fed.rounds()[1], fed.rounds()[2]
+        assert r1["status"] == "ok" and [f["site"] for f in r1["failures"]] == ["hospital_c"]
+        assert r2["status"] == "ok" and r2["sites_aggregated"] == 3, (r2, rejoined_s)
+    finally:
+        fed.stop()
