@@ -21,7 +21,7 @@ from fl_common.kit import KIT_ROSTER, SiteKit, read_kit
 from fl_common.supervise import LaunchError, Proc, ProcessGroup
 
 from .enroll import check_trust, read_keys
-from .supernode import start_supernode
+from .supernode import REJOIN_S, start_supernode
 
 
 @dataclass
@@ -96,7 +96,7 @@ def start_site(group: ProcessGroup, kit: SiteKit, keys_dir: Path, federation: Pa
                                      load_federation(federation, require_sites=False).federation.colluding_sites,
                                      pin),
                          log_path=work / "supernode.log", workdir=work, insecure=insecure, group=group,
-                         wait_connected=120, runner=True)
+                         wait_connected=120, runner=True, rejoin_s=REJOIN_S)
     # the long-lived runner checks every shipped app and runs only the installed ClientApp
     sn.keeper.wait_ready(120)
     return SiteProcs(kit.name, worker, sn, sock)

@@ -41,7 +41,8 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
                     insecure: bool = False, group: ProcessGroup | None = None,
                     wait_connected: float | None = 60.0, max_wait_time: float | None = None,
                     extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
-                    runner: bool | Sequence[str] = False, stock: bool = False) -> Proc:
+                    runner: bool | Sequence[str] = False, stock: bool = False,
+                    rejoin_s: float = 0.0) -> Proc:
     """Start `flower-supernode` for site ``name``.
 
     ``clientappio_port``: its local Runtime API port (None: a free one) --
@@ -52,6 +53,9 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
     name) holds its FLWR_HOME and node_config.toml. ``env``: extra environment
     for it and its ClientApps (e.g. CUDA_VISIBLE_DEVICES). ``stock``: Flower's
     own `flower-supernode` with its 3 s idle poll (a benchmark's reference).
+    ``rejoin_s``: for this long, a refused activation is retried (a site restarted
+    with its enrolled key; Flower gives an unknown key the same refusal, so the
+    caller decides).
     """
     if workdir is None:
         if log_path is None:
@@ -89,7 +93,7 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
         opts += ["--isolation", "process", "--superexec-auth-secret-file", secret_file]
 
     pick = clientappio_port is None
-    rejoin_until = time.monotonic() + REJOIN_S
+    rejoin_until = time.monotonic() + rejoin_s
     attempt = 0
     while True:
         attempt += 1
@@ -120,6 +124,9 @@ def start_supernode(name: str, superlink_addr: str, ca_cert, auth_key, node_conf
             if ACTIVATE_REFUSED in text and time.monotonic() + REJOIN_RETRY_S < rejoin_until:
                 # a restarted site: the SuperLink still holds this key's previous node as
                 # online until its heartbeats lapse (~60 s in Flower 1.41); try again
+                print(f"{name}: the SuperLink refused to activate this SuperNode (a restarted site waits "
+                      f"until its previous connection lapses, ~60 s; an unregistered key never gets in); "
+                      f"retrying for {max(rejoin_until - time.monotonic(), 0):.0f} s more", file=sys.stderr)
                 time.sleep(REJOIN_RETRY_S)
                 continue
             raise
