@@ -97,6 +97,18 @@ class Federation:
                 raise AssertionError(f"{what} not within {timeout} s\n{self.superlink.tail()}")
             time.sleep(0.5)
 
+    def start_and_kill_mid_round(self, name: str):
+        """Server, sites and the run; ``name``'s processes killed once it trains round 1."""
+        self.start_server()
+        self.start_sites()
+        th, out = self.start_run_thread()
+        victim = self.sites[name]
+        self.wait_until(lambda: "train round 1: start" in victim.worker.log_text(), 180, f"{name} training")
+        victim.supernode.keeper.stop()
+        victim.supernode.stop(timeout=5)
+        victim.worker.stop(timeout=5)
+        return th, out
+
     def rounds(self) -> list[dict]:
         p = self.run_dir / "rounds.json"
         return json.loads(p.read_text()) if p.exists() else []
@@ -193,13 +205,7 @@ def test_nothing_but_masked_vectors_scalars_and_protocol_bytes_leaves_a_site(com
 def test_a_site_killed_mid_round_leaves_the_round_to_the_others(tmp_path, example):
     fed = Federation(tmp_path, example)
     try:
-        fed.start_server()
-        fed.start_sites()
-        th, out = fed.start_run_thread()
-        victim = fed.sites["hospital_c"]
-        fed.wait_until(lambda: "train round 1: start" in victim.worker.log_text(), 180, "hospital_c training")
-        victim.supernode.stop(timeout=5)
-        victim.worker.stop(timeout=5)
+        th, out = fed.start_and_kill_mid_round("hospital_c")
         th.join(400)
         assert not th.is_alive()
         assert out["r"].ok, out["r"].details
@@ -243,14 +249,7 @@ def test_a_restarted_server_resumes_and_matches_the_uninterrupted_run(tmp_path, 
 def test_a_killed_and_restarted_site_rejoins_and_the_next_round_includes_it(tmp_path, example):
     fed = Federation(tmp_path, example)
     try:
-        fed.start_server()
-        fed.start_sites()
-        th, out = fed.start_run_thread()
-        victim = fed.sites["hospital_c"]
-        fed.wait_until(lambda: "train round 1: start" in victim.worker.log_text(), 180, "hospital_c training")
-        victim.supernode.keeper.stop()
-        victim.supernode.stop(timeout=5)
-        victim.worker.stop(timeout=5)
+        th, out = fed.start_and_kill_mid_round("hospital_c")
         t0 = time.monotonic()
         fed.start_sites(["hospital_c"])  # same key, kit and work directory: `fedvox site` again
         rejoined_s = time.monotonic() - t0
