@@ -132,8 +132,8 @@ def _timed_stage_class():
             super().__init__(grid, poll)
             self.log = []
 
-        def gather(self, messages, timeout, on_reply=None):
-            return _timed_stage(self.log, lambda ms: super(TimedStage, self).gather(ms, timeout, on_reply),
+        def gather(self, messages, timeout, on_reply=None, sent=None):
+            return _timed_stage(self.log, lambda ms: super(TimedStage, self).gather(ms, timeout, on_reply, sent),
                                 list(messages))
     return TimedStage
 

@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 BIN_DIR = Path(sys.executable).parent  # the venv's bin: Flower starts its helpers by bare name
@@ -64,11 +67,33 @@ def flower_env(flwr_home: str | os.PathLike, extra: Mapping[str, str] | None = N
 # and a peer often asks before the sender has finished uploading them: measured 1-1.5 s of
 # each stage at the coordinator and 6-8 s at a site. fedvox's processes retry sooner.
 OBJECT_BACKOFF_S, OBJECT_BACKOFF_CAP_S = 0.02, 0.5
+# Past a pull deadline (objects_due_by) one more try still gets this long: a reply whose
+# objects are all there costs one request, whatever the clock says.
+OBJECT_GRACE_S = 1.0
+_due = threading.local()
+
+
+@contextmanager
+def objects_due_by(deadline: float):
+    """Within this block, a patched pull_objects (sooner_object_pulls) gives up at
+    ``deadline`` (time.monotonic()) instead of Flower's 500 tries. Why: Flower's Grid
+    pulls the replies of one PullMessages call one after the other, and a site whose
+    link dies halfway through its upload leaves a reply whose objects never come: the
+    Grid waited on it until the SuperLink's 180 s push-session expiry, past the stage's
+    timeout, while the other sites' complete replies queued behind it (measured in
+    tests/fl_server/test_multihost.py, where the round then failed)."""
+    before = getattr(_due, "deadline", None)
+    _due.deadline = float(deadline)
+    try:
+        yield
+    finally:
+        _due.deadline = before
 
 
 def sooner_object_pulls(module) -> None:
     """Give ``module`` (one that imported flwr's inflatable_utils.pull_objects by name) a
-    pull_objects that retries from OBJECT_BACKOFF_S unless its caller says otherwise."""
+    pull_objects that retries from OBJECT_BACKOFF_S unless its caller says otherwise,
+    and stops at the deadline of an enclosing objects_due_by."""
     pull_objects = getattr(module, "pull_objects", None)
     if not callable(pull_objects):
         raise RuntimeError(f"{module.__name__} no longer imports `pull_objects`: the backoff patch "
@@ -79,6 +104,9 @@ def sooner_object_pulls(module) -> None:
     def pull(*args, **kw):
         kw.setdefault("initial_backoff", OBJECT_BACKOFF_S)
         kw.setdefault("backoff_cap", OBJECT_BACKOFF_CAP_S)
+        deadline = getattr(_due, "deadline", None)
+        if deadline is not None and "max_time" not in kw:
+            kw["max_time"] = max(deadline - time.monotonic(), OBJECT_GRACE_S)
         return pull_objects(*args, **kw)
     pull.fedvox_sooner = True
     module.pull_objects = pull

@@ -13,26 +13,40 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+from fl_common.flower import objects_due_by
+
 POLL_S = 0.05  # a pull of a pending reply is one local request to the SuperLink: cheap
 
 
 def send_and_gather(grid, messages: Iterable, timeout: float, poll: float = POLL_S,
-                    on_reply: Callable | None = None) -> list:
+                    on_reply: Callable | None = None, sent: dict | None = None) -> list:
     """Push ``messages``, then pull until every one has a reply or ``timeout``
     seconds have passed; ``on_reply(message)`` runs for each reply in arrival
-    order. Returns the replies (error replies included)."""
-    pending = {i for i in grid.push_messages(list(messages)) if i}
+    order. Returns the replies (error replies included). ``sent``, if given, is
+    filled with {message id: destination node}: an error reply that Flower makes
+    itself names no site, only the message it answers.
+
+    A pull's wait for a reply's objects ends at the deadline too (objects_due_by),
+    and once past it one last pull takes the replies that landed meanwhile: one
+    site dying halfway through its upload must not cost the others their replies."""
+    messages = list(messages)
+    ids = grid.push_messages(messages)
+    if sent is not None:
+        sent.update({i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i})
+    pending = {i for i in ids if i}
     deadline = time.monotonic() + float(timeout)
     replies = []
-    while pending:
-        for m in grid.pull_messages(list(pending)):
-            pending.discard(m.metadata.reply_to_message_id)
-            replies.append(m)
-            if on_reply is not None:
-                on_reply(m)
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+    with objects_due_by(deadline):
+        while pending:
+            late = time.monotonic() >= deadline
+            for m in grid.pull_messages(list(pending)):
+                pending.discard(m.metadata.reply_to_message_id)
+                replies.append(m)
+                if on_reply is not None:
+                    on_reply(m)
+            if not pending or late:
+                break
+            time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
     return replies
 
 
@@ -66,9 +80,10 @@ class Stage:
     def site(self, node: int) -> str:
         return self.node_site.get(node, str(node))
 
-    def gather(self, messages: list, timeout: float, on_reply: Callable | None = None) -> list:
+    def gather(self, messages: list, timeout: float, on_reply: Callable | None = None,
+               sent: dict | None = None) -> list:
         """One push and its pulls (the one place a bench times a stage)."""
-        return send_and_gather(self.grid, messages, timeout, self.poll, on_reply)
+        return send_and_gather(self.grid, messages, timeout, self.poll, on_reply, sent)
 
     def send(self, messages: list, timeout: float, on_reply: Callable | None = None,
              site_of: Callable | None = None) -> tuple[dict, list]:
@@ -76,11 +91,13 @@ class Stage:
         names the replying site (None: not named); ``on_reply(node, reply)`` runs for
         each good reply as it lands. Every addressed node ends in exactly one of the two."""
         nodes = {m.metadata.dst_node_id for m in messages}
-        ok, failed = {}, []
+        ok, failed, sent = {}, [], {}
 
         def land(m):
             node = m.metadata.src_node_id
             if m.has_error():
+                # an error the SuperLink or the Grid made answers for the addressed node
+                node = node if node in nodes else sent.get(m.metadata.reply_to_message_id, node)
                 failed.append({"node": node, "error": m.error.reason})
                 return
             site = site_of(m) if site_of is not None else None
@@ -90,13 +107,13 @@ class Stage:
             if on_reply is not None:
                 on_reply(node, m)
 
-        self.gather(messages, timeout, on_reply=land)
-        # the SuperLink answers for a node that went away with an error from its own id:
-        # attribute such errors to the nodes that gave no reply of their own
-        foreign = [f["error"] for f in failed if f["node"] not in nodes]
+        self.gather(messages, timeout, on_reply=land, sent=sent)
+        # an error answering no message of this stage explains nothing about one node:
+        # it is named beside the nodes that gave no reply (never in place of their own)
+        foreign = sorted({f["error"] for f in failed if f["node"] not in nodes})
         failed = [f for f in failed if f["node"] in nodes]
         answered = set(ok) | {f["node"] for f in failed}
-        why = "; ".join(sorted(set(foreign))) or "no reply before the timeout"
+        why = "no reply before the timeout" + (f" (unattributed errors: {'; '.join(foreign)})" if foreign else "")
         failed += [{"node": n, "error": why} for n in sorted(nodes) if n not in answered]
         for f in failed:
             f["site"] = self.site(f["node"])
