@@ -114,12 +114,15 @@ def check_records(run_dir: Path, manifest: dict, info: dict, run_json: str) -> N
             raise ImagingError(run_dir / name, f"{what}: changed after the run wrote it")
 
 
-def check_file(path: Path, manifest: dict, rel: str, manifest_path: Path) -> str:
-    """The signed SHA-256 of model file ``path`` (``rel`` in the run directory), refused
-    unless the file on disk has it."""
-    want = manifest["files"].get(rel)
+def check_file(path: Path, run_dir: Path, manifest: dict, manifest_name: str) -> str:
+    """The signed SHA-256 of model file ``path`` of ``run_dir``, refused unless the
+    file on disk has it."""
+    try:
+        want = manifest["files"].get(path.relative_to(run_dir).as_posix())
+    except ValueError:
+        raise ImagingError(path, f"not a file of the run directory {run_dir}") from None
     if want is None:
-        raise ImagingError(path, f"not in the signed run manifest ({manifest_path.name}); refusing "
+        raise ImagingError(path, f"not in the signed run manifest ({manifest_name}); refusing "
                            "to load a file the run did not sign")
     got = file_sha256(path)
     if got is None:
@@ -128,3 +131,28 @@ def check_file(path: Path, manifest: dict, rel: str, manifest_path: Path) -> str
         raise ImagingError(path, f"SHA-256 {got[:12]}... differs from the {want[:12]}... the signed run "
                            "manifest records: the file was replaced after the run wrote it")
     return want
+
+
+def adopt(path: Path, key: RecordKey, info: dict, run_json: Path, files_key: str) -> dict | None:
+    """What a writer resuming with ``key`` signed before (None: nothing yet). A manifest
+    that does not verify, or model files recorded without one, stop the writer."""
+    if path.is_file():
+        m = read_verified(path, key)
+        if info.get("run_id") not in (None, m.get("run_id")):
+            raise ImagingError(run_json, f"run_id {info['run_id']!r} differs from the signed "
+                               f"manifest's {m.get('run_id')!r}")
+        return m
+    if info.get(files_key):
+        raise ImagingError(path, f"missing, but {run_json.name} records model files: the run began without "
+                           "a run-record key, and files cannot be signed after the fact; start a new run")
+    return None
+
+
+def resign(run_dir: Path, name: str, key: RecordKey, last: dict | None, run_id, rounds,
+           files: dict[str, str], records: tuple[str, ...]) -> dict:
+    """The manifest of what the run has now, signed into ``run_dir/name`` unless it is
+    ``last`` (what was signed before) unchanged."""
+    m = build(run_id, rounds, files, {n: file_sha256(run_dir / n) for n in records})
+    if m != last:
+        write(run_dir / name, key, m)
+    return m

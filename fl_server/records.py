@@ -132,36 +132,20 @@ class RunRecord:
             rm.check_records(d, rec._manifest, rec.info, RUN)
         return rec
 
-    @property
-    def signed(self) -> bool:
-        """Whether the run directory has a run manifest (verified or not)."""
-        return (self.dir / MANIFEST).is_file()
-
     def _adopt_manifest(self) -> None:
         # A resumed run signs on from what it signed before, never from run.json's hashes,
         # which anyone who can write the directory could have edited meanwhile.
-        from . import record_manifest as rm
-        path = self.dir / MANIFEST
-        if path.is_file():
-            self._manifest = rm.read_verified(path, self.signer)
-            if self.info.get("run_id") not in (None, self._manifest.get("run_id")):
-                raise ImagingError(self.dir / RUN, f"run_id {self.info['run_id']!r} differs from the signed "
-                                   f"manifest's {self._manifest.get('run_id')!r}")
+        from .record_manifest import adopt
+        self._manifest = adopt(self.dir / MANIFEST, self.signer, self.info, self.dir / RUN, FILES)
+        if self._manifest is not None:
             self.info[FILES] = dict(self._manifest["files"])
-        elif self.info.get(FILES):
-            raise ImagingError(path, f"missing, but {RUN} records model files: the run began without a "
-                               "run-record key, and files cannot be signed after the fact; start a new run")
 
     def _sign(self) -> None:
         """Re-sign the manifest if what it covers changed (no key: nothing to sign)."""
-        if self.signer is None:
-            return
-        from . import record_manifest as rm
-        m = rm.build(self.info.get("run_id"), self.info.get("rounds"), self.info.get(FILES, {}),
-                     {n: rm.file_sha256(self.dir / n) for n in SIGNED_RECORDS})
-        if m != self._manifest:
-            rm.write(self.dir / MANIFEST, self.signer, m)
-            self._manifest = m
+        if self.signer is not None:
+            from .record_manifest import resign
+            self._manifest = resign(self.dir, MANIFEST, self.signer, self._manifest, self.info.get("run_id"),
+                                    self.info.get("rounds"), self.info.get(FILES, {}), SIGNED_RECORDS)
 
     # ----- writing (the round loop) ----------------------------------------
     def _writable(self) -> None:
@@ -303,11 +287,7 @@ class RunRecord:
         from imaging_core.train.checkpoint import load_checkpoint
         if self._manifest is not None:
             from .record_manifest import check_file
-            try:
-                rel = Path(path).relative_to(self.dir).as_posix()
-            except ValueError:
-                raise ImagingError(path, f"not a file of the run directory {self.dir}") from None
-            return load_checkpoint(path, sha256=check_file(Path(path), self._manifest, rel, self.dir / MANIFEST))
+            return load_checkpoint(path, sha256=check_file(Path(path), self.dir, self._manifest, MANIFEST))
         digest = self.recorded_hash(path)
         if digest is None:
             raise ImagingError(path, f"not in the run record ({RUN} {FILES!r} has no SHA-256 for it); "
