@@ -81,6 +81,8 @@ def _cmd_server(a) -> int:
     from fl_server import deploy
     from fl_server.provision import load_provision
     prov = load_provision(a.provision)
+    from fl_server.record_manifest import RecordKey
+    RecordKey.signer(prov.run_record_key)  # the ServerApp signs the run record with it: refuse now, not mid-run
     port = a.port or deploy.provisioned_port(prov)
     try:
         pairs = [deploy.parse_listen(x, port) for x in a.listen or ()]

@@ -153,3 +153,19 @@ def test_a_signed_run_cannot_begin_from_unsigned_model_files(tmp_path):
     SIG.write_key_pair(tmp_path / "run_record.key", tmp_path / "run_record.pub")
     with pytest.raises(ImagingError, match=r"run_manifest\.json: missing, but run\.json records model files"):
         RunRecord(tmp_path / "run", signer=RecordKey.signer(tmp_path / "run_record.key"))
+
+
+def test_a_provision_without_a_run_record_key_is_refused_before_anything_starts(cli, run_dir, tmp_path):
+    """A provision made before run records were signed: `fedvox server` refuses at once
+    (not mid-run), and `fedvox export --provision` cannot check a run with it."""
+    from fl_server.demo import enroll_and_provision
+    prov, _ = enroll_and_provision(tmp_path, ["a", "b"], "old")
+    prov.run_record_key.unlink()
+    prov.run_record_pub.unlink()
+    r = cli("server", "--provision", prov.root, "--federation", tmp_path / "none.toml", "--run-dir",
+            tmp_path / "r", "--work", tmp_path / "w")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "run_record.key: missing" in r.stderr and "re-provision" in r.stderr
+    assert not (tmp_path / "w").exists()
+    r = cli("export", run_dir, "--out", tmp_path / "b", "--provision", prov.root)
+    assert r.returncode == 2 and "run_record.pub: missing" in r.stderr and "re-provision" in r.stderr, r.stderr
