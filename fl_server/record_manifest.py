@@ -12,7 +12,8 @@ checkpoint or model file, the plan or the run's settings are written:
      "algorithm", "signer": the key's fingerprint, "signature"}
 
 Whoever hands a run's model on (`fedvox export`, a resumed round loop) checks
-it against the public half before loading; a mismatch is one ImagingError
+it against the public half before loading (export also run.json's run id and
+rounds and plan.json, which the bundle carries); a mismatch is one ImagingError
 naming the file and what differs. The manifest's file name and the records it
 covers are the run record's (fl_server.records); this module only signs and checks.
 """
@@ -99,15 +100,17 @@ def read_verified(path: Path, key: RecordKey) -> dict:
     return m
 
 
-def check_records(run_dir: Path, manifest: dict, info: dict, run_json: str) -> None:
+def check_records(run_dir: Path, manifest: dict, info: dict, run_json: str, names: tuple[str, ...]) -> None:
     """What a reader relies on beside the model files: run.json's run id and rounds, and
-    each covered record file as signed (an absent one must have been absent)."""
+    the record files ``names`` as signed (one absent then must be absent now)."""
     for k in ("run_id", "rounds"):
         if info.get(k) != manifest.get(k):
             raise ImagingError(run_dir / run_json, f"{k} {info.get(k)!r} differs from the signed "
                                f"manifest's {manifest.get(k)!r}")
-    for name, want in manifest["records"].items():
-        got = file_sha256(run_dir / name)
+    for name in names:
+        if name not in manifest["records"]:
+            raise ImagingError(run_dir / name, "not covered by the signed run manifest")
+        want, got = manifest["records"][name], file_sha256(run_dir / name)
         if got != want:
             what = ("is missing" if got is None else "was not there when the run signed its record"
                     if want is None else f"SHA-256 {got[:12]}... differs from the signed manifest's {want[:12]}...")

@@ -74,6 +74,10 @@ PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox
 SPEC = "spec.json"
 MANIFEST = "run_manifest.json"
 SIGNED_RECORDS = (PLAN, SPEC)  # beside the model files: the plan ships in the bundle, the spec says how the run ran
+# What a reader checks of those: the plan. Each `fedvox server` start rewrites spec.json before
+# its ServerApp re-signs, so a start that fails first leaves it unlike the signed one with
+# nothing wrong; and nothing is read from it after the run (its hash stays signed for audit).
+CHECKED_RECORDS = (PLAN,)
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
@@ -117,7 +121,7 @@ class RunRecord:
     def open(cls, run_dir: str | Path, verify_key=None) -> "RunRecord":
         """An existing run directory, read only (an error naming it if it is none).
         ``verify_key`` (a record_manifest.RecordKey): refused unless the run's manifest is
-        signed by it and run.json's run id, rounds and the plan/spec files are as signed;
+        signed by it and run.json's run id, rounds and plan.json are as signed;
         models then load only with the signed hash.
         The one file a reader adds is the pseudonym map (``pseudonyms``), kept by export."""
         from . import record_manifest as rm
@@ -129,7 +133,7 @@ class RunRecord:
         rec = cls(d, _read_only=True)
         if verify_key is not None:
             rec._manifest = rm.read_verified(d / MANIFEST, verify_key)
-            rm.check_records(d, rec._manifest, rec.info, RUN)
+            rm.check_records(d, rec._manifest, rec.info, RUN, CHECKED_RECORDS)
         return rec
 
     def _adopt_manifest(self) -> None:
