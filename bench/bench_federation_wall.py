@@ -79,7 +79,8 @@ def run_federation(fed_path: Path, data_base: Path, work: Path, timeout: float) 
         for s in fed.sites:
             start_site(group, read_kit(prov.site_kits[s.name]), keys[s.name], fed_path, Path(s.config_path),
                        work / "sites-work" / s.name, sl.address, data_base=data_base)
-        spec = deploy.write_spec(run_dir, fed_path, data_base, True, prov.roster_path, min_sites=min(len(names), 2))
+        spec = deploy.write_spec(run_dir, fed_path, data_base, True, prov.roster_path, provision=prov.root,
+                                 min_sites=min(len(names), 2))
         t0 = time.monotonic()
         res = deploy.run_federation(cli, prov.federation, spec, timeout, work / "server" / "run.log")
         wall = time.monotonic() - t0

@@ -29,6 +29,14 @@ KIT_SITE_TOML = "site.toml"
 # public half so a site can pin it.
 SERVER_BUNDLE_KEY = "bundle_signing.key"
 KIT_BUNDLE_PUB = "bundle_signing.pub"
+# The run-record key: signs each run directory's manifest of model/checkpoint hashes
+# (fl_server.record_manifest), so that `fedvox export` signs into a bundle only a model
+# the coordinator's run wrote. Its own pair, not the bundle key: the long-running
+# ServerApp must hold it to re-sign after every checkpoint, while the bundle key
+# that sites pin is used only by the operator's `fedvox export`; a key taken from
+# the server process cannot sign a bundle a site trusts. Both halves stay in server/.
+SERVER_RUN_KEY = "run_record.key"
+SERVER_RUN_PUB = "run_record.pub"
 # the site's key directory
 KIT_AUTH_KEY = "auth.key"            # the site's enrollment key (SuperNode auth + secagg signatures)
 KIT_AUTH_PUB = "auth.key.pub"

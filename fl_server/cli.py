@@ -81,6 +81,8 @@ def _cmd_server(a) -> int:
     from fl_server import deploy
     from fl_server.provision import load_provision
     prov = load_provision(a.provision)
+    from fl_server.record_manifest import RecordKey
+    RecordKey.signer(prov.run_record_key)  # the ServerApp signs the run record with it: refuse now, not mid-run
     port = a.port or deploy.provisioned_port(prov)
     try:
         pairs = [deploy.parse_listen(x, port) for x in a.listen or ()]
@@ -97,7 +99,7 @@ def _cmd_server(a) -> int:
         print(f"sites connect to {sl.fleet_address} ({'INSECURE' if a.insecure else 'TLS + SuperNode auth'})",
               file=sys.stderr)
         spec = deploy.write_spec(Path(a.run_dir), Path(a.federation), Path(a.data_base) if a.data_base else None,
-                                 not a.no_secure_aggregation, prov.roster_path, rounds=a.rounds,
+                                 not a.no_secure_aggregation, prov.roster_path, provision=prov.root, rounds=a.rounds,
                                  connect_timeout=a.connect_timeout, harmonisation_check=True,
                                  strict_check=a.strict_check or None, plan_memory_gb=a.plan_memory_gb)
         res = deploy.run_federation(cli, prov.federation, spec, a.timeout, Path(a.work) / "run.log")
@@ -222,7 +224,7 @@ def _cmd_export(a) -> int:
     from fl_server.export import export_run
     from fl_server.records import RunRecord
     out = export_run(a.run, a.out, a.which, a.key, a.federation, a.data_base, a.overwrite,
-                     provision=a.provision, postprocess=a.postprocess)
+                     provision=a.provision, postprocess=a.postprocess, allow_unsigned_run=a.allow_unsigned_run)
     rec = RunRecord.open(a.run)
     r = rec.model_round(a.which)
     print(f"exported the {a.which} global model (after round {r}) to", file=sys.stderr)
@@ -372,7 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle-signing key (PEM or OpenSSH); the federation CA key is refused")
     p.add_argument("--provision", default=None,
                    help="provisioning directory: sign with its server/bundle_signing.key (unless --key), "
-                        "and refuse a --key that is its CA key")
+                        "and refuse a --key that is its CA key; the run's signed record is checked against "
+                        "its server/run_record.pub (without --provision: run_record.pub beside --key)")
+    p.add_argument("--allow-unsigned-run", action="store_true",
+                   help="sign the model of a run whose record is not signed (a run written before run "
+                        "records were signed); a signed record that does not verify is refused regardless")
     p.add_argument("--federation", default=None, help="federation TOML (default: the one run.json records)")
     p.add_argument("--data-base", default=None, help="base of relative data roots (default: run.json's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")

@@ -156,7 +156,8 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
             for fut in as_completed([pool.submit(_start, s) for s in fed.sites]):
                 console.print(f"  {fut.result()}: worker ready, SuperNode connected")
         spec = deploy.write_spec(run_dir, Path(federation), Path(data_base) if data_base else None, secure,
-                                 prov.roster_path, rounds=rounds, min_sites=min(len(names), 2))
+                                 prov.roster_path, provision=prov.root, rounds=rounds,
+                                 min_sites=min(len(names), 2))
         result: dict = {}
 
         def _run():

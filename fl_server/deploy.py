@@ -19,15 +19,20 @@ APP_DIR = Path(__file__).parent / "flower_app"
 
 
 def write_spec(run_dir: Path, federation: Path, data_base: Path | None, secure: bool, roster: Path | None,
-               **extra) -> Path:
+               provision: Path | None = None, **extra) -> Path:
+    """The run's spec.json for the ServerApp. ``provision``: the provisioning directory, whose
+    run-record key signs the run's manifest (fl_server.record_manifest); without one the
+    run is unsigned and `fedvox export` refuses to sign its model."""
+    from .records import SPEC
     run_dir = Path(run_dir).resolve()  # the ServerApp runs in another directory: hand it absolute paths
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"federation": str(Path(federation).resolve()),
             "data_base": str(Path(data_base).resolve()) if data_base else None,
             "run_dir": str(run_dir.resolve()), "secure_aggregation": "secagg" if secure else "off",
             "roster": str(Path(roster).resolve()) if roster else None,
+            "provision": str(Path(provision).resolve()) if provision else None,
             **{k: v for k, v in extra.items() if v is not None}}
-    path = run_dir / "spec.json"
+    path = run_dir / SPEC
     path.write_text(json.dumps(spec, indent=1))
     return path
 

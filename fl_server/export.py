@@ -9,7 +9,14 @@ in the federation config's order); the mapping is written to
 Signing: with the coordinator's dedicated bundle-signing key
 (``<provision>/server/bundle_signing.key``; sites pin its public half, shipped
 in every kit), never with the federation CA key, which is refused. The weights
-are read only if their SHA-256 is the one the run record recorded.
+are read only if their SHA-256 is the one the run record recorded; for a signed
+bundle, the one the run's manifest records under the coordinator's run-record
+key (``<provision>/server/run_record.pub``, or ``run_record.pub`` beside
+``--key``; fl_server.record_manifest), so whoever can write the run directory
+cannot get a swapped model signed. ``allow_unsigned_run`` exports a run that
+has no manifest (written before run records were signed), loudly; a manifest
+that does not verify is refused regardless. An unsigned bundle checks only
+run.json's hashes: sites refuse it unless told to allow it.
 
 The bundle is the evaluated pipeline: the preprocessing, sliding window and
 post-processing chain the run evaluated with (run.json "postprocess"), the
@@ -25,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -124,26 +132,58 @@ def signing_key(key: str | os.PathLike | None, provision: str | os.PathLike | No
     return key
 
 
+def run_record_verifier(key: Path | None, provision: str | os.PathLike | None, run_dir: Path,
+                        allow_unsigned_run: bool = False):
+    """The run-record public key (record_manifest.RecordKey) a run must be signed with to
+    have its model signed with ``key``: the provision's, else ``run_record.pub`` beside
+    ``key``. None for an unsigned bundle, or (loudly) when ``allow_unsigned_run``
+    and there is no manifest or no key to check it with."""
+    from fl_common.kit import SERVER_RUN_PUB
+    from .record_manifest import RecordKey
+    from .records import MANIFEST, RUN
+    if key is None or not (run_dir / RUN).is_file():
+        return None  # unsigned bundle; or no run directory, which RunRecord.open names
+    pub = Path(provision) / "server" / SERVER_RUN_PUB if provision is not None else key.parent / SERVER_RUN_PUB
+    manifest = run_dir / MANIFEST
+    if pub.is_file() and manifest.is_file():
+        return RecordKey.verifier(pub)
+    if not pub.is_file():
+        path, problem = pub, (f"missing: no run-record public key to check {manifest.name} with "
+                              f"({'re-provision' if provision is not None else 'pass --provision'})")
+    else:
+        path, problem = manifest, "missing: the run record is not signed"
+    if not allow_unsigned_run:
+        raise ImagingError(path, f"{problem}, so nothing shows the model files are the ones the run "
+                           "wrote; refusing to sign them (--allow-unsigned-run: only for a run written "
+                           "before run records were signed)")
+    print(f"WARNING: {path}: {problem}; exporting weights nothing verified (--allow-unsigned-run)",
+          file=sys.stderr)
+    return None
+
+
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best",
                key: str | os.PathLike | None = None, federation_path: str | os.PathLike | None = None,
                data_base: str | os.PathLike | None = None, overwrite: bool = False,
                version: str | None = None, provision: str | os.PathLike | None = None,
-               postprocess: str = "run") -> Path:
+               postprocess: str = "run", allow_unsigned_run: bool = False) -> Path:
     """Export the run's ``which`` ("best" or "final") global model as a bundle in
     ``out_dir``, signed with ``key`` or the bundle-signing key of ``provision``
     (see ``signing_key``; neither: unsigned, which sites refuse unless told to
     allow it). The federation config and data base default to what run.json
     records. ``postprocess``: "run" ships the chain the run evaluated with, "auto" the
-    one its validation metrics choose (see the module doc). Returns ``out_dir``."""
+    one its validation metrics choose (see the module doc). A signed bundle needs a
+    signed run record (``run_record_verifier``). Returns ``out_dir``."""
     from imaging_core.bundle.export import export_bundle
     from fl_common.config import load_federation
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
 
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
     if postprocess not in ("run", "auto"):
         raise ValueError(f"postprocess must be 'run' or 'auto', got {postprocess!r}")
     key = signing_key(key, provision)  # refused before any work
-    run = RunRecord.open(run_dir)
+    verifier = run_record_verifier(key, provision, Path(run_dir), allow_unsigned_run)
+    run = RunRecord.open(run_dir, verify_key=verifier)  # a signed record: checked here, whole
     info = run.info
     fpath = federation_path or run.federation_path
     if not fpath:
@@ -180,6 +220,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         "secure_aggregation": info.get("secure_aggregation"),
         "min_sites": info.get("min_sites"), "best_metric": info.get("best_metric"),
         "which": which, "round": r, "status": info.get("status"),
+        "run_record": ("signed; verified against the run-record key "
+                       f"{MANIFEST_SIGNATURES.fingerprint(verifier.public)[:16]}..." if verifier is not None
+                       else "not verified"),
         "sites": [pseud[n] for n in names if n in {s.name for s in fed.sites}],
         "postprocess": {"policy": postprocess, "chain": chain, "decision": decision},
         "metrics": {"held_out": held, "held_out_space": info.get("evaluation_space") or "preprocessed",
@@ -189,7 +232,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     }
     model_cfg = dict(info.get("model") or fed.model.model_dump())
     ver = version or f"1.0.{max(r, 0)}"
-    from fl_common.crypto.signing import MANIFEST_SIGNATURES
     from imaging_core.bundle.configs import UnexportableStep
     try:
         return export_bundle(state, model_cfg, data_contract(fed, chain, plan), provenance, out_dir,

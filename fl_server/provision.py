@@ -1,5 +1,5 @@
 """`fedvox provision`: a federation CA, the SuperLink's TLS identity, the
-coordinator's bundle-signing key and one startup kit per site, built from the
+coordinator's bundle-signing and run-record keys and one startup kit per site, built from the
 sites' enrollment requests (`fedvox site init`), written atomically. No site
 private key is made or kept here: each site made its own.
 
@@ -9,6 +9,7 @@ Layout of ``out_dir``::
     server/                   stays with the coordinator (0700)
       ca.crt  server.pem  server.key (0600)  ca.key (0600)  roster.json  roster.fingerprint
       bundle_signing.key (0600)  bundle_signing.pub  enroll/<site>.json (the requests)
+      run_record.key (0600)  run_record.pub   signs / verifies run manifests (fl_common.kit)
     sites/<name>/             handed to that site (nothing secret in it)
       ca.crt  roster.json  roster.fingerprint  site.toml  bundle_signing.pub
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from fl_common.crypto import pki as crypto
 from fl_common.kit import (KIT_BUNDLE_PUB, KIT_CA, KIT_ROSTER, KIT_ROSTER_FP, KIT_SITE_TOML,
-                           SERVER_BUNDLE_KEY)
+                           SERVER_BUNDLE_KEY, SERVER_RUN_KEY, SERVER_RUN_PUB)
 from imaging_core.io.atomic import replace_dir
 
 DEFAULT_PORT = 8000  # flower-superlink's own default for its single HTTPS port
@@ -60,6 +61,8 @@ class Provision:
     roster: dict[str, str]
     roster_fingerprint: str
     bundle_key: Path
+    run_record_key: Path
+    run_record_pub: Path
     site_kits: dict[str, Path] = field(default_factory=dict)
 
 
@@ -126,8 +129,8 @@ root_certificates = "{KIT_CA}"
 def provision(out_dir, requests, hosts=LOOPBACK, federation: str = "fedvox",
               force: bool = False, port: int = DEFAULT_PORT,
               superlink_address: str | None = None) -> Provision:
-    """Create a federation's CA, server identity, bundle-signing key and site
-    startup kits in ``out_dir`` from the sites' enrollment request files.
+    """Create a federation's CA, server identity, bundle-signing and run-record
+    keys and site startup kits in ``out_dir`` from the sites' enrollment request files.
 
     ``hosts``: names/IPs the SuperLink is reached by (loopback is always added).
     ``superlink_address`` (default ``hosts[0]:port``) goes into each site.toml.
@@ -154,6 +157,7 @@ def provision(out_dir, requests, hosts=LOOPBACK, federation: str = "fedvox",
         srv = crypto.issue_server_cert(ca, ca_key, srv_key, san_hosts,
                                     common_name=hosts[0], org=federation)
         bundle_key = crypto.new_key()  # its own pair: the CA key only signs certificates
+        run_key = crypto.new_key()     # and another: why, in fl_common.kit
         roster = {s: reqs[s].public_key for s in sites}
         roster_json = json.dumps(roster, indent=2) + "\n"
         roster_fp = crypto.roster_fingerprint(roster)
@@ -167,6 +171,8 @@ def provision(out_dir, requests, hosts=LOOPBACK, federation: str = "fedvox",
         _write(sdir / "ca.key", crypto.key_pem(ca_key), 0o600)
         _write(sdir / SERVER_BUNDLE_KEY, crypto.key_pem(bundle_key), 0o600)
         _write(sdir / KIT_BUNDLE_PUB, bundle_pub)
+        _write(sdir / SERVER_RUN_KEY, crypto.key_pem(run_key), 0o600)
+        _write(sdir / SERVER_RUN_PUB, crypto.public_pem(run_key))
         _write(sdir / "roster.json", roster_json)
         _write(sdir / KIT_ROSTER_FP, roster_fp + "\n")
         (sdir / "enroll").mkdir(mode=0o700)
@@ -213,6 +219,7 @@ def load_provision(out_dir) -> Provision:
                      roster_path=s / "roster.json", roster=roster,
                      roster_fingerprint=crypto.roster_fingerprint(roster),
                      bundle_key=s / SERVER_BUNDLE_KEY,
+                     run_record_key=s / SERVER_RUN_KEY, run_record_pub=s / SERVER_RUN_PUB,
                      site_kits={n: out / "sites" / n for n in meta["sites"]})
 
 

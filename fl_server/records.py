@@ -13,6 +13,9 @@
     global_best.pt / global_final.pt   state dicts of the best and final global models
                               (run.json "files": the SHA-256 of each of these, as written)
     state.json                the last completed round (written last, atomically)
+    run_manifest.json         the model files' hashes, run id, rounds and plan/spec hashes,
+                              signed with the provision's run-record key (fl_server.record_manifest)
+    spec.json                 what `fedvox server` told the ServerApp (fl_server.deploy)
     report/                   what `fedvox report` writes
     tensorboard/              TensorBoard event files of the records (fl_server/tracking.py)
     site_pseudonyms.json      real site name -> "site-N" for exported bundles (0600)
@@ -33,8 +36,11 @@ Model and checkpoint files are written only through ``save_model`` /
 read through ``load_model`` / ``load_round_checkpoint``, which refuse a file
 whose hash is not the recorded one (a .sha256 sidecar alone is no defence:
 whoever swaps the file writes the sidecar too). Loading is data-only
-(imaging_core.train.checkpoint). Not covered: someone who rewrites run.json
-as well as the file (run.json is not signed).
+(imaging_core.train.checkpoint). run.json is not signed, so a writer with the
+run-record key (``signer``, the server) also signs the hashes into
+run_manifest.json, and a reader given its public half (``verify_key``,
+`fedvox export`) loads only files with the signed hash; a writer resuming a
+signed run takes the hashes from the verified manifest, not from run.json.
 
 Which model a number belongs to: rounds.json's round-t central metrics are
 for the global model after round t (round 0 = the initial model); a round-t
@@ -65,6 +71,13 @@ MODEL_FILES = {"best": "global_best.pt", "final": "global_final.pt"}
 FILES = "files"  # run.json: {path relative to the run directory: SHA-256} of every model/checkpoint written
 PSEUDONYMS = "site_pseudonyms.json"
 PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox check (fl_server.plan)
+SPEC = "spec.json"
+MANIFEST = "run_manifest.json"
+SIGNED_RECORDS = (PLAN, SPEC)  # beside the model files: the plan ships in the bundle, the spec says how the run ran
+# What a reader checks of those: the plan. Each `fedvox server` start rewrites spec.json before
+# its ServerApp re-signs, so a start that fails first leaves it unlike the signed one with
+# nothing wrong; and nothing is read from it after the run (its hash stays signed for audit).
+CHECKED_RECORDS = (PLAN,)
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
@@ -90,26 +103,53 @@ class RunRecord:
     """Writer (the server's round loop: ``RunRecord(dir)``) and read-only view
     (``RunRecord.open(dir)``) of one run directory."""
 
-    def __init__(self, run_dir: str | Path, _read_only: bool = False):
+    def __init__(self, run_dir: str | Path, _read_only: bool = False, signer=None):
         self.dir = Path(run_dir)
         self.read_only = _read_only
+        self.signer = signer        # a record_manifest.RecordKey with its private half, or None
+        self._manifest: dict | None = None  # the signed manifest as verified or last signed
         if not _read_only:
             self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             os.chmod(self.dir, DIR_MODE)  # also when it existed, or the umask widened mkdir's mode
         self.rounds: list[dict] = read_json(self.dir / ROUNDS, [])
         self.sites: list[dict] = read_json(self.dir / SITES, [])
         self.info: dict = read_json(self.dir / RUN, {})
+        if signer is not None:
+            self._adopt_manifest()
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> "RunRecord":
+    def open(cls, run_dir: str | Path, verify_key=None) -> "RunRecord":
         """An existing run directory, read only (an error naming it if it is none).
+        ``verify_key`` (a record_manifest.RecordKey): refused unless the run's manifest is
+        signed by it and run.json's run id, rounds and plan.json are as signed;
+        models then load only with the signed hash.
         The one file a reader adds is the pseudonym map (``pseudonyms``), kept by export."""
+        from . import record_manifest as rm
         d = Path(run_dir)
         if not d.is_dir():
             raise ImagingError(d, "run directory not found")
         if not (d / RUN).is_file():
             raise ImagingError(d / RUN, "missing: not a run directory")
-        return cls(d, _read_only=True)
+        rec = cls(d, _read_only=True)
+        if verify_key is not None:
+            rec._manifest = rm.read_verified(d / MANIFEST, verify_key)
+            rm.check_records(d, rec._manifest, rec.info, RUN, CHECKED_RECORDS)
+        return rec
+
+    def _adopt_manifest(self) -> None:
+        # A resumed run signs on from what it signed before, never from run.json's hashes,
+        # which anyone who can write the directory could have edited meanwhile.
+        from .record_manifest import adopt
+        self._manifest = adopt(self.dir / MANIFEST, self.signer, self.info, self.dir / RUN, FILES)
+        if self._manifest is not None:
+            self.info[FILES] = dict(self._manifest["files"])
+
+    def _sign(self) -> None:
+        """Re-sign the manifest if what it covers changed (no key: nothing to sign)."""
+        if self.signer is not None:
+            from .record_manifest import resign
+            self._manifest = resign(self.dir, MANIFEST, self.signer, self._manifest, self.info.get("run_id"),
+                                    self.info.get("rounds"), self.info.get(FILES, {}), SIGNED_RECORDS)
 
     # ----- writing (the round loop) ----------------------------------------
     def _writable(self) -> None:
@@ -125,6 +165,7 @@ class RunRecord:
         self._writable()
         self.info = {**self.info, **info, "status": "running"}
         write_json(self.dir / RUN, self.info)
+        self._sign()  # run id, rounds and spec.json as this session started
 
     def finish(self, status: str = "completed", **extra) -> None:
         self._writable()
@@ -194,6 +235,7 @@ class RunRecord:
         """plan.json: the [preprocess]/[sampling]/[model] tables and their reasons."""
         self._writable()
         write_json(self.dir / PLAN, plan)
+        self._sign()
         return self.dir / PLAN
 
     def save_harmonisation(self, table: dict) -> Path:
@@ -225,6 +267,7 @@ class RunRecord:
         digest = save_checkpoint(state, path)
         self.info.setdefault(FILES, {})[path.relative_to(self.dir).as_posix()] = digest
         write_json(self.dir / RUN, self.info)
+        self._sign()  # after run.json: a crash between leaves the file unsigned, so unloadable, never trusted
         return path
 
     def save_model(self, which: str, state: dict) -> Path:
@@ -243,8 +286,12 @@ class RunRecord:
         return (self.info.get(FILES) or {}).get(rel)
 
     def load(self, path: Path) -> dict:
-        """A model or checkpoint file of this run, refused unless its SHA-256 is the one recorded."""
+        """A model or checkpoint file of this run, refused unless its SHA-256 is the one
+        recorded (the signed one when the record was verified or is being signed)."""
         from imaging_core.train.checkpoint import load_checkpoint
+        if self._manifest is not None:
+            from .record_manifest import check_file
+            return load_checkpoint(path, sha256=check_file(Path(path), self.dir, self._manifest, MANIFEST))
         digest = self.recorded_hash(path)
         if digest is None:
             raise ImagingError(path, f"not in the run record ({RUN} {FILES!r} has no SHA-256 for it); "

@@ -46,7 +46,7 @@ def build_server(spec: dict, grid) -> RoundLoop:
         connect_timeout=float(spec.get("connect_timeout", 300)), site_round=site_cfg,
         lr=lambda r: site_lr(fed.train, rounds, site_cfg["local_epochs"], r),
         best_metric=fl.best_metric)
-    record = RunRecord(spec["run_dir"])
+    record = RunRecord(spec["run_dir"], signer=_record_signer(spec))
     task = Task(fed, spec.get("device", "cpu"))
     template = {k: v.numpy() for k, v in float_state(task.build_net(seed=fl.seed)).items()}
     central = None
@@ -63,6 +63,17 @@ def build_server(spec: dict, grid) -> RoundLoop:
     return RoundLoop(grid, record, _aggregation(spec, fl, record), ServerOptimizer.from_federation(fl),
                      template, settings, central=central, run_info=run_info, stage=Stage(grid),
                      before_rounds=_plan_stage(spec, fed, record))
+
+
+def _record_signer(spec: dict):
+    """The provision's run-record key, which signs the run's manifest (None: an unsigned run)."""
+    if not spec.get("provision"):
+        logging.getLogger(__name__).warning("no provision in the run spec: the run record is not "
+                                            "signed, and `fedvox export` will refuse to sign its model")
+        return None
+    from .provision import load_provision
+    from .record_manifest import RecordKey
+    return RecordKey.signer(load_provision(spec["provision"]).run_record_key)
 
 
 def _plan_stage(spec: dict, fed, record: RunRecord):

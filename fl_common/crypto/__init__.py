@@ -5,7 +5,8 @@ module in the project imports `cryptography` or pycryptodome.
   keystream, Shamir shares);
 - pki.py: site enrollment keys and their signatures, the federation CA and the
   SuperLink's TLS certificate;
-- signing.py: signatures of exported bundles' manifests (MANIFEST_SIGNATURES).
+- signing.py: signatures of exported bundles' manifests (MANIFEST_SIGNATURES) and
+  of run directories' manifests (RUN_RECORD_SIGNATURES).
 
 Only well-kept libraries do the cryptographic work (`cryptography`,
 pycryptodome); nothing here imports torch.

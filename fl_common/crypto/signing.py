@@ -1,8 +1,11 @@
 """Signatures of exported bundles' manifests (MANIFEST_SIGNATURES), handed to
-imaging_core.bundle, which must not import cryptography itself."""
+imaging_core.bundle, which must not import cryptography itself, and of run
+directories' manifests (RUN_RECORD_SIGNATURES, fl_server.record_manifest)."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -101,3 +104,47 @@ class ManifestSignatures:
 
 
 MANIFEST_SIGNATURES = ManifestSignatures()
+
+
+class RunRecordSignatures:
+    """ECDSA P-384 / SHA-384 signatures of a run directory's manifest (a JSON object
+    of its model files' hashes, fl_server.record_manifest), with the coordinator's
+    run-record key. The signed bytes carry a domain tag, so a run-record signature
+    can never pass for a bundle manifest's, whatever key signed it."""
+
+    algorithm = "ecdsa-p384-sha384"
+    DOMAIN = b"fedvox run record v1\n"
+
+    def signed_bytes(self, manifest: dict) -> bytes:
+        # canonical JSON: the same object always gives the same bytes, wherever it was read
+        return self.DOMAIN + json.dumps(manifest, sort_keys=True, separators=(",", ":"),
+                                        ensure_ascii=True, allow_nan=False).encode()
+
+    def sign(self, key: ec.EllipticCurvePrivateKey, manifest: dict) -> dict:
+        """The signed document: the manifest, the signer's key fingerprint and the signature."""
+        return {"manifest": manifest, "algorithm": self.algorithm,
+                "signer": MANIFEST_SIGNATURES.fingerprint(key),
+                "signature": base64.b64encode(sign(key, self.signed_bytes(manifest))).decode()}
+
+    def check(self, pub: ec.EllipticCurvePublicKey, doc) -> dict:
+        """The manifest of a signed document, or ValueError saying what is wrong
+        (not a signed manifest, signed by another key, or altered after signing)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifest"), dict) \
+                or not isinstance(doc.get("signature"), str):
+            raise ValueError("not a signed run manifest ({manifest, signature} expected)")
+        if doc.get("algorithm") != self.algorithm:
+            raise ValueError(f"algorithm {doc.get('algorithm')!r} is not {self.algorithm!r}")
+        want = MANIFEST_SIGNATURES.fingerprint(pub)
+        if doc.get("signer") != want:
+            raise ValueError(f"signed by another key (fingerprint {str(doc.get('signer'))[:16]}..., "
+                             f"the run-record key's is {want[:16]}...)")
+        try:
+            sig = base64.b64decode(doc["signature"], validate=True)
+        except ValueError:
+            raise ValueError("the signature is not base64") from None
+        if not MANIFEST_SIGNATURES.verify(pub, sig, self.signed_bytes(doc["manifest"])):
+            raise ValueError("the signature does not verify: the manifest was altered after signing")
+        return doc["manifest"]
+
+
+RUN_RECORD_SIGNATURES = RunRecordSignatures()

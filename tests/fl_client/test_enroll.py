@@ -72,7 +72,7 @@ def test_attack_provisioning_writes_no_site_private_key(fed):
     for path, key in found.items():  # the coordinator's own keys only, none of them a site's
         assert path.parent == prov.root / "server", path
         assert key is not None and pki.openssh_public(key.public_key()) not in roster_points, path
-    assert sorted(p.name for p in found) == ["bundle_signing.key", "ca.key", "server.key"]
+    assert sorted(p.name for p in found) == ["bundle_signing.key", "ca.key", "run_record.key", "server.key"]
     for kit in prov.site_kits.values():
         assert not private_keys_under(kit), kit
         assert sorted(p.name for p in kit.iterdir()) == [

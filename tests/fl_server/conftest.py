@@ -1,6 +1,7 @@
 """A run directory fabricated in exactly the format the run record and
 server_app.py leave behind (run.json, rounds/sites JSON+CSV, final_sites.json,
-global_best/final.pt with a real tiny model, their hashes in run.json), a baseline run
+global_best/final.pt with a real tiny model, their hashes in run.json and in the
+signed run_manifest.json), a baseline run
 (final.json), a mini federation with a coordinator and a signing key: so the
 report, export and CLI tests need no federation run.
 """
@@ -29,8 +30,22 @@ def _scores(rng, base: float) -> dict:
             "dice_2": d2, "hd95_2": 30 * (1 - d2), "missed_2": 1}
 
 
-def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True) -> Path:
-    """A complete run directory of a 3-site, 3-round federation with a real tiny model."""
+def run_record_key(keys_dir: Path) -> Path:
+    """The coordinator's run-record key pair in ``keys_dir`` (made once), as provisioning
+    writes it into server/; returns the private half."""
+    from fl_common.crypto.signing import MANIFEST_SIGNATURES
+    from fl_common.kit import SERVER_RUN_KEY, SERVER_RUN_PUB
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    if not (keys_dir / SERVER_RUN_KEY).is_file():
+        MANIFEST_SIGNATURES.write_key_pair(keys_dir / SERVER_RUN_KEY, keys_dir / SERVER_RUN_PUB)
+    return keys_dir / SERVER_RUN_KEY
+
+
+def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True, keys_dir: Path | None = None) -> Path:
+    """A complete run directory of a 3-site, 3-round federation with a real tiny model,
+    its record signed with the run-record key in ``keys_dir`` (default: beside the run,
+    where export finds it next to a bundle key made there)."""
+    from fl_server.record_manifest import RecordKey
     from fl_server.records import RunRecord
     from imaging_core.nets.unet3d import unet_from_config
     rng = np.random.default_rng(seed)
@@ -69,7 +84,8 @@ def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True) -> Pat
     final[1]["local/hd95_2"] = math.nan  # a missed structure: HD95 undefined
     write_json(run_dir / "final_sites.json", {"sites": final, "failures": []})
     write_csv(run_dir / "final_sites.csv", final)
-    record = RunRecord(run_dir)  # the model files go through the record, which keeps their hashes
+    signer = RecordKey.signer(run_record_key(keys_dir or run_dir.parent))
+    record = RunRecord(run_dir, signer=signer)  # the model files go through the record: hashes, signed
     for which, sd in (("best", 0), ("final", 1)):
         torch.manual_seed(sd)
         net = unet_from_config({**MODEL, "in_channels": 1, "out_channels": len(LABELS)})

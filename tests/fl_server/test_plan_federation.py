@@ -42,11 +42,15 @@ def test_fingerprint_stage_before_round_1(tmp_path):
             start_site(group, read_kit(prov.site_kits[n]), keys[n], fed, tmp_path / "sites" / f"{n}.toml",
                        tmp_path / "work" / n, sl.address, data_base=tmp_path / "data",
                        audit_dir=tmp_path / "audit" / n)
-        spec = deploy.write_spec(tmp_path / "run", fed, tmp_path / "data", True, prov.roster_path, rounds=1,
-                                 connect_timeout=60, harmonisation_check=True, plan_memory_gb=1.0)
+        spec = deploy.write_spec(tmp_path / "run", fed, tmp_path / "data", True, prov.roster_path,
+                                 provision=prov.root, rounds=1, connect_timeout=60, harmonisation_check=True,
+                                 plan_memory_gb=1.0)
         res = deploy.run_federation(cli, prov.federation, spec, 360, tmp_path / "server" / "run.log")
     assert res.ok, f"{res.status}: {res.details}"
-    rec = RunRecord.open(tmp_path / "run")
+    # the ServerApp signed its record with the provision's run-record key: plan, spec, models
+    from fl_server.record_manifest import RecordKey
+    rec = RunRecord.open(tmp_path / "run", verify_key=RecordKey.verifier(prov.run_record_pub))
+    assert rec.load_model("final") and rec.load_round_checkpoint(1)["round"] == 1
     assert [r["site"] for r in rec.harmonisation["rows"]] == SITES
     assert rec.plan["cases"] == sum(r["cases"] for r in rec.harmonisation["rows"])
     assert [r["round"] for r in rec.rounds if r.get("status") == "ok"] == [1]

@@ -103,7 +103,7 @@ def test_tls_rejects_a_name_not_in_the_certificate(prov):
 
 
 def test_private_keys_are_0600_and_dirs_private(prov):
-    for k in [prov.server_key, prov.ca_key, prov.bundle_key]:
+    for k in [prov.server_key, prov.ca_key, prov.bundle_key, prov.run_record_key]:
         assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
     for d in [prov.root, prov.root / "server"]:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
@@ -129,6 +129,13 @@ def test_roster_is_the_sites_own_p384_keys_and_every_kit_carries_it(prov):
     assert len(set(roster.values())) == len(SITES)  # distinct keys
     ca = pki.load_key(prov.ca_key.read_bytes())
     assert pki.load_key(prov.bundle_key.read_bytes()).private_numbers() != ca.private_numbers()
+    # the run-record key is a third pair, and stays with the coordinator: no kit carries it
+    run_key = pki.load_key(prov.run_record_key.read_bytes())
+    assert run_key.private_numbers() not in (ca.private_numbers(),
+                                             pki.load_key(prov.bundle_key.read_bytes()).private_numbers())
+    assert load_pem_public_key(prov.run_record_pub.read_bytes()).public_numbers() == \
+        run_key.public_key().public_numbers()
+    assert not any(p.name.startswith("run_record") for p in (prov.root / "sites").rglob("*"))
 
 
 def test_site_toml_is_a_valid_site_config(prov):

@@ -42,7 +42,7 @@ def signed(tmp_path_factory):
     import sys
     from tests.fl_server.conftest import fabricate_run
     tmp = tmp_path_factory.mktemp("trust")
-    run = fabricate_run(tmp / "run")
+    run = fabricate_run(tmp / "run", keys_dir=tmp / "coordinator")  # its run-record key beside the bundle key
     key, pub = _key_pair(tmp / "coordinator", "bundle_signing")
     r = subprocess.run([sys.executable, "-m", "fl_server.cli", "export", str(run), "--out", str(tmp / "bundle"),
                         "--key", str(key)], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -157,8 +157,9 @@ def test_export_refuses_the_federation_ca_key(cli, run_dir, tmp_path, fab):
     _one_line_refusal(cli("export", run_dir, "--out", tmp_path / "b1", "--key", key, "--provision", prov),
                       "CA")
     _one_line_refusal(cli("export", run_dir, "--out", tmp_path / "b2", "--key", key), "CA")  # ca.crt beside it
-    # --provision alone picks the dedicated key
+    # --provision alone picks the dedicated key (and checks the run with its run-record key)
     bkey, bpub = _key_pair(prov / "server", Path(SERVER_BUNDLE_KEY).stem)
+    shutil.copy(tmp_path / "run_record.pub", prov / "server")  # the key the fixture's run was signed with
     r = cli("export", run_dir, "--out", tmp_path / "b3", "--provision", prov)
     assert r.returncode == 0, r.stderr
     assert cli("bundle", "verify", tmp_path / "b3", "--public-key", bpub).returncode == 0
