@@ -63,16 +63,26 @@ class Stage:
     def nodes(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
 
-    def wait_for_nodes(self, n: int, timeout: float, every: float = 1.0) -> list[int]:
+    def wait_for_nodes(self, n: int, timeout: float, every: float = 1.0, expected: int = 0,
+                       grace: float = 0.0) -> list[int]:
+        """At least ``n`` connected nodes within ``timeout``; once there are, up to
+        ``grace`` s more for all ``expected`` ones: sites started together connect
+        seconds apart, and one that misses the start misses the plan's fingerprint
+        and the first secure-aggregation setup (it is keyed in only at a later round)."""
         deadline = time.monotonic() + timeout
         while True:
             nodes = self.nodes()
             if len(nodes) >= n:
-                return nodes
+                break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(nodes)} of the {n} required sites connected "
                                    f"within {timeout:.0f} s")
             time.sleep(every)
+        until = min(time.monotonic() + grace, deadline)
+        while len(nodes) < expected and time.monotonic() < until:
+            time.sleep(min(every, max(until - time.monotonic(), 0.0)))
+            nodes = self.nodes()
+        return nodes
 
     def learn(self, node: int, site: str) -> None:
         self.node_site[node] = str(site)

@@ -63,6 +63,8 @@ class RoundSettings:
     train_timeout: float = 900.0
     eval_timeout: float = 600.0
     connect_timeout: float = 300.0
+    expected_sites: int = 0   # the federation's sites: once min_sites are there, the start waits
+    join_grace: float = 20.0  # this long for the others (exchange.Stage.wait_for_nodes)
     site_round: dict = field(default_factory=dict)   # every T/E message's config, besides round, run and lr
     lr: Callable[[int], float] = lambda r: 0.0        # the sites' learning rate in round r
     best_metric: str = "dice_fg_mean"
@@ -156,7 +158,8 @@ class RoundLoop:
                            "rounds": self.cfg.rounds, "strategy": self.opt.name, "min_sites": self.cfg.min_sites,
                            "server_optimizer": self.opt.settings(), "site_round": self.cfg.site_round,
                            "secure_aggregation": self.aggregation.describe(), "best_metric": self.cfg.best_metric})
-        nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout)
+        nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout,
+                                          expected=self.cfg.expected_sites, grace=self.cfg.join_grace)
         self.record.event("sites_connected", sites=len(nodes), first_round=start, rounds=self.cfg.rounds)
         if self.before_rounds is not None and start == 1 and self.record.harmonisation is None:
             try:
@@ -276,7 +279,8 @@ class RoundLoop:
             mean_delta, total_weight = agg.aggregate(r, survivors, eval_ok, len(before))
             self._set_flat(self.opt.step(before, mean_delta))
             row.update(status="ok", sites_aggregated=len(survivors), total_weight=total_weight,
-                       delta_norm=float(np.linalg.norm(mean_delta)), **agg.round_summary())
+                       delta_norm=float(np.linalg.norm(mean_delta)))
+            row.update(agg.round_summary())  # secure aggregation: how many masked vectors it summed
         except RoundFailed as e:
             log.warning("round %d failed: %s; the global model is unchanged", r, e)
             row.update(status="failed", reason=str(e), sites_aggregated=0)

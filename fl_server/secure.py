@@ -114,23 +114,31 @@ class SecureAggregation:
         nodes_ok = [self.site_node[s] for s in adverts if s not in self.proto.setup_rejected]
         bundles = self._query(nodes_ok, K.SECAGG_SHARE, {n: roster_msg for n in nodes_ok})
         eligible = self.proto.collect_share_bundles(bundles)
+        self._keyed_without = self._outside(nodes, list(eligible))  # re-keyed for only when this set changes
         log.info("secagg session %s: %d sites eligible, threshold %d", self.session, len(eligible), self.threshold)
 
     # ----- per round --------------------------------------------------------
+    def _sites(self, nodes) -> list:
+        return [self.stage.node_site.get(n) for n in nodes]
+
+    def _outside(self, nodes, part) -> set[str]:
+        """Connected roster sites without keys here, and nodes not yet named."""
+        return ({s for s in self._sites(nodes) if s in self.roster and s not in part}
+                | {f"node {n}" for n in nodes if n not in self.stage.node_site})
+
     def train_extra(self, r, nodes, received: bytes) -> dict:
         self.failure = None
-        sites = [self.stage.node_site.get(n) for n in nodes]
-        part = [s for s in sites if s in self.proto.eligible_sites()]
-        # connected sites without keys in this session: a site that dropped out and came
-        # back (its old keys are spent: the others revealed what unmasks its dropout)
-        outside = {s for s in sites if s in self.roster and s not in part}
+        part = [s for s in self._sites(nodes) if s in self.proto.eligible_sites()]
+        # connected nodes without keys in this session: a site that dropped out and came
+        # back (its old keys are spent: the others revealed what unmasks its dropout), or
+        # one that connected after the setup (a node never heard from may be a roster site)
+        outside = self._outside(nodes, part)
         rejoined = bool(outside) and outside != self._keyed_without
         if len(part) < self.threshold or rejoined:
-            if rejoined:  # fresh keys for everyone connected: once per such set of sites
+            if rejoined:  # fresh keys for everyone connected: once per such set of nodes
                 self.session = None
             self.setup(self.stage, nodes)
-            part = [s for s in sites if s in self.proto.eligible_sites()]
-            self._keyed_without = {s for s in sites if s in self.roster and s not in part}
+            part = [s for s in self._sites(nodes) if s in self.proto.eligible_sites()]
         try:
             reqs = self.proto.train_requests(r, participants=part, received=received)
         except RoundFailed as e:
@@ -179,7 +187,9 @@ class SecureAggregation:
             raise RoundFailed(f"unmasked vector has {res.mean.shape[0]} values, the model {n}")
         self.last = res
         self.clipped += int(res.clipped)
-        self.summary = {"clipped": int(res.clipped), **{f"sum_{k}": v for k, v in res.counts.items()}}
+        # the sites whose masked vectors were summed: a train reply without one is no update
+        self.summary = {"sites_aggregated": len(res.survivors), "clipped": int(res.clipped),
+                        **{f"sum_{k}": v for k, v in res.counts.items()}}
         if res.clipped:
             log.warning("round %d: %d delta values were clipped to +-%g", r, res.clipped, self.clip_range)
         return np.asarray(res.mean, np.float32), float(res.total_weight)

@@ -43,7 +43,7 @@ def build_server(spec: dict, grid) -> RoundLoop:
         rounds=rounds, min_sites=int(spec.get("min_sites", fl.min_sites)),
         train_timeout=float(spec.get("train_timeout", fl.train_timeout)),
         eval_timeout=float(spec.get("eval_timeout", fl.eval_timeout)),
-        connect_timeout=float(spec.get("connect_timeout", 300)), site_round=site_cfg,
+        connect_timeout=float(spec.get("connect_timeout", 300)), expected_sites=len(fed.sites), site_round=site_cfg,
         lr=lambda r: site_lr(fed.train, rounds, site_cfg["local_epochs"], r),
         best_metric=fl.best_metric)
     record = RunRecord(spec["run_dir"], signer=_record_signer(spec))

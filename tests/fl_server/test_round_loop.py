@@ -6,6 +6,7 @@ real secure-aggregation protocol; no Flower processes, no torch model."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -364,3 +365,43 @@ def test_a_server_restart_mid_round_does_not_replay_it_and_the_sites_refuse_a_re
     for node in (10, 11):
         assert any("already sent a masked update for run" in e for e in grid3.sites[node].errors)
     assert loop3.aggregation.last is None  # nothing was unmasked
+
+
+class LateGrid(FakeGrid):
+    """Node 12 connects only once ``joins()`` says so (it missed the start)."""
+
+    def __init__(self, sites, joins):
+        super().__init__(sites)
+        self.joins = joins
+
+    def get_node_ids(self):
+        return [n for n in self.sites if n != 12 or self.joins(self)]
+
+
+def test_a_site_that_connects_after_the_setup_is_keyed_in_for_the_next_round(tmp_path):
+    # it joins once the first setup is done: round 1 keys everyone in a fresh session
+    loop, grid = _late_secure_loop(tmp_path, lambda g: any(t == "query.share" for t, _, _ in g.pushed))
+    loop.run()
+    rec = RunRecord(tmp_path / "run2")
+    assert [(r["sites_aggregated"], r["sum_patches"]) for r in rec.rounds[1:]] == [(3, 3 * PATCHES)] * 2
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["secagg_sessions"] == 2
+    # the re-key happened once, not every round
+    assert [t for t, _, _ in grid.pushed].count("query.advertise") == 2 + 3
+
+
+def test_the_start_waits_a_grace_for_the_sites_not_yet_connected(tmp_path):
+    t0 = time.monotonic()
+    loop, grid = _late_secure_loop(tmp_path, lambda g: time.monotonic() - t0 > 0.5, join_grace=5.0,
+                                   expected_sites=3)
+    loop.run()
+    rec = RunRecord(tmp_path / "run2")
+    assert [(r["sites_aggregated"], r["sum_patches"]) for r in rec.rounds[1:]] == [(3, 3 * PATCHES)] * 2
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["secagg_sessions"] == 1
+
+
+def _late_secure_loop(tmp_path, joins, **settings):
+    roster, factory = secagg_sites(tmp_path / "site-state", NAMES, 0)
+    grid = LateGrid(make_sites(secagg=factory), joins)
+    record = RunRecord(tmp_path / "run2")
+    agg = SecureAggregation(roster, lambda: next_session(record), setup_timeout=1.0, colluding_sites=0)
+    return make_loop(tmp_path / "run2", grid, agg, record=record, **settings), grid
