@@ -47,7 +47,7 @@ def data_contract(fed, postprocess: dict | None = None, plan: dict | None = None
     ``postprocess``: the chain the run evaluated with (default: the config's [postprocess])."""
     mods = [s.modality for s in fed.sites]
     default = fed.coordinator.modality if fed.coordinator is not None else Counter(mods).most_common(1)[0][0]
-    pre = fed.preprocess.model_dump()
+    pre = fed.preprocess_table("the bundle export").model_dump()
     used = sorted(set(mods) | {default})
     pre["intensity"] = {m: pre["intensity"][m] for m in used if m in pre["intensity"]}
     out = {**pre, "modality": default, "labels": {str(k): v for k, v in fed.labels.items()}, "in_channels": 1,
@@ -150,6 +150,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         raise ImagingError(run.dir / "run.json", "does not record the federation config "
                            "(federation_path); pass it explicitly (--federation)")
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
+    if run.preprocess is not None:  # what the run trained with: inference preprocesses the same way
+        fed = fed.with_preprocess(run.preprocess)
     state = run.load_model(which)  # data only, and the file the run recorded
     if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
         state = state["net"]
@@ -180,6 +182,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         "secure_aggregation": info.get("secure_aggregation"),
         "min_sites": info.get("min_sites"), "best_metric": info.get("best_metric"),
         "which": which, "round": r, "status": info.get("status"),
+        "preprocess_source": info.get("preprocess_source", "federation"),
         "sites": [pseud[n] for n in names if n in {s.name for s in fed.sites}],
         "postprocess": {"policy": postprocess, "chain": chain, "decision": decision},
         "metrics": {"held_out": held, "held_out_space": info.get("evaluation_space") or "preprocessed",

@@ -309,6 +309,7 @@ class AugmentTable(Table):
 
 
 DEFAULT_LABELS = {0: "background", 1: "foreground"}
+AUTO_PREPROCESS = "auto"   # [preprocess] = "auto" (and no [preprocess] table): the run's plan decides
 
 
 class ImagingConfig(Table):
@@ -316,7 +317,9 @@ class ImagingConfig(Table):
     model: ModelTable = ModelTable()
     train: TrainTable = TrainTable()
     labels: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_LABELS))
-    preprocess: PreprocessTable = PreprocessTable()
+    # None is "auto" (issue 16): the plan's table (imaging_core.plan.planner) decides, at run time;
+    # ``with_preprocess`` makes the concrete copy, ``preprocess_table`` refuses without one
+    preprocess: PreprocessTable | None = None
     sampling: SamplingTable = SamplingTable()
     postprocess: PostprocessTable = PostprocessTable()
     augment: AugmentTable = AugmentTable()
@@ -333,6 +336,36 @@ class ImagingConfig(Table):
         if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
             raise ValueError(f"label values must be 0..K-1 with K >= 2, got {sorted(labels)}")
         return {k: labels[k] for k in sorted(labels)}
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _auto(cls, v):
+        if isinstance(v, str):
+            if v != AUTO_PREPROCESS:
+                raise ValueError(f'must be a table or the string "{AUTO_PREPROCESS}" (the run\'s plan)')
+            return None
+        if v is None:  # TOML has no null: only code passes it, and means "auto" by it
+            return None
+        return v
+
+    @property
+    def preprocess_auto(self) -> bool:
+        return self.preprocess is None
+
+    def preprocess_table(self, what: str = "this command") -> PreprocessTable:
+        """The concrete [preprocess]; "auto" without a plan is one ConfigError naming the file."""
+        if self.preprocess is None:
+            raise ConfigError(getattr(self, "path", None) or None, "preprocess", None,
+                              f'is "{AUTO_PREPROCESS}" (the plan decides) and {what} has no plan: run '
+                              "`fedvox plan --federation FILE --run-dir R --memory-gb N` first and pass "
+                              "--plan R/plan.json, or give an explicit [preprocess] table")
+        return self.preprocess
+
+    def with_preprocess(self, table: "PreprocessTable | dict") -> "ImagingConfig":
+        """A copy whose [preprocess] is ``table`` (a plan's, validated again), "auto" resolved."""
+        data = table.model_dump() if isinstance(table, PreprocessTable) else table
+        pre = parse(PreprocessTable, data, getattr(self, "path", None) or None, "preprocess")
+        return self.model_copy(update={"preprocess": pre})
 
     @property
     def num_classes(self) -> int:
@@ -372,6 +405,6 @@ def imaging_config(doc: dict, path: str | os.PathLike | None = None) -> ImagingC
     return parse(ImagingConfig, doc, path)
 
 
-__all__ = ["AMP_MODES", "AUGMENT_PRESETS", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
+__all__ = ["AMP_MODES", "AUGMENT_PRESETS", "AUTO_PREPROCESS", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
            "PercentileRule", "PostprocessTable", "PreprocessTable", "SamplingTable", "Table", "TrainTable",
            "WindowRule", "ZScoreRule", "imaging_config", "parse"]

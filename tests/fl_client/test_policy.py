@@ -216,3 +216,23 @@ def test_a_site_misconfiguration_reaches_the_server_without_its_path(served, tmp
     site.node_config[K.NODE_WORKER_SOCKET] = str(tmp_path / "no-such-worker.sock")
     reason = _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS), K.ERR_WORKER)
     assert str(tmp_path) not in reason and "sock" not in reason
+
+
+def test_a_table_other_than_the_sites_explicit_one_is_refused_before_the_worker(served, tmp_path, caplog):
+    """The site's federation TOML has an explicit [preprocess] (4 mm): it wins; the server's
+    other table is refused by the shim, with a fixed reason, and never reaches the worker."""
+    from fl_client.policy import PREPROCESS_BAD, PREPROCESS_DIFFERS
+    from imaging_core.config import PreprocessTable
+    site = Site(tmp_path, served, "require_secure_aggregation = false")
+    other = K.preprocess_wire(PreprocessTable(pixdim=[3.0, 3.0, 3.0]).model_dump())
+    tiny = K.preprocess_wire(PreprocessTable(pixdim=[0.01, 0.01, 0.01]).model_dump())
+    with caplog.at_level(logging.INFO, logger="fedvox.worker"):
+        assert _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS,
+                                  **{K.PREPROCESS: other})) == PREPROCESS_DIFFERS
+        assert _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS,
+                                  **{K.PREPROCESS: tiny})) == PREPROCESS_BAD
+        assert "train round 1" not in caplog.text
+        # the refusals recorded nothing: the run still trains with the site's own table
+        own = K.preprocess_wire(served["worker"].preprocess)
+        reply = site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS, **{K.PREPROCESS: own})
+    assert not reply.has_error(), reply.error
