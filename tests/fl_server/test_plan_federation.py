@@ -3,7 +3,8 @@ with TLS and node auth, a site worker + SuperNode per sites_example hospital,
 secure aggregation on. `fedvox server`'s spec asks for the check: it runs
 before round 1, the run record gets the table and plan.json, and what left
 each site for the query is the masked vector, the summary record and protocol
-bytes only."""
+bytes only. With [preprocess] = "auto" the run trains, evaluates and exports with the
+plan's table."""
 from __future__ import annotations
 
 import json
@@ -119,3 +120,8 @@ def test_auto_preprocess_trains_with_the_plans_table_end_to_end(tmp_path):
         assert f"pixdim {plan['preprocess']['pixdim']}" in (tmp_path / "work" / site / "worker.log").read_text()
     assert _spacings(tmp_path / "run" / "coordinator-cache") == {pixdim}
     assert rec.info["evaluation_space"] in ("original", "preprocessed") and rec.central(1)
+    from fl_server.export import export_run  # the bundle preprocesses as the run trained
+    meta = json.loads((export_run(tmp_path / "run", tmp_path / "bundle") / "configs" / "metadata.json").read_text())
+    assert meta["data_contract"]["pixdim"] == plan["preprocess"]["pixdim"]
+    assert meta["data_contract"]["intensity"]["CT"] == plan["preprocess"]["intensity"]["CT"]
+    assert meta["federated_provenance"]["preprocess_source"] == "plan"
