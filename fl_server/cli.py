@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_parser(cmd)
     p.add_argument("--strict-check", action="store_true", help="refuse to start on any harmonisation flag")
     p.add_argument("--plan-memory-gb", type=float, default=None,
-                   help="also derive plan.json from the sites' fingerprints for this training memory")
+                   help="also derive plan.json from the sites' fingerprints for this training memory "
+                        "(always with [preprocess] = \"auto\": default planner.DEFAULT_MEMORY_GB)")
 
     p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")
