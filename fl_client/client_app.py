@@ -33,6 +33,8 @@ from fl_common.secagg.errors import SecAggError
 from fl_common.tensors import PACKED, flatten, from_record, to_record
 
 from . import policy as P
+from .in_background import in_background
+from .site_preprocess import admit as admit_preprocess
 from .worker_client import WorkerClient, WorkerError
 
 app = ClientApp()
@@ -104,11 +106,13 @@ def _guarded(handler, msg: Message, context: Context) -> Message:
 
 
 def _admit_train(msg: Message, context: Context, pol) -> None:
+    admit_preprocess(pol, _node(context, K.NODE_WORKER_SOCKET), _config(msg))  # first: it records nothing
     P.admit_train(pol, _node(context, K.NODE_STATE_DIR), _config(msg), _arrays(msg),
                   secure=K.REC_SECAGG in msg.content.config_records)
 
 
 def _admit_evaluate(msg: Message, context: Context, pol) -> None:
+    admit_preprocess(pol, _node(context, K.NODE_WORKER_SOCKET), _config(msg))
     P.admit_evaluate(pol, _node(context, K.NODE_STATE_DIR), _config(msg), _arrays(msg))
 
 
@@ -271,26 +275,6 @@ def _fingerprint_reveal(msg: Message, context: Context, pol) -> Message:
                                    K.REC_INFO: _info(context)}), context)
 
 
-def _in_background(fn, *args):
-    """Run ``fn(*args)`` in a thread; the returned callable waits for its result
-    (None if it raised: the caller then does the work itself and reports the error)."""
-    import threading
-    box: list = [None]
-
-    def run():
-        try:
-            box[0] = fn(*args)
-        except Exception:  # noqa: BLE001 - mask() redoes the step and raises it properly
-            box[0] = None
-    t = threading.Thread(target=run, name="fedvox-prepare-mask", daemon=True)
-    t.start()
-
-    def result():
-        t.join()
-        return box[0]
-    return result
-
-
 def _train(msg: Message, context: Context, pol) -> Message:
     _admit_train(msg, context, pol)
     cfg = _config(msg)
@@ -301,7 +285,7 @@ def _train(msg: Message, context: Context, pol) -> Message:
     if sec is not None:
         # the masks do not depend on the update: sum them while the worker trains
         sa = _secagg(context, str(sec[K.SESSION]))
-        prepared = _in_background(sa.prepare_mask, rnd, bytes(sec[K.PAYLOAD]),
+        prepared = in_background(sa.prepare_mask, rnd, bytes(sec[K.PAYLOAD]),
                                   sum(int(np.asarray(a).size) for a in arrays.values()))
     with _worker(context) as w:
         delta, weight, metrics = w.train(str(cfg.get(K.RUN_ID, "")), rnd, arrays, cfg)
@@ -354,6 +338,7 @@ def _cross_site(msg: Message, context: Context, pol) -> Message:
                   for i, n in enumerate(list(cfg[K.CROSS_MODELS]))]
     else:
         models = [(cfg, _arrays(msg))]
+    admit_preprocess(pol, _node(context, K.NODE_WORKER_SOCKET), base)
     admitted, refused = [], {}
     for i, (c, arrays) in enumerate(models):
         try:

@@ -62,6 +62,10 @@ LOCAL_SENT_BEFORE = "policy: this local model was already sent"
 RUNS_BOUND = "policy: no new run left today"
 FINGERPRINT_REPEAT = "policy: this run's fingerprint was already answered"
 FINGERPRINT_BOUND = "policy: no fingerprint answer left today"
+PREPROCESS_BAD = "policy: round config preprocess is no valid table within the site's bounds"
+PREPROCESS_CHANGED = "policy: the preprocessing changed within the run"
+PREPROCESS_DIFFERS = "policy: the round's preprocessing differs from this site's explicit [preprocess]"
+PREPROCESS_MISSING = "policy: this site's [preprocess] is \"auto\" and the round config carries no table"
 BAD_REQUEST = "bad request: a record or key is missing or malformed"
 WORKER_FAILED = "the site worker failed; see the site's logs"
 INTERNAL = "the site failed; see the site's logs"
@@ -120,6 +124,7 @@ def check_config(pol: PolicyTable, cfg: dict, kind: str) -> int:
         "patches_per_step": (_int, lambda v: 1 <= v <= pol.max_patches_per_step),
         "local_baseline": (lambda v: isinstance(v, bool), lambda v: True),
         "keep_site_optimizer": (lambda v: isinstance(v, bool), lambda v: True),
+        K.PREPROCESS: (lambda v: isinstance(v, str), lambda v: True),  # its content: check_preprocess
     }
     for key, v in cfg.items():
         if key in (K.SERVER_ROUND, K.RUN_ID):
@@ -131,7 +136,44 @@ def check_config(pol: PolicyTable, cfg: dict, kind: str) -> int:
             raise Refused(bound_reason(key))
     if kind == K.MSG_TRAIN and K.LR not in cfg:  # the worker's default would be the federation's
         raise Refused(bound_reason(K.LR))
+    if K.PREPROCESS in cfg:
+        check_preprocess(pol, cfg[K.PREPROCESS])
     return rnd
+
+
+def check_preprocess(pol: PolicyTable, wire: str) -> dict:
+    """The server's [preprocess] (round config text): a valid PreprocessTable with every
+    pixdim within [min_pixdim_mm, max_pixdim_mm] and margin <= max_margin; its dump."""
+    from imaging_core.config import PreprocessTable
+    try:
+        table = PreprocessTable.model_validate(json.loads(wire))
+    except ValueError:  # bad JSON or a bad table: pydantic's ValidationError is a ValueError
+        raise Refused(PREPROCESS_BAD) from None
+    if not all(pol.min_pixdim_mm <= p <= pol.max_pixdim_mm for p in table.pixdim) or table.margin > pol.max_margin:
+        raise Refused(PREPROCESS_BAD)
+    return table.model_dump()
+
+
+def admit_preprocess(pol: PolicyTable, own: dict, cfg: dict) -> None:
+    """The site's own federation TOML decides (``own``: the worker's PREPROCESS_FILE,
+    {"auto": true} or {"auto": false, "table": dump}): "auto" takes the server's table and
+    needs one; an explicit table wins, and a server table other than it is refused."""
+    wire = cfg.get(K.PREPROCESS)
+    if own.get("auto"):
+        if wire is None:
+            raise Refused(PREPROCESS_MISSING)
+    elif wire is not None and K.preprocess_wire(check_preprocess(pol, wire)) != K.preprocess_wire(own["table"]):
+        raise Refused(PREPROCESS_DIFFERS)
+
+
+def _same_preprocess(st: dict, cfg: dict) -> None:
+    """One preprocessing per run id: the first table seen is kept in the run's state."""
+    wire = cfg.get(K.PREPROCESS)
+    if wire is None:
+        return
+    digest = hashlib.sha256(K.preprocess_wire(json.loads(wire)).encode()).hexdigest()
+    if st.setdefault("preprocess", digest) != digest:
+        raise Refused(PREPROCESS_CHANGED)
 
 
 # ----- what may leave ---------------------------------------------------------
@@ -189,6 +231,7 @@ def admit_train(pol: PolicyTable, state_dir, cfg: dict, arrays: dict, secure: bo
             raise Refused(ROUND_BACKWARDS)
         if rnd == st["latest"] and st["trained"][str(rnd)] != digest:
             raise Refused(MODEL_CHANGED)
+        _same_preprocess(st, cfg)
         if not st["trained"]:  # a new run: one more local training, bounded per day
             _start_run(pol, state_dir, cfg[K.RUN_ID])
         # a replayed round (server restart) trains the same model again and may be evaluated again
@@ -261,6 +304,7 @@ def admit_evaluate(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> int:
             raise Refused(RUN_CLOSED)
         if latest == 0 or rnd < latest:
             raise Refused(EVAL_NOT_ALLOWED)
+        _same_preprocess(st, cfg)
         if rnd == latest:
             if st["evals_left"] < 1:
                 raise Refused(EVAL_NOT_ALLOWED)
@@ -289,6 +333,7 @@ def admit_cross_site(pol: PolicyTable, state_dir, cfg: dict, arrays: dict) -> in
     with PolicyState(state_dir, run).open() as st:
         if not st["closed"]:
             raise Refused(CROSS_NOT_FINAL)
+        _same_preprocess(st, cfg)
         done = st.setdefault("cross_site", [])
         if digest in done:
             raise Refused(CROSS_REPEAT)

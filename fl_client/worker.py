@@ -22,6 +22,7 @@ only during the global-model evaluation do both share the cores.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ import torch
 
 from fl_common import keys as K
 from fl_common.config import Federation, SiteConfig
+from imaging_core.config import PreprocessTable
 from imaging_core.metrics.summary import per_case_values
 from imaging_core.task import Task, float_state
 from imaging_core.train.checkpoint import load_checkpoint, save_checkpoint
@@ -80,15 +82,18 @@ class SiteWorker:
         self.device = torch.device(device or site.device)
         self.seed = fed.federation.seed
         self.task = Task(fed, self.device)
-        self.data = self.task.site_data(site, self.work_dir / "cache", self.seed)
-        t0 = time.perf_counter()
-        self.report = self.data.prepare()
-        log.info("%s: cache ready in %.1f s (%d cases, %d skipped)", self.name,
-                 time.perf_counter() - t0, len(self.report.cases), len(self.report.failed))
-        if self.data.num_classes != self.task.num_classes:
-            raise ValueError(f"{self.name}: the datalist has {self.data.num_classes} labels, the federation's "
-                             f"[labels] {self.task.num_classes}")
         self.num_classes = self.task.num_classes
+        self.local_wait = local_wait  # the longest a request waits for the local-only baseline
+        self._local: _LocalOnly | None = None
+        self._local_failed = 0  # the last round whose local-only training failed (its file is an older one)
+        # the site's own [preprocess] decides what it accepts (fl_client.policy.admit_preprocess):
+        # "auto" builds the cache with the round config's table, once the run sends it
+        own = None if fed.preprocess_auto else fed.preprocess.model_dump()
+        from .site_preprocess import write_own_preprocess
+        write_own_preprocess(self.work_dir, own)
+        self.data, self.report, self.preprocess = None, None, None
+        if own is not None:
+            self._use_preprocess(own)
         # the plan's fingerprint query is answered from this file (fl_client.fingerprint)
         from fl_client.fingerprint import fingerprint_in_background
         from fl_common.keys import FINGERPRINT_FILE
@@ -96,16 +101,48 @@ class SiteWorker:
         self.net = self.task.build_net(seed=self.seed)
         self.loss_fn = self.task.loss()
         self.task.eval_amp  # noqa: B018 - resolved now ("auto" forks the RNG): never beside a training
-        self.local_wait = local_wait  # the longest a request waits for the local-only baseline
-        self._local: _LocalOnly | None = None
-        self._local_failed = 0  # the last round whose local-only training failed (its file is an older one)
+
+    def _use_preprocess(self, table: dict) -> None:
+        """The cache built (or reused: it is keyed by the preprocessing) with ``table``."""
+        if self.data is not None and K.preprocess_wire(table) == K.preprocess_wire(self.preprocess):
+            return
+        self.local_only(strict=False)  # nothing trains on the old cache while it is replaced
+        data = Task(self.fed.with_preprocess(table), self.device).site_data(self.site, self.work_dir / "cache",
+                                                                            self.seed)
+        t0 = time.perf_counter()
+        report = data.prepare()
+        log.info("%s: cache ready in %.1f s (%d cases, %d skipped; pixdim %s)", self.name,
+                 time.perf_counter() - t0, len(report.cases), len(report.failed), table["pixdim"])
+        if data.num_classes != self.task.num_classes:
+            raise ValueError(f"{self.name}: the datalist has {data.num_classes} labels, the federation's "
+                             f"[labels] {self.task.num_classes}")
+        self.data, self.report, self.preprocess = data, report, table
+
+    def _data_for(self, cfg: dict) -> None:
+        """The round's [preprocess] (the shim admitted it: fl_client.policy) in use; the
+        site's explicit table wins, so the server's must equal it."""
+        wire = cfg.get(K.PREPROCESS)
+        if self.fed.preprocess_auto:
+            if wire is None:
+                raise ValueError(f"{self.name}: [preprocess] is \"auto\" and the round config has no table")
+            self._use_preprocess(PreprocessTable.model_validate(json.loads(wire)).model_dump())
+        elif wire is not None and K.preprocess_wire(PreprocessTable.model_validate(json.loads(wire)).model_dump()) \
+                != K.preprocess_wire(self.preprocess):
+            raise ValueError(f"{self.name}: the round's [preprocess] differs from the site's explicit table")
 
     # ----- introspection ----------------------------------------------------
     def status(self) -> dict:
+        if self.data is None:  # "auto" before the run's plan arrived: counts from the datalist
+            from imaging_core.data.datalist import load_datalist
+            cases = load_datalist(self.site.datalist_path).cases
+            n = {s: sum(c.split == s for c in cases) for s in ("training", "validation")}
+            return {"site": self.name, "device": str(self.device), "num_train": n["training"],
+                    "num_val": n["validation"], "skipped": {}, "cache": "waiting for the run's [preprocess]",
+                    "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}
         return {"site": self.name, "device": str(self.device), "num_train": len(self.data.cases("training")),
                 "num_val": len(self.data.cases("validation")),
                 "skipped": {cid: str(err) for cid, err in self.report.failed.items()},
-                "model": self.fed.model.model_dump(), "amp": self.task.amp_record()}
+                "model": self.fed.model.model_dump(), "amp": self.task.amp_record(), "preprocess": self.preprocess}
 
     def _load(self, net: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
         ref = net.state_dict()
@@ -137,9 +174,10 @@ class SiteWorker:
         local-only baseline of the round then trains in the background (``local_only``)."""
         if cfg.get(K.LOCAL_MODEL):  # the Train RPC's tensor reply carries it: no new worker API
             return self.local_model(server_round, cfg.get(K.RUN_ID)), 0.0, {}
+        self.local_only()  # a replayed or next round: the previous baseline is on disk first
+        self._data_for(cfg)
         if not self.data.cases("training"):
             raise RuntimeError(f"{self.name}: no usable training cases")
-        self.local_only()  # a replayed or next round: the previous baseline is on disk first
         self._load(self.net, weights)
         start = float_state(self.net)
         anchor = {k: v.to(self.device) for k, v in start.items()} if float(cfg.get("prox_mu", 0)) > 0 else None
@@ -250,6 +288,7 @@ class SiteWorker:
         """Validation metrics of the global model (and of the local-only baseline);
         a cross-site request (``cross-model`` set) evaluates only the given model, and
         adds its per-case values (``cases``: metric -> list in case order)."""
+        self._data_for(cfg)
         val = self.data.cases("validation")
         if not val:
             self.local_only()

@@ -121,6 +121,11 @@ class PolicyTable(Table):
     max_runs_per_day: PosInt = 4
     # plan-stage fingerprint answers per 24 h, one per run id (a repeat gets the same bytes)
     max_fingerprints_per_day: PosInt = 4
+    # the server's [preprocess] (the plan's, issue 16) within these bounds: a 0.01 mm grid or a
+    # huge crop margin would make the site's cache and training exhaust its disk and memory
+    min_pixdim_mm: PosFloat = 0.25
+    max_pixdim_mm: PosFloat = 20.0
+    max_margin: Annotated[int, Field(ge=0)] = 64
 
 
 class TrustTable(Table):

@@ -30,6 +30,7 @@ SESSION = "session"
 PAYLOAD = "payload"
 CLIPPED = "clipped"          # a round's summed clip events (never one site's: that is masked)
 CROSS_MODEL = "cross-model"  # round config of a cross-site evaluation: the model's name in the matrix
+PREPROCESS = "preprocess"    # round config: the run's [preprocess] table (canonical JSON), covered by the signed digest
 CROSS_MODELS = "cross-models"  # a batched one: the names, model i in records arrays.<i> -> metrics.<i>, cases.<i>
 
 # ----- message types ----------------------------------------------------------
@@ -54,6 +55,7 @@ NODE_AUDIT_DIR = "audit-dir"
 NODE_SITE_CONFIG = "site-config"  # the site's own site.toml: its [policy] is read for every message
 NODE_COLLUDING_SITES = "secagg-colluding-sites"  # the site's own bound on sites colluding with the server
 FINGERPRINT_FILE = "fingerprint.json"  # in the worker's work dir (next to its socket): what a query answers
+PREPROCESS_FILE = "preprocess.json"  # in the worker's work dir: the site's own [preprocess] ("auto" or the table)
 AUDIT_FILE = "outgoing.jsonl"  # in audit-dir: one JSON line per reply, what left the site
 
 # ----- error replies of a site (Flower Message Error codes; Flower's own are < 100) -----
@@ -72,6 +74,12 @@ LOCAL = "local/"             # (inside VAL) the site's local-only model on them
 # ----- the site worker's Unix-socket API --------------------------------------
 WORKER_API_VERSION = 1
 WORKER_MAX_MESSAGE = 1 << 30  # a 100M-parameter model in float32 fits
+
+
+def preprocess_wire(table: dict) -> str:
+    """The PREPROCESS value: one canonical text for a table, so equal tables are equal bytes."""
+    import json
+    return json.dumps(table, sort_keys=True, separators=(",", ":"))
 
 
 def query_type(action: str) -> str:

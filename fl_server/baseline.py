@@ -78,9 +78,12 @@ def baseline_trainer(fed: Federation, data: dict, sites: list[str], epochs: int 
 
 def run_baseline(federation: str | Path, which: str, out_dir: str | Path, data_base: str | Path | None = None,
                  cache_base: str | Path | None = None, epochs: int | None = None, device: str = "cpu",
-                 show_progress: bool = True) -> dict:
-    """``which`` is a site name or "pooled". Returns the final metrics rows."""
-    fed = load_federation(federation, data_base=data_base)
+                 show_progress: bool = True, plan: str | Path | None = None) -> dict:
+    """``which`` is a site name or "pooled"; ``plan``: a plan.json whose [preprocess] an
+    "auto" federation trains with. Returns the final metrics rows."""
+    from .plan import with_plan
+    fed = with_plan(load_federation(federation, data_base=data_base), plan)
+    fed.preprocess_table("`fedvox train`")  # "auto" without --plan: one line, before any work
     out_dir = Path(out_dir)
     cache_base = Path(cache_base) if cache_base else out_dir / "cache"
     names = [s.name for s in fed.sites]

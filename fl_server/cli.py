@@ -50,7 +50,7 @@ def _cmd_train(a) -> int:
     from fl_server.baseline import run_baseline
     from fl_common.config import example_federation_path
     fed = a.federation or example_federation_path()
-    run_baseline(fed, a.site, a.run_dir, data_base=a.data_base, epochs=a.epochs, device=a.device)
+    run_baseline(fed, a.site, a.run_dir, data_base=a.data_base, epochs=a.epochs, device=a.device, plan=a.plan)
     return 0
 
 
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-base", default=None, help="base directory of relative site data roots")
     p.add_argument("--run-dir", "--out", dest="run_dir", required=True, help="run directory (written)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--plan", default=None, help='plan.json (`fedvox plan`) for a [preprocess] = "auto" federation')
     _device_flag(p, "cpu")
 
     p = cmd("provision", _cmd_provision,
@@ -319,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_parser(cmd)
     p.add_argument("--strict-check", action="store_true", help="refuse to start on any harmonisation flag")
     p.add_argument("--plan-memory-gb", type=float, default=None,
-                   help="also derive plan.json from the sites' fingerprints for this training memory")
+                   help="also derive plan.json from the sites' fingerprints for this training memory "
+                        "(always with [preprocess] = \"auto\": default planner.DEFAULT_MEMORY_GB)")
 
     p = cmd("site", _cmd_site, "run this hospital's site worker and SuperNode (or: site init | trust | fingerprint)")
     p.add_argument("--kit", default=None, help="this site's startup kit (required to run)")

@@ -123,7 +123,8 @@ def run_demo(work: str | Path, zoom: float = 1.0, cases: float = 1.0, seed: int 
     for old in (run_dir, work / "sites-work"):
         if old.exists():
             shutil.rmtree(old)
-    RunRecord(run_dir).save_harmonisation(harmonisation)
+    if not fed.preprocess_auto:  # "auto": the server's plan stage runs (and writes the table with plan.json)
+        RunRecord(run_dir).save_harmonisation(harmonisation)
     labels = dict(fed.labels)
     if hosts:
         from .demo_hosts import run_on_hosts

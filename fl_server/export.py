@@ -55,7 +55,7 @@ def data_contract(fed, postprocess: dict | None = None, plan: dict | None = None
     ``postprocess``: the chain the run evaluated with (default: the config's [postprocess])."""
     mods = [s.modality for s in fed.sites]
     default = fed.coordinator.modality if fed.coordinator is not None else Counter(mods).most_common(1)[0][0]
-    pre = fed.preprocess.model_dump()
+    pre = fed.preprocess_table("the bundle export").model_dump()
     used = sorted(set(mods) | {default})
     pre["intensity"] = {m: pre["intensity"][m] for m in used if m in pre["intensity"]}
     out = {**pre, "modality": default, "labels": {str(k): v for k, v in fed.labels.items()}, "in_channels": 1,
@@ -190,6 +190,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         raise ImagingError(run.dir / "run.json", "does not record the federation config "
                            "(federation_path); pass it explicitly (--federation)")
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
+    if run.preprocess is not None:  # what the run trained with: inference preprocesses the same way
+        fed = fed.with_preprocess(run.preprocess)
     state = run.load_model(which)  # data only, and the file the run recorded
     if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
         state = state["net"]
@@ -223,6 +225,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
         "run_record": ("signed; verified against the run-record key "
                        f"{MANIFEST_SIGNATURES.fingerprint(verifier.public)[:16]}..." if verifier is not None
                        else "not verified"),
+        "preprocess_source": info.get("preprocess_source", "federation"),
         "sites": [pseud[n] for n in names if n in {s.name for s in fed.sites}],
         "postprocess": {"policy": postprocess, "chain": chain, "decision": decision},
         "metrics": {"held_out": held, "held_out_space": info.get("evaluation_space") or "preprocessed",

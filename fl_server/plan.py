@@ -58,3 +58,27 @@ def run_plan(federation: str | os.PathLike, run_dir: str | os.PathLike, memory_g
     rec.save_harmonisation(harm)
     rec.save_plan(plan)
     return plan, harm
+
+
+def with_plan(fed, plan_path: str | os.PathLike | None):
+    """``fed`` with plan.json's [preprocess] in place of "auto" (`fedvox train --plan`). As at a
+    site, an explicit [preprocess] wins: a plan that differs from it is refused."""
+    if plan_path is None:
+        return fed
+    from imaging_core.errors import ImagingError
+    from imaging_core.io.tables import read_json
+    path = Path(plan_path)
+    if not path.is_file():
+        raise ImagingError(path, "plan file not found (`fedvox plan` writes RUN/plan.json)")
+    try:
+        plan = read_json(path, None)
+    except ValueError:
+        raise ImagingError(path, "not valid JSON") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("preprocess"), dict):
+        raise ImagingError(path, "has no \"preprocess\" table: not a plan.json of `fedvox plan`")
+    planned = fed.with_preprocess(plan["preprocess"]).preprocess
+    if not fed.preprocess_auto and planned != fed.preprocess:
+        raise ImagingError(path, f"differs from the explicit [preprocess] of {fed.path}: the explicit table "
+                                 "wins; drop --plan or set [preprocess] = \"auto\"")
+    return fed.model_copy(update={"preprocess": planned})
+

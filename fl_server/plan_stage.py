@@ -106,7 +106,8 @@ def fingerprint_sum(stage, nodes, run_id: str, secure=None, timeout: float = 600
 
 
 def run_fingerprint_stage(stage, nodes, record, secure=None, timeout: float = 600.0, strict: bool = False,
-                          memory_gb: float | None = None, base_channels: int | None = None) -> dict:
+                          memory_gb: float | None = None, base_channels: int | None = None,
+                          memory_source: str = "run spec") -> dict:
     """The query, the harmonisation check and (with ``memory_gb``) the plan, into ``record``."""
     total, replies = fingerprint_sum(stage, nodes, record.info["run_id"], secure, timeout)
     checked = {s: check_reply(s, replies[s]) for s in sorted(replies)}  # table rows by site name
@@ -125,7 +126,7 @@ def run_fingerprint_stage(stage, nodes, record, secure=None, timeout: float = 60
     log.info("harmonisation check:\n%s", harm["text"])
     if memory_gb:
         plan = make_plan(pooled, memory_bytes=int(memory_gb * 2 ** 30), base_channels=base_channels)
-        record.save_plan({**plan, "memory_gb": memory_gb})
+        record.save_plan({**plan, "memory_gb": memory_gb, "memory_gb_source": memory_source})
     if strict:
         check({s: r["summary"] for s, r in checked.items()}, strict=True)
     return harm

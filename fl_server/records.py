@@ -249,6 +249,13 @@ class RunRecord:
         return read_json(self.dir / PLAN, {}) or None
 
     @property
+    def preprocess(self) -> dict | None:
+        """The [preprocess] table the run trained and evaluated with (the plan's under "auto";
+        run.json ``preprocess_source`` says which); None for runs before it was recorded."""
+        pre = self.info.get("preprocess")
+        return pre if isinstance(pre, dict) else None
+
+    @property
     def harmonisation(self) -> dict | None:
         return read_json(self.dir / HARMONISATION, {}) or None
 

@@ -87,7 +87,9 @@ class RoundLoop:
     def __init__(self, grid, record: RunRecord, aggregation: Aggregation, optimizer: ServerOptimizer,
                  template: dict[str, np.ndarray], settings: RoundSettings,
                  central: Evaluator | None = None, run_info: dict | None = None, stage: Stage | None = None,
-                 before_rounds: Callable | None = None, cross_models: dict[str, dict] | None = None):
+                 before_rounds: Callable | None = None, cross_models: dict[str, dict] | None = None,
+                 preprocess: dict | None = None, plan_preprocess: bool = False,
+                 central_for: Callable[[dict], Evaluator] | None = None):
         import imaging_core.train.checkpoint  # noqa: F401  torch: imported here, not in a timed round
         self.stage = stage or Stage(grid)
         self.record, self.aggregation, self.opt = record, aggregation, optimizer
@@ -97,6 +99,11 @@ class RoundLoop:
         self.weights = {k: np.array(v, np.float32, copy=True) for k, v in template.items()}
         self.cross_models = dict(cross_models or {})  # e.g. the pooled baseline, for the cross-site matrix
         self._pending: InBackground | None = None     # the held-out evaluation still running
+        # the run's [preprocess] (a table dump), sent to every site in the round config (the
+        # digest they sign covers it); plan_preprocess: it is plan.json's, known after before_rounds,
+        # and the held-out evaluator is then built by central_for(table) (issue 16 "auto")
+        self.preprocess, self.plan_preprocess, self.central_for = preprocess, plan_preprocess, central_for
+        self._preprocess_wire = None if preprocess is None else K.preprocess_wire(preprocess)
 
     # ----- state ------------------------------------------------------------
     def flat(self) -> np.ndarray:
@@ -124,8 +131,9 @@ class RoundLoop:
 
     # ----- messaging --------------------------------------------------------
     def _round_config(self, r: int) -> dict:
+        pre = {} if self._preprocess_wire is None else {K.PREPROCESS: self._preprocess_wire}
         return {K.SERVER_ROUND: r, K.RUN_ID: self.record.info["run_id"],
-                K.LR: self.cfg.lr(r), **self.cfg.site_round}
+                K.LR: self.cfg.lr(r), **self.cfg.site_round, **pre}
 
     def _messages(self, nodes, kind: str, r: int, extra: dict) -> list[Message]:
         cfg = self._round_config(r)
@@ -161,18 +169,44 @@ class RoundLoop:
         nodes = self.stage.wait_for_nodes(self.cfg.min_sites, self.cfg.connect_timeout,
                                           expected=self.cfg.expected_sites, grace=self.cfg.join_grace)
         self.record.event("sites_connected", sites=len(nodes), first_round=start, rounds=self.cfg.rounds)
-        if self.before_rounds is not None and start == 1 and self.record.harmonisation is None:
-            try:
+        try:
+            if self.before_rounds is not None and start == 1 and self.record.harmonisation is None:
                 self.before_rounds(self.stage, nodes)
-            except ValueError as e:  # PlanError, HarmonisationRefused: the run does not start
-                self.record.finish("failed", reason=str(e))
-                raise
+            self._settle_preprocess()
+        except ValueError as e:  # PlanError, HarmonisationRefused, no plan: the run does not start
+            self.record.finish("failed", reason=str(e))
+            raise
+        if self.central is None and self.central_for is not None and self.preprocess is not None:
+            self.central = self.central_for(self.preprocess)  # the coordinator's cache, with the plan's table
+            self.record.start({"evaluation_space": getattr(self.central, "space", None)})
+            if todo is not None:
+                early = InBackground(self.central, todo, self.weights)
         if early is not None:
             if fresh:
                 self._save_weights("best")  # round 0 competes for best: a best model always exists
             self._pending_until_recorded(early, {"round": 0} if fresh else None)
         self.aggregation.setup(self.stage, nodes)
         return start
+
+    def _settle_preprocess(self) -> None:
+        """The run's one [preprocess]: plan.json's ("auto") or the federation's, and the
+        same one a resumed run started with; into run.json (``preprocess``, ``preprocess_source``)."""
+        if self.plan_preprocess:
+            plan = self.record.plan
+            if plan is None or not isinstance(plan.get("preprocess"), dict):
+                raise ValueError(f"{self.record.dir / 'plan.json'}: missing: [preprocess] = \"auto\" trains "
+                                 "with the plan's table and no plan was made (the plan stage did not run)")
+            self.preprocess = plan["preprocess"]
+            self._preprocess_wire = K.preprocess_wire(self.preprocess)
+        if self.preprocess is None:
+            return
+        recorded = self.record.info.get("preprocess")
+        if recorded is not None and K.preprocess_wire(recorded) != self._preprocess_wire:
+            raise ValueError(f"{self.record.dir / 'run.json'}: the run started with another [preprocess] than "
+                             "it has now; a run keeps one preprocessing (the sites refuse a change): "
+                             "start a new run directory")
+        self.record.start({"preprocess": self.preprocess,
+                           "preprocess_source": "plan" if self.plan_preprocess else "federation"})
 
     # ----- the held-out evaluation, overlapped with the next round --------------
     def _pending_until_recorded(self, ev: InBackground, row: dict | None = None) -> None:

@@ -49,11 +49,15 @@ def build_server(spec: dict, grid) -> RoundLoop:
     record = RunRecord(spec["run_dir"], signer=_record_signer(spec))
     task = Task(fed, spec.get("device", "cpu"))
     template = {k: v.numpy() for k, v in float_state(task.build_net(seed=fl.seed)).items()}
-    central = None
+    central = central_for = None
     if fed.coordinator is not None:
         from .central_eval import CentralEvaluator
-        central = CentralEvaluator(fed, fed.coordinator, Path(spec["run_dir"]) / "coordinator-cache",
-                                   spec.get("device", "cpu"))
+
+        def central_for(table: dict):
+            return CentralEvaluator(fed.with_preprocess(table), fed.coordinator,
+                                    Path(spec["run_dir"]) / "coordinator-cache", spec.get("device", "cpu"))
+        if not fed.preprocess_auto:  # "auto": built once the plan's table is known (RoundLoop.start)
+            central, central_for = central_for(fed.preprocess.model_dump()), None
     run_info = {"federation": fl.name, "federation_path": str(Path(spec["federation"]).resolve()),
                 "data_base": spec.get("data_base"),
                 "labels": {str(k): v for k, v in fed.labels.items()},
@@ -62,7 +66,9 @@ def build_server(spec: dict, grid) -> RoundLoop:
                 "evaluation_space": central.space if central is not None else None}
     return RoundLoop(grid, record, _aggregation(spec, fl, record), ServerOptimizer.from_federation(fl),
                      template, settings, central=central, run_info=run_info, stage=Stage(grid),
-                     before_rounds=_plan_stage(spec, fed, record))
+                     before_rounds=_plan_stage(spec, fed, record),
+                     preprocess=None if fed.preprocess_auto else fed.preprocess.model_dump(),
+                     plan_preprocess=fed.preprocess_auto, central_for=central_for)
 
 
 def _record_signer(spec: dict):
@@ -77,15 +83,19 @@ def _record_signer(spec: dict):
 
 
 def _plan_stage(spec: dict, fed, record: RunRecord):
-    """The fingerprint query + harmonisation check before round 1 (`fedvox server`)."""
-    if not spec.get("harmonisation_check"):
+    """The fingerprint query + harmonisation check before round 1 (`fedvox server`); always
+    with [preprocess] = "auto", and then with a plan (the default memory budget unless stated)."""
+    if not spec.get("harmonisation_check") and not fed.preprocess_auto:
         return None
+    from imaging_core.plan.planner import DEFAULT_MEMORY_GB
     from .plan_stage import run_fingerprint_stage
+    memory_gb = spec.get("plan_memory_gb") or (DEFAULT_MEMORY_GB if fed.preprocess_auto else None)
     secure = _aggregation(spec, fed.federation, record)  # a session of its own, same settings
     return lambda stage, nodes: run_fingerprint_stage(
         stage, nodes, record, secure=secure if getattr(secure, "signs_received", False) else None,
         timeout=float(spec.get("setup_timeout", 300)), strict=bool(spec.get("strict_check")),
-        memory_gb=spec.get("plan_memory_gb"), base_channels=fed.model.channels[0])
+        memory_gb=memory_gb, base_channels=fed.model.channels[0],
+        memory_source="run spec" if spec.get("plan_memory_gb") else "default (planner.DEFAULT_MEMORY_GB)")
 
 
 def _aggregation(spec: dict, fl, record: RunRecord):

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .augment_presets import AUGMENT_ALIASES, AUGMENT_PRESETS
 from .config_errors import ConfigError, from_validation
 
 AMP_MODES = ("auto", "bf16", "fp16", "none", "off")
@@ -215,31 +216,6 @@ class PostprocessTable(Table):
 
 Pair = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2, max_length=2)]
 
-# [augment] defaults per preset. "nnunet": nnU-Net v2's nnUNetTrainer training
-# augmentation (probabilities are per patch; nnU-Net's p_per_channel=0.5 on blur and
-# low resolution is folded in). It ships elastic deformation off; it is on here at
-# nnU-Net v1's probability because site shift includes anatomy and pose. "light":
-# fedvox's earlier, milder pipeline (flips, quarter turns, small warp, mild intensity).
-AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "nnunet": dict(flip_prob=0.5, rot90_prob=0.0,
-                   rotate_prob=0.2, rotate_range=0.5236, scale_prob=0.2, scale_range=[0.7, 1.4],
-                   elastic_prob=0.2, elastic_spacing=[12.0, 16.0], elastic_magnitude=[0.0, 3.0],
-                   noise_prob=0.1, noise_std=0.1, blur_prob=0.1, blur_sigma=[0.5, 1.0],
-                   brightness_prob=0.15, brightness_range=[0.75, 1.25], shift_prob=0.0, shift_range=0.1,
-                   contrast_prob=0.15, contrast_range=[0.75, 1.25], lowres_prob=0.125, lowres_zoom=[0.5, 1.0],
-                   gamma_prob=0.3, gamma_invert_prob=0.1, gamma_range=[0.7, 1.5], gamma_retain_stats=True),
-    "light": dict(flip_prob=0.5, rot90_prob=0.25,
-                  rotate_prob=0.2, rotate_range=0.2, scale_prob=0.2, scale_range=[0.9, 1.1],
-                  elastic_prob=0.0, elastic_spacing=[12.0, 16.0], elastic_magnitude=[0.0, 3.0],
-                  noise_prob=0.15, noise_std=0.05, blur_prob=0.0, blur_sigma=[0.5, 1.0],
-                  brightness_prob=0.3, brightness_range=[0.9, 1.1], shift_prob=0.3, shift_range=0.1,
-                  contrast_prob=0.0, contrast_range=[0.75, 1.25], lowres_prob=0.0, lowres_zoom=[0.5, 1.0],
-                  gamma_prob=0.3, gamma_invert_prob=0.0, gamma_range=[0.8, 1.25], gamma_retain_stats=False),
-}
-# keys of older files, each setting several probabilities the file does not set itself
-AUGMENT_ALIASES = {"affine_prob": ("rotate_prob", "scale_prob"),
-                   "intensity_prob": ("brightness_prob", "shift_prob", "gamma_prob")}
-
 
 class AugmentTable(Table):
     """[augment]: per-patch random augmentation (imaging_core.transforms.presets.build_augment).
@@ -309,6 +285,7 @@ class AugmentTable(Table):
 
 
 DEFAULT_LABELS = {0: "background", 1: "foreground"}
+AUTO_PREPROCESS = "auto"   # [preprocess] = "auto" (and no [preprocess] table): the run's plan decides
 
 
 class ImagingConfig(Table):
@@ -316,7 +293,7 @@ class ImagingConfig(Table):
     model: ModelTable = ModelTable()
     train: TrainTable = TrainTable()
     labels: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_LABELS))
-    preprocess: PreprocessTable = PreprocessTable()
+    preprocess: PreprocessTable | None = None  # None: "auto", the run's plan decides (issue 16)
     sampling: SamplingTable = SamplingTable()
     postprocess: PostprocessTable = PostprocessTable()
     augment: AugmentTable = AugmentTable()
@@ -333,6 +310,31 @@ class ImagingConfig(Table):
         if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
             raise ValueError(f"label values must be 0..K-1 with K >= 2, got {sorted(labels)}")
         return {k: labels[k] for k in sorted(labels)}
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _auto(cls, v):  # "auto" -> None, the marker (TOML has no null: only code passes None, meaning it)
+        if isinstance(v, str) and v != AUTO_PREPROCESS:
+            raise ValueError(f'must be a table or the string "{AUTO_PREPROCESS}" (the run\'s plan)')
+        return None if isinstance(v, str) else v
+
+    @property
+    def preprocess_auto(self) -> bool:
+        return self.preprocess is None
+
+    def preprocess_table(self, what: str = "this command") -> PreprocessTable:
+        """The concrete [preprocess]; "auto" without a plan is one ConfigError naming the file."""
+        if self.preprocess is None:
+            raise ConfigError(getattr(self, "path", None) or None, "preprocess", None, f'is "auto" and {what} '
+                              "has no plan: run `fedvox plan --federation FILE --run-dir R --memory-gb N` first "
+                              "and pass --plan R/plan.json, or give an explicit [preprocess] table")
+        return self.preprocess
+
+    def with_preprocess(self, table: "PreprocessTable | dict") -> "ImagingConfig":
+        """A copy whose [preprocess] is ``table`` (a plan's, validated again): "auto" resolved."""
+        data = table.model_dump() if isinstance(table, PreprocessTable) else table
+        return self.model_copy(update={"preprocess": parse(PreprocessTable, data, getattr(self, "path", None) or None,
+                                                           "preprocess")})
 
     @property
     def num_classes(self) -> int:
@@ -372,6 +374,6 @@ def imaging_config(doc: dict, path: str | os.PathLike | None = None) -> ImagingC
     return parse(ImagingConfig, doc, path)
 
 
-__all__ = ["AMP_MODES", "AUGMENT_PRESETS", "INTENSITY_KINDS", "AugmentTable", "ConfigError", "ImagingConfig", "ModelTable",
-           "PercentileRule", "PostprocessTable", "PreprocessTable", "SamplingTable", "Table", "TrainTable",
-           "WindowRule", "ZScoreRule", "imaging_config", "parse"]
+__all__ = ["AMP_MODES", "AUGMENT_ALIASES", "AUGMENT_PRESETS", "AUTO_PREPROCESS", "INTENSITY_KINDS", "AugmentTable",
+           "ConfigError", "ImagingConfig", "ModelTable", "PercentileRule", "PostprocessTable", "PreprocessTable",
+           "SamplingTable", "Table", "TrainTable", "WindowRule", "ZScoreRule", "imaging_config", "parse"]

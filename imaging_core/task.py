@@ -96,8 +96,8 @@ class Task:
     def site_data(self, site, cache_dir: str | os.PathLike, seed: int = 0):
         """The SiteData of ``site`` (anything with ``datalist_path`` and ``modality``)."""
         from .data.site_data import SiteData
-        return SiteData(site.datalist_path, cache_dir, self.cfg.preprocess, self.cfg.sampling, self.cfg.augment,
-                        site.modality, seed)
+        return SiteData(site.datalist_path, cache_dir, self.cfg.preprocess_table("building a site's cache"),
+                        self.cfg.sampling, self.cfg.augment, site.modality, seed)
 
     # ----- evaluation -------------------------------------------------------
     @property

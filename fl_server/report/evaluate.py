@@ -61,6 +61,8 @@ def held_out_evaluation(run: RunRecord | str | os.PathLike, baselines: Sequence[
             "(pass --federation)")
         return [], []
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
+    if run.preprocess is not None:  # the table the server's cache was built with (the plan's under "auto")
+        fed = fed.with_preprocess(run.preprocess)
     if fed.coordinator is None:
         return [], []
     # the one evaluation path (sliding window, [postprocess] chain, AMP policy), as the server scored it

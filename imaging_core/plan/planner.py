@@ -32,6 +32,9 @@ from typing import Any, Mapping
 from ..config import ModelTable, PreprocessTable, SamplingTable
 from .aggregate import PlanError, Pooled
 
+# the training memory per site a plan fits its patch to when the run states none
+# (`fedvox server --plan-memory-gb`, `fedvox plan --memory-gb`): a mid-range GPU, or a CPU box
+DEFAULT_MEMORY_GB = 8.0
 ANISO_THRESHOLD = 3.0
 ANISO_PERCENTILE = 10.0
 INITIAL_PATCH_VOXELS = 256 ** 3

@@ -229,6 +229,10 @@ def test_a_table_other_than_the_sites_explicit_one_is_refused_before_the_worker(
     with caplog.at_level(logging.INFO, logger="fedvox.worker"):
         assert _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS,
                                   **{K.PREPROCESS: other})) == PREPROCESS_DIFFERS
-        assert _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), run="run-2", **EPOCHS,
+        assert _refused(site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS,
                                   **{K.PREPROCESS: tiny})) == PREPROCESS_BAD
-    assert "train round 1" not in caplog.text
+        assert "train round 1" not in caplog.text
+        # the refusals recorded nothing: the run still trains with the site's own table
+        own = K.preprocess_wire(served["worker"].preprocess)
+        reply = site.send(K.MSG_TRAIN, 1, _weights(served["worker"]), **EPOCHS, **{K.PREPROCESS: own})
+    assert not reply.has_error(), reply.error

@@ -130,3 +130,18 @@ def test_cli_infer_folder_in_folder_out_and_a_refused_input(cli, run_dir, tmp_pa
     r = cli("infer", tmp_path / "bundle", tmp_path / "raw.nii.gz", "--out", tmp_path / "raw_seg.nii.gz",
             "--public-key", crt, "--quiet", "--force", "intensity", timeout=240)
     assert r.returncode == 0 and (tmp_path / "raw_seg.nii.gz").is_file(), r.stderr
+
+
+def test_export_uses_the_preprocessing_the_run_recorded(run_dir, tmp_path):
+    """run.json's [preprocess] (the plan's under "auto") is the bundle's, not the TOML's 4 mm."""
+    from fl_server.export import export_run
+    from fl_server.records import RunRecord
+    from imaging_core.config import PreprocessTable
+    table = PreprocessTable(pixdim=[3.0, 3.0, 5.0]).model_dump()
+    rec = RunRecord(run_dir)
+    status = rec.info.get("status", "completed")
+    rec.start({"preprocess": table, "preprocess_source": "plan"})
+    rec.finish(status)
+    meta = json.loads((export_run(run_dir, tmp_path / "b") / "configs" / "metadata.json").read_text())
+    assert meta["data_contract"]["pixdim"] == [3.0, 3.0, 5.0]
+    assert meta["federated_provenance"]["preprocess_source"] == "plan"

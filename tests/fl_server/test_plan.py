@@ -97,3 +97,30 @@ def test_table_goes_into_the_report(run_dir):
     RunRecord(run_dir).save_harmonisation(check(summaries))
     md = (make_report(run_dir, quiet=True) / "report.md").read_text()
     assert "## Harmonisation check (before round 1)" in md and "[ct_not_hu] raw:" in md
+
+
+def test_train_on_an_auto_federation_needs_a_plan_and_takes_its_table(tmp_path, capsys):
+    """No [preprocess] table is "auto": `fedvox train` says to run `fedvox plan` (one line,
+    naming the file); with --plan the plan's table is the one the cache is built with."""
+    import pytest
+    from fl_common.config import load_federation
+    from fl_server.plan import with_plan
+    from imaging_core.errors import ImagingError
+    from imaging_core.task import Task
+    _site(tmp_path, "a")
+    fed = str(_federation(tmp_path, ["a"]))
+    assert main(["train", "--federation", fed, "--data-base", str(tmp_path), "--run-dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and fed in err and "fedvox plan" in err and "--plan" in err
+    assert main(["plan", "--federation", fed, "--data-base", str(tmp_path), "--run-dir", str(tmp_path / "run"),
+                 "--memory-gb", "1"]) == 0
+    planned = with_plan(load_federation(fed, data_base=tmp_path), tmp_path / "run" / "plan.json")
+    assert planned.preprocess.pixdim == [2.0, 2.0, 3.0] == RunRecord(tmp_path / "run").plan["preprocess"]["pixdim"]
+    case = Task(planned).site_data(planned.sites[0], tmp_path / "cache").prepare().cases[0]
+    assert np.linalg.norm(np.asarray(case.meta()["affine"])[:3, 2]) == 3.0  # built on the plan's grid
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text(Path(fed).read_text() + "[preprocess]\npixdim = [4.0, 4.0, 4.0]\n")
+    with pytest.raises(ImagingError, match="differs from the explicit"):
+        with_plan(load_federation(explicit, data_base=tmp_path), tmp_path / "run" / "plan.json")
+    with pytest.raises(ImagingError, match="plan file not found"):
+        with_plan(load_federation(fed, data_base=tmp_path), tmp_path / "nope.json")

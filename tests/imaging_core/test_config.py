@@ -108,3 +108,26 @@ def test_presets_and_contract_take_their_defaults_from_the_schema():
 def test_the_schema_imports_no_torch():
     code = "import sys, imaging_core.config; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# ----- [preprocess] = "auto" (issue 16): the run's plan decides ---------------------
+def test_preprocess_absent_or_auto_is_the_auto_marker_and_a_table_overrides():
+    assert imaging_config({}, FILE).preprocess_auto
+    assert imaging_config({"preprocess": "auto"}, FILE).preprocess_auto
+    cfg = imaging_config({"preprocess": {"pixdim": [4.0, 4.0, 4.0]}}, FILE)
+    assert not cfg.preprocess_auto and cfg.preprocess_table().pixdim == [4.0, 4.0, 4.0]
+
+
+def test_a_bad_preprocess_string_is_one_error_naming_the_file():
+    e = _err({"preprocess": "autom"})
+    assert e.table == "preprocess" and str(e).startswith(FILE) and '"auto"' in str(e)
+
+
+def test_auto_without_a_plan_refuses_concrete_work_and_a_plan_resolves_it():
+    cfg = imaging_config({"preprocess": "auto"}, FILE)
+    with pytest.raises(ConfigError, match=r"\[preprocess\].*fedvox plan"):
+        cfg.preprocess_table("`fedvox train`")
+    planned = cfg.with_preprocess(PreprocessTable(pixdim=[2.0, 2.0, 3.0]).model_dump())
+    assert planned.preprocess_table().pixdim == [2.0, 2.0, 3.0] and cfg.preprocess_auto
+    with pytest.raises(ConfigError, match=r"\[preprocess\] pixdim"):
+        cfg.with_preprocess({"pixdim": [0.0, 1.0, 1.0]})

@@ -120,3 +120,23 @@ def test_class_index_matches_flatnonzero():
     for c in range(5):
         np.testing.assert_array_equal(np.sort(idx[c]), np.flatnonzero(lab.reshape(-1) == c))
     assert idx[4].size == 0
+
+
+def test_another_plans_preprocess_table_rebuilds_the_entries_on_its_grid(tmp_path, write_nifti):
+    """[preprocess] = "auto": a new plan's table is a new cache key, so its entries are rebuilt
+    (on the new spacing); the same table again reuses them."""
+    from imaging_core.config import PreprocessTable
+    from imaging_core.transforms.presets import build_preprocess
+    dl = _site(tmp_path, write_nifti, n=2)
+    cases = dl.cases[:2]
+
+    def build(pixdim):
+        pre = build_preprocess(PreprocessTable(pixdim=pixdim, crop_foreground=False), "CT")
+        return SiteCache(tmp_path / "cache", pre, dl.num_classes).build(cases)
+
+    assert build([2.0, 2.0, 2.0]).built == ["c0", "c1"]
+    assert build([2.0, 2.0, 2.0]).reused == ["c0", "c1"]
+    rep = build([3.0, 3.0, 3.0])
+    assert rep.built == ["c0", "c1"]
+    aff = np.asarray(rep.cases[0].meta()["affine"])
+    np.testing.assert_allclose(np.linalg.norm(aff[:3, :3], axis=0), [3.0, 3.0, 3.0])
