@@ -228,8 +228,12 @@ def test_a_link_down_mid_round_fails_that_site_and_the_round_completes(rehearsal
     assert [r["round"] for r in rounds] == [0, 1, 2]
     r1, r2 = rounds[1], rounds[2]
     assert r1["status"] == "ok" and r1["sites_aggregated"] == 3, r1
-    assert r2["status"] == "ok" and r2["sites_aggregated"] == 2, _why(out, r2)
-    assert [f["site"] for f in r2["failures"]] == ["hospital_c"]
+    # round 2 trains in well under a second at this size, so the link may go down before
+    # hospital_c's update left, halfway through its upload, or after it landed (the site
+    # then fails the round's evaluation): each time the round completes without it
+    assert [f["site"] for f in r2["failures"]] == ["hospital_c"], _why(out, r2)
+    lost_update = r2["failures"][0]["stage"] == "train"
+    assert r2["status"] == "ok" and r2["sites_aggregated"] == (2 if lost_update else 3), _why(out, r2)
     figures = {"server_ready_s": round(out["server_ready_s"], 1),
                "site_start_to_connected_s": {s: round(v, 1) for s, v in out.get("connected_s", {}).items()},
                "site_start_to_round1_s": {s: round(v, 1) for s, v in out.get("joined_s", {}).items()},
