@@ -25,29 +25,37 @@ pytestmark = [pytest.mark.timeout(420)]
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
 
 
-def test_fingerprint_stage_before_round_1(tmp_path):
+def _tiny(text: str, patch: int) -> str:
+    """sites_example's TOML with a tiny UNet, one local epoch, no declared colluder."""
+    return (text.replace("channels = [8, 16, 32, 64]", "channels = [4, 8, 16]")
+                .replace("strides = [2, 2, 2]", "strides = [2, 2]").replace("local_epochs = 2", "local_epochs = 1")
+                .replace("patch_size = [32, 32, 32]", f"patch_size = [{patch}, {patch}, {patch}]")
+                .replace("[federation]\n", "[federation]\ncolluding_sites = 0\n", 1))
+
+
+def _federate(tmp_path: Path, text: str, name: str, **spec):
+    """sites_example's data, ``text`` as the federation TOML, one round over a real
+    SuperLink and the three sites, the record signed -> (the run's result, the provision)."""
     from sites_example.generate import generate
     generate(tmp_path / "data", zoom=0.7, cases=0.5, seed=0)
-    src = example_federation_path().parent
-    shutil.copytree(src / "sites", tmp_path / "sites")
-    text = (src / "federation.toml").read_text()
-    text = (text.replace("channels = [8, 16, 32, 64]", "channels = [4, 8, 16]")
-                .replace("strides = [2, 2, 2]", "strides = [2, 2]").replace("local_epochs = 2", "local_epochs = 1")
-                .replace("patch_size = [32, 32, 32]", "patch_size = [24, 24, 24]")
-                .replace("[federation]\n", "[federation]\ncolluding_sites = 0\n", 1))
+    shutil.copytree(example_federation_path().parent / "sites", tmp_path / "sites")
     fed = tmp_path / "federation.toml"
     fed.write_text(text)
-    prov, keys = enroll_and_provision(tmp_path, SITES, "fedvox-plan-test")
-    with ProcessGroup("test-plan") as group:
+    prov, keys = enroll_and_provision(tmp_path, SITES, f"fedvox-{name}-test")
+    with ProcessGroup(f"test-{name}") as group:
         sl, cli = deploy.start_superlink(group, prov, tmp_path / "server", None, False)
         for n in SITES:
             start_site(group, read_kit(prov.site_kits[n]), keys[n], fed, tmp_path / "sites" / f"{n}.toml",
                        tmp_path / "work" / n, sl.address, data_base=tmp_path / "data",
                        audit_dir=tmp_path / "audit" / n)
         spec = deploy.write_spec(tmp_path / "run", fed, tmp_path / "data", True, prov.roster_path,
-                                 provision=prov.root, rounds=1, connect_timeout=60, harmonisation_check=True,
-                                 plan_memory_gb=1.0)
-        res = deploy.run_federation(cli, prov.federation, spec, 360, tmp_path / "server" / "run.log")
+                                 provision=prov.root, rounds=1, connect_timeout=60, **spec)
+        return deploy.run_federation(cli, prov.federation, spec, 360, tmp_path / "server" / "run.log"), prov
+
+
+def test_fingerprint_stage_before_round_1(tmp_path):
+    text = _tiny((example_federation_path().parent / "federation.toml").read_text(), 24)
+    res, prov = _federate(tmp_path, text, "plan", harmonisation_check=True, plan_memory_gb=1.0)
     assert res.ok, f"{res.status}: {res.details}"
     # the ServerApp signed its record with the provision's run-record key: plan, spec, models
     from fl_server.record_manifest import RecordKey
@@ -88,28 +96,9 @@ def test_auto_preprocess_trains_with_the_plans_table_end_to_end(tmp_path):
     plan.json is in the run record, and the sites' and the coordinator's caches were built
     with the plan's spacing (not the 4 mm the example's table says)."""
     from imaging_core.plan.planner import DEFAULT_MEMORY_GB
-    from sites_example.generate import generate
-    generate(tmp_path / "data", zoom=0.7, cases=0.5, seed=0)
-    src = example_federation_path().parent
-    shutil.copytree(src / "sites", tmp_path / "sites")
-    text = (src / "federation.toml").read_text()
-    text = _auto(text.replace("channels = [8, 16, 32, 64]", "channels = [4, 8, 16]")
-                 .replace("strides = [2, 2, 2]", "strides = [2, 2]").replace("local_epochs = 2", "local_epochs = 1")
-                 .replace("patch_size = [32, 32, 32]", "patch_size = [16, 16, 16]")
-                 .replace("samples_per_case = 4", "samples_per_case = 2")
-                 .replace("[federation]\n", "[federation]\ncolluding_sites = 0\n", 1))
-    fed = tmp_path / "federation.toml"
-    fed.write_text(text)
-    prov, keys = enroll_and_provision(tmp_path, SITES, "fedvox-auto-test")
-    with ProcessGroup("test-auto") as group:
-        sl, cli = deploy.start_superlink(group, prov, tmp_path / "server", None, False)
-        for n in SITES:
-            start_site(group, read_kit(prov.site_kits[n]), keys[n], fed, tmp_path / "sites" / f"{n}.toml",
-                       tmp_path / "work" / n, sl.address, data_base=tmp_path / "data",
-                       audit_dir=tmp_path / "audit" / n)
-        spec = deploy.write_spec(tmp_path / "run", fed, tmp_path / "data", True, prov.roster_path, rounds=1,
-                                 connect_timeout=60)  # no harmonisation_check, no memory budget: auto asks
-        res = deploy.run_federation(cli, prov.federation, spec, 360, tmp_path / "server" / "run.log")
+    text = _auto(_tiny((example_federation_path().parent / "federation.toml").read_text(), 16)
+                 .replace("samples_per_case = 4", "samples_per_case = 2"))
+    res, _ = _federate(tmp_path, text, "auto")  # no harmonisation_check, no memory budget: auto asks
     assert res.ok, f"{res.status}: {res.details}"
     rec = RunRecord.open(tmp_path / "run")
     plan = rec.plan
