@@ -107,6 +107,9 @@ def sooner_object_pulls(module) -> None:
         deadline = getattr(_due, "deadline", None)
         if deadline is not None and "max_time" not in kw:
             kw["max_time"] = max(deadline - time.monotonic(), OBJECT_GRACE_S)
+            # the deadline governs, not a count: at the 0.5 s cap Flower's 500 tries end a
+            # slow but live upload (a large update on a hospital link) after ~4 minutes
+            kw.setdefault("max_tries_per_object", None)
         return pull_objects(*args, **kw)
     pull.fedvox_sooner = True
     module.pull_objects = pull
