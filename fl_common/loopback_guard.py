@@ -144,14 +144,14 @@ def install(uid: int, cgroup: str, table: str | None = None) -> str:
     Every guard ORs the same mark bit ("not root nor MY user"), so two guards
     for different users would refuse each other's user: that is refused here."""
     table = table or table_name(cgroup)
+    root = cgroup2_mount()  # the operator's input first, then what the host lacks (nft)
+    if not (root / cgroup.strip("/")).is_dir():
+        raise GuardError(f"cgroup {cgroup!r} does not exist under {root}")
     clash = {t: u for t, u in other_guards(table).items() if u != uid}
     if clash:
         raise GuardError(f"another loopback guard on this host lets a different user in "
                          f"({', '.join(f'{t}: uid {u}' for t, u in clash.items())}); guarded fedvox units "
                          f"on one host must share one User= (this one: uid {uid})")
-    root = cgroup2_mount()
-    if not (root / cgroup.strip("/")).is_dir():
-        raise GuardError(f"cgroup {cgroup!r} does not exist under {root}")
     _nft(ruleset(table, uid, cgroup, nft_cgroup_path(cgroup, root)))
     return table
 

@@ -161,6 +161,18 @@ def run_record_verifier(key: Path | None, provision: str | os.PathLike | None, r
     return None
 
 
+def _check_federation_file(run: RunRecord, path: Path) -> None:
+    from .record_manifest import file_sha256
+    want = run.info.get("federation_sha256")
+    if want is None:
+        return  # a run from before the hash was recorded (an unsigned one: export says so)
+    got = file_sha256(path)
+    if got != want:
+        what = "is missing" if got is None else "changed since the run read it"
+        raise ImagingError(path, f"{what} (the run record's SHA-256 {want[:12]}...); pass --federation "
+                           "to export with another config on purpose")
+
+
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best",
                key: str | os.PathLike | None = None, federation_path: str | os.PathLike | None = None,
                data_base: str | os.PathLike | None = None, overwrite: bool = False,
@@ -189,6 +201,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     if not fpath:
         raise ImagingError(run.dir / "run.json", "does not record the federation config "
                            "(federation_path); pass it explicitly (--federation)")
+    if federation_path is None:  # the recorded one: as the (signed) run read it, or refused
+        _check_federation_file(run, Path(fpath))
     fed = load_federation(fpath, data_base=data_base or run.data_base)  # config reads: here only
     if run.preprocess is not None:  # what the run trained with: inference preprocesses the same way
         fed = fed.with_preprocess(run.preprocess)

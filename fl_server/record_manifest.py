@@ -8,12 +8,14 @@ that key and not the bundle key) and re-signed, atomically, whenever a
 checkpoint or model file, the plan or the run's settings are written:
 
     {"manifest": {"run_id", "rounds", "files": {path: SHA-256},
-                  "records": {"plan.json": SHA-256 or null, "spec.json": ...}},
+                  "records": {"plan.json": SHA-256 or null, "rounds.json": ...},
+                  "settings": {run.json's fields that shape what an export ships}},
      "algorithm", "signer": the key's fingerprint, "signature"}
 
 Whoever hands a run's model on (`fedvox export`, a resumed round loop) checks
-it against the public half before loading (export also run.json's run id and
-rounds and plan.json, which the bundle carries); a mismatch is one ImagingError
+it against the public half before loading (export also run.json's run id, rounds
+and settings, the federation config's hash among them, and the records the bundle
+carries: the plan and the figures); a mismatch is one ImagingError
 naming the file and what differs. The manifest's file name and the records it
 covers are the run record's (fl_server.records); this module only signs and checks.
 """
@@ -71,9 +73,16 @@ def file_sha256(path: Path) -> str | None:
         return None
 
 
-def build(run_id, rounds, files: dict[str, str], records: dict[str, str | None]) -> dict:
+def build(run_id, rounds, files: dict[str, str], records: dict[str, str | None], settings: dict) -> dict:
     return {"run_id": run_id, "rounds": rounds, "files": dict(sorted(files.items())),
-            "records": dict(sorted(records.items()))}
+            "records": dict(sorted(records.items())), "settings": dict(sorted(settings.items()))}
+
+
+def settings_of(info: dict, names: tuple[str, ...]) -> dict:
+    """run.json's fields ``names`` as they are now (JSON round-tripped, so a
+    writer's tuples compare equal to a reader's lists)."""
+    import json
+    return json.loads(json.dumps({k: info.get(k) for k in names}))
 
 
 def write(path: Path, key: RecordKey, manifest: dict) -> None:
@@ -95,18 +104,26 @@ def read_verified(path: Path, key: RecordKey) -> dict:
         m = RUN_RECORD_SIGNATURES.check(key.public, doc)
     except ValueError as e:
         raise ImagingError(path, f"refused: {e} (verified against {key.path})") from None
-    if not isinstance(m.get("files"), dict) or not isinstance(m.get("records"), dict):
-        raise ImagingError(path, "refused: the signed manifest has no files/records tables")
+    if not all(isinstance(m.get(k), dict) for k in ("files", "records", "settings")):
+        raise ImagingError(path, "refused: the signed manifest has no files/records/settings tables "
+                           "(signed by a fedvox before run settings were signed; re-run to export)")
     return m
 
 
-def check_records(run_dir: Path, manifest: dict, info: dict, run_json: str, names: tuple[str, ...]) -> None:
-    """What a reader relies on beside the model files: run.json's run id and rounds, and
-    the record files ``names`` as signed (one absent then must be absent now)."""
+def check_records(run_dir: Path, manifest: dict, info: dict, run_json: str, names: tuple[str, ...],
+                  settings: tuple[str, ...]) -> None:
+    """What a reader relies on beside the model files: run.json's run id, rounds and
+    ``settings`` fields, and the record files ``names`` as signed (one absent then must
+    be absent now)."""
     for k in ("run_id", "rounds"):
         if info.get(k) != manifest.get(k):
             raise ImagingError(run_dir / run_json, f"{k} {info.get(k)!r} differs from the signed "
                                f"manifest's {manifest.get(k)!r}")
+    now = settings_of(info, settings)
+    for k in settings:
+        if k not in manifest["settings"] or now[k] != manifest["settings"][k]:
+            raise ImagingError(run_dir / run_json, f"{k!r} differs from the signed manifest's: "
+                               "changed after the run wrote it")
     for name in names:
         if name not in manifest["records"]:
             raise ImagingError(run_dir / name, "not covered by the signed run manifest")
@@ -151,11 +168,12 @@ def adopt(path: Path, key: RecordKey, info: dict, run_json: Path, files_key: str
     return None
 
 
-def resign(run_dir: Path, name: str, key: RecordKey, last: dict | None, run_id, rounds,
-           files: dict[str, str], records: tuple[str, ...]) -> dict:
-    """The manifest of what the run has now, signed into ``run_dir/name`` unless it is
-    ``last`` (what was signed before) unchanged."""
-    m = build(run_id, rounds, files, {n: file_sha256(run_dir / n) for n in records})
+def resign(run_dir: Path, name: str, key: RecordKey, last: dict | None, info: dict, files_key: str,
+           records: tuple[str, ...], settings: tuple[str, ...]) -> dict:
+    """The manifest of what the run has now (run.json's ``info``), signed into
+    ``run_dir/name`` unless it is ``last`` (what was signed before) unchanged."""
+    m = build(info.get("run_id"), info.get("rounds"), info.get(files_key, {}),
+              {n: file_sha256(run_dir / n) for n in records}, settings_of(info, settings))
     if m != last:
         write(run_dir / name, key, m)
     return m

@@ -73,11 +73,18 @@ PSEUDONYMS = "site_pseudonyms.json"
 PLAN, HARMONISATION = "plan.json", "harmonisation.json"   # fedvox plan / fedvox check (fl_server.plan)
 SPEC = "spec.json"
 MANIFEST = "run_manifest.json"
-SIGNED_RECORDS = (PLAN, SPEC)  # beside the model files: the plan ships in the bundle, the spec says how the run ran
-# What a reader checks of those: the plan. Each `fedvox server` start rewrites spec.json before
-# its ServerApp re-signs, so a start that fails first leaves it unlike the signed one with
+# Beside the model files: the plan ships in the bundle, the round and site rows are the figures
+# its metadata advertises, the spec says how the run ran.
+SIGNED_RECORDS = (PLAN, ROUNDS, SITES, SPEC)
+# What a reader checks of those: all but the spec. Each `fedvox server` start rewrites spec.json
+# before its ServerApp re-signs, so a start that fails first leaves it unlike the signed one with
 # nothing wrong; and nothing is read from it after the run (its hash stays signed for audit).
-CHECKED_RECORDS = (PLAN,)
+CHECKED_RECORDS = (PLAN, ROUNDS, SITES)
+# run.json's fields that decide what an export ships (the network, its labels, the pipeline
+# before and after it, the config it reads and that config's hash): signed, so whoever can
+# write the run directory cannot swap the pipeline under a signed model.
+SIGNED_SETTINGS = ("federation", "federation_path", "federation_sha256", "data_base", "labels", "model",
+                   "postprocess", "preprocess", "preprocess_source", "evaluation_space", "best_round")
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 COORDINATOR_CACHE = "coordinator-cache"
@@ -119,7 +126,7 @@ class RunRecord(RunQueries):
         rec = cls(d, _read_only=True)
         if verify_key is not None:
             rec._manifest = rm.read_verified(d / MANIFEST, verify_key)
-            rm.check_records(d, rec._manifest, rec.info, RUN, CHECKED_RECORDS)
+            rm.check_records(d, rec._manifest, rec.info, RUN, CHECKED_RECORDS, SIGNED_SETTINGS)
         return rec
 
     def _adopt_manifest(self) -> None:
@@ -134,8 +141,8 @@ class RunRecord(RunQueries):
         """Re-sign the manifest if what it covers changed (no key: nothing to sign)."""
         if self.signer is not None:
             from .record_manifest import resign
-            self._manifest = resign(self.dir, MANIFEST, self.signer, self._manifest, self.info.get("run_id"),
-                                    self.info.get("rounds"), self.info.get(FILES, {}), SIGNED_RECORDS)
+            self._manifest = resign(self.dir, MANIFEST, self.signer, self._manifest, self.info, FILES,
+                                    SIGNED_RECORDS, SIGNED_SETTINGS)
 
     # ----- writing (the round loop) ----------------------------------------
     def _writable(self) -> None:
@@ -157,6 +164,7 @@ class RunRecord(RunQueries):
         self._writable()
         self.info.update(status=status, **extra)
         write_json(self.dir / RUN, self.info)
+        self._sign()
 
     def add_round(self, row: dict, site_rows: list[dict]) -> None:
         self._writable()
@@ -168,6 +176,7 @@ class RunRecord(RunQueries):
         write_csv(self.dir / "rounds.csv", self.rounds)
         write_json(self.dir / SITES, self.sites)
         write_csv(self.dir / "sites.csv", self.sites)
+        self._sign()  # the figures a bundle advertises come from these rows
 
     def add_central(self, r: int, scores: dict, seconds: float | None = None) -> None:
         """Round ``r``'s held-out metrics, added to its row when the (background)
@@ -181,6 +190,7 @@ class RunRecord(RunQueries):
             row["central_seconds"] = seconds
         write_json(self.dir / ROUNDS, self.rounds)
         write_csv(self.dir / "rounds.csv", self.rounds)
+        self._sign()
 
     def add_final_sites(self, rows: list[dict], failures: list[dict]) -> None:
         """Each site's evaluation of the final global model."""

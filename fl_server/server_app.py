@@ -58,7 +58,9 @@ def build_server(spec: dict, grid) -> RoundLoop:
                                     Path(spec["run_dir"]) / "coordinator-cache", spec.get("device", "cpu"))
         if not fed.preprocess_auto:  # "auto": built once the plan's table is known (RoundLoop.start)
             central, central_for = central_for(fed.preprocess.model_dump()), None
+    from .record_manifest import file_sha256
     run_info = {"federation": fl.name, "federation_path": str(Path(spec["federation"]).resolve()),
+                "federation_sha256": file_sha256(Path(spec["federation"])),  # signed: export reads this file
                 "data_base": spec.get("data_base"),
                 "labels": {str(k): v for k, v in fed.labels.items()},
                 "model": fed.model.model_dump(), "postprocess": fed.postprocess.chain_config(),

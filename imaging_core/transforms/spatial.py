@@ -25,6 +25,10 @@ from .base import DEFAULT_KEYS, Data, Transform, is_label_key
 
 # MONAI's tolerance: an input spacing within this of the target is kept as is.
 AFFINE_TOL = 1e-3
+# The most voxels one resampled channel may have (1 GiB as float32): a target spacing
+# much finer than the image's (a plan or table asking 0.25 mm of a 1 mm scan) would
+# otherwise allocate until the site runs out of memory; now it is one error for the case.
+MAX_OUTPUT_VOXELS = 1 << 28
 # Off-diagonal size (in input voxels per output voxel) below which the index
 # mapping is treated as axis aligned.
 _SEPARABLE_TOL = 1e-6
@@ -299,19 +303,26 @@ class Spacing(Transform):
     """
 
     def __init__(self, pixdim: Sequence[float] | float = (1.5, 1.5, 2.0),
-                 keys: Sequence[str] = DEFAULT_KEYS, image_dtype=np.float32):
+                 keys: Sequence[str] = DEFAULT_KEYS, image_dtype=np.float32,
+                 max_voxels: int = MAX_OUTPUT_VOXELS):
         pd = np.atleast_1d(np.asarray(pixdim, dtype=np.float64))
         if pd.size not in (1, 2, 3):
             raise ValueError(f"pixdim must have 1 to 3 values, got {pixdim!r}")
         self.pixdim = tuple(float(p) for p in pd)
         self.keys = tuple(keys)
         self.image_dtype = np.dtype(image_dtype)
+        self.max_voxels = int(max_voxels)
 
     def __call__(self, data: Data, rng: np.random.Generator | None = None) -> Data:
         out = dict(data)
         for k in self.present(data):
             vol = data[k]
             new_affine, new_shape = spacing_grid(vol.affine, vol.spatial_shape, self.pixdim)
+            if int(np.prod(new_shape, dtype=np.int64)) > self.max_voxels:
+                from ..errors import ImagingError
+                raise ImagingError(vol.source, f"resampling {k} {tuple(vol.spatial_shape)} to {self.pixdim} mm "
+                                   f"would make {new_shape} voxels, over the {self.max_voxels:,} a case may "
+                                   "have: a spacing far finer than the image's")
             mode = "nearest" if is_label_key(k) else "linear"
             arr = resample_array(vol.array, vol.affine, new_affine, new_shape, mode, self.image_dtype)
             out[k] = vol.replace(array=arr, affine=new_affine)

@@ -41,18 +41,21 @@ def run_record_key(keys_dir: Path) -> Path:
     return keys_dir / SERVER_RUN_KEY
 
 
-def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True, keys_dir: Path | None = None) -> Path:
+def fabricate_run(run_dir: Path, seed: int = 0, with_secagg: bool = True, keys_dir: Path | None = None,
+                  federation: Path | None = None) -> Path:
     """A complete run directory of a 3-site, 3-round federation with a real tiny model,
     its record signed with the run-record key in ``keys_dir`` (default: beside the run,
-    where export finds it next to a bundle key made there)."""
-    from fl_server.record_manifest import RecordKey
+    where export finds it next to a bundle key made there). ``federation``: the config
+    the run records (default sites_example's), with its SHA-256."""
+    from fl_server.record_manifest import RecordKey, file_sha256
     from fl_server.records import RunRecord
     from imaging_core.nets.unet3d import unet_from_config
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fed = Path(__file__).resolve().parents[2] / "sites_example" / "federation.toml"
+    fed = federation or Path(__file__).resolve().parents[2] / "sites_example" / "federation.toml"
     write_json(run_dir / "run.json", {
         "run_id": "20260101-120000", "federation": "sites_example", "federation_path": str(fed),
+        "federation_sha256": file_sha256(fed),
         "rounds": ROUNDS, "strategy": "fedavg", "min_sites": 2,
         "secure_aggregation": ({"mode": "secagg+", "threshold": 2, "clip": 10.0} if with_secagg
                                else {"mode": "off"}),

@@ -93,6 +93,51 @@ def test_records_beside_the_models_are_checked_too(run_dir, tmp_path, fab, edit,
         _export(run_dir, tmp_path, key)
 
 
+def _edit_run_json(d, **fields):
+    write_json(d / "run.json", {**json.loads((d / "run.json").read_text()), **fields})
+
+
+@pytest.mark.parametrize("edit,what", [
+    # the pipeline around a signed model: a bundle that preprocesses or post-processes otherwise
+    # than the run evaluated segments otherwise, under the run's figures
+    (lambda d: _edit_run_json(d, preprocess={"pixdim": [8.0, 8.0, 8.0]}), r"run\.json: 'preprocess' differs"),
+    (lambda d: _edit_run_json(d, postprocess={"chain": []}), r"run\.json: 'postprocess' differs"),
+    (lambda d: _edit_run_json(d, labels={"0": "background", "1": "lesion", "2": "organ"}),
+     r"run\.json: 'labels' differs"),
+    (lambda d: _edit_run_json(d, federation_path="/tmp/elsewhere.toml"), r"run\.json: 'federation_path' differs"),
+    (lambda d: _edit_run_json(d, best_round=1), r"run\.json: 'best_round' differs"),
+    # the figures the bundle's metadata advertises
+    (lambda d: write_json(d / "rounds.json", [{**r, "central/dice_fg_mean": 0.99}
+                                              for r in json.loads((d / "rounds.json").read_text())]),
+     r"rounds\.json: SHA-256 .* differs from the signed manifest's"),
+    (lambda d: write_json(d / "sites.json", json.loads((d / "sites.json").read_text())[:-1]),
+     r"sites\.json: SHA-256 .* differs from the signed manifest's"),
+])
+def test_run_settings_and_figures_are_signed_with_the_models(run_dir, tmp_path, fab, edit, what):
+    key, _ = fab.bundle_key(tmp_path)
+    edit(run_dir)
+    with pytest.raises(ImagingError, match=what):
+        _export(run_dir, tmp_path, key)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_an_edited_federation_config_is_refused_unless_named_on_purpose(tmp_path, fab):
+    """The run reads its config by path: whoever edits that file after the run (another
+    model size, another label map) must not change what a signed export ships."""
+    import shutil
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[2] / "sites_example"
+    cfg = shutil.copytree(src, tmp_path / "cfg", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    run_dir = fab.run(tmp_path / "run", federation=cfg / "federation.toml")
+    key, _ = fab.bundle_key(tmp_path)
+    toml = cfg / "federation.toml"
+    toml.write_text(toml.read_text() + "\n# edited after the run\n")
+    with pytest.raises(ImagingError, match=r"federation\.toml: changed since the run read it .*--federation"):
+        _export(run_dir, tmp_path, key, data_base=src)
+    assert not (tmp_path / "bundle").exists()
+    _export(run_dir, tmp_path, key, data_base=src, federation_path=toml)  # named on purpose: the user's call
+
+
 def test_an_unsigned_run_or_a_missing_public_key_is_refused_unless_allowed(run_dir, tmp_path, fab, capsys):
     key, _ = fab.bundle_key(tmp_path)
     (tmp_path / "run_record.pub").rename(tmp_path / "elsewhere.pub")

@@ -216,3 +216,15 @@ def test_spacing_same_values_for_any_memory_layout(dtype):
         for name, out in outs.items():
             assert out.dtype == outs["C"].dtype
             np.testing.assert_array_equal(out, outs["C"], err_msg=f"{key}, {name} layout")
+
+
+def test_a_spacing_far_finer_than_the_image_is_one_error_naming_the_file_not_an_allocation():
+    """A plan or table asking 0.05 mm of a 1 mm scan would make 10^10 voxels; the case
+    is refused (the site's cache skips and reports it) before anything is allocated."""
+    from imaging_core.errors import ImagingError
+    vol = Volume(np.zeros((1, 64, 64, 64), np.float32), np.eye(4), meta={"source": "/data/site/case7.nii.gz"})
+    with pytest.raises(ImagingError, match=r"case7\.nii\.gz: resampling image \(64, 64, 64\) to \(0\.05,\) mm "
+                                           r"would make \(1261, 1261, 1261\) voxels"):
+        Spacing(0.05, keys=("image",))({"image": vol})
+    out = Spacing(0.5, keys=("image",))({"image": vol})  # 8x the voxels: well within the bound
+    assert out["image"].spatial_shape == (127, 127, 127)
