@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import ImagingError
 from ..geometry import spacing_from_affine
 from .base import DEFAULT_KEYS, Data, Transform, is_label_key
 
@@ -319,7 +320,6 @@ class Spacing(Transform):
             vol = data[k]
             new_affine, new_shape = spacing_grid(vol.affine, vol.spatial_shape, self.pixdim)
             if int(np.prod(new_shape, dtype=np.int64)) > self.max_voxels:
-                from ..errors import ImagingError
                 raise ImagingError(vol.source, f"resampling {k} {tuple(vol.spatial_shape)} to {self.pixdim} mm "
                                    f"would make {new_shape} voxels, over the {self.max_voxels:,} a case may "
                                    "have: a spacing far finer than the image's")
